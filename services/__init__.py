@@ -1,0 +1,1 @@
+"""Services: Redis stream store, Dify client, producer pool and the pieces they share."""

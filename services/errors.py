@@ -1,0 +1,72 @@
+"""Exception trees for the service boundaries (Dify, Redis, authentication).
+
+    DifyError
+    ├── DifyConnectionError        could not reach Dify (before any output)
+    ├── DifyTimeout                connect/read timeout, total deadline, or only pings for too long
+    ├── DifyHTTPError              non-2xx answer; carries status, Dify's ``code`` and ``message``
+    ├── DifyStreamError            an ``error`` frame, or a workflow that finished failed/stopped
+    └── DifyIncompleteError        the stream ended (EOF) without a terminal event
+    StoreUnavailable               Redis cannot be reached or answered with an error
+    AuthError                      the user-authentication boundary (filled in by the auth issue)
+
+Crypto errors live in ``crypto.errors`` and carry WeCom's official codes.
+"""
+
+from __future__ import annotations
+
+
+class DifyError(Exception):
+    """Root of everything that can go wrong talking to Dify."""
+
+    code: str = "dify_error"
+
+    def __init__(self, message: str = "", *, code: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class DifyConnectionError(DifyError):
+    """Dify could not be reached."""
+
+    code = "connection_error"
+
+
+class DifyTimeout(DifyError):
+    """A timeout or deadline expired while talking to Dify."""
+
+    code = "timeout"
+
+
+class DifyHTTPError(DifyError):
+    """Dify answered with a non-2xx status."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+
+    def __str__(self) -> str:
+        return f"HTTP {self.status} {self.code}: {self.message}"
+
+
+class DifyStreamError(DifyError):
+    """Dify reported a failure inside the SSE stream."""
+
+    def __init__(self, code: str, message: str, status: int | None = None) -> None:
+        super().__init__(message, code=code)
+        self.status = status
+
+
+class DifyIncompleteError(DifyError):
+    """The stream ended without a terminal event."""
+
+    code = "incomplete"
+
+
+class StoreUnavailable(Exception):
+    """Redis could not be reached, or answered with an error."""
+
+
+class AuthError(Exception):
+    """Root of user-authentication failures."""
