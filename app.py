@@ -1,0 +1,30 @@
+"""Application factory: ``gunicorn 'app:create_app()'``. Nothing connects or starts at import."""
+
+from __future__ import annotations
+
+from flask import Flask, Response
+from werkzeug.exceptions import HTTPException
+
+from config import Settings, load_settings
+from services.bridge import Bridge
+from services.routes import callback, health
+from utils.logging import configure_logging
+
+
+def create_app(config: Settings | None = None) -> Flask:
+    """Build the Flask app from ``config`` (default: the environment and ``.env``)."""
+    settings = config if config is not None else load_settings()
+    configure_logging(settings.log_level)
+    app = Flask(__name__)
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    Bridge.build(settings).init_app(app)
+    app.register_blueprint(callback.bp)
+    app.register_blueprint(health.bp)
+    app.register_error_handler(HTTPException, _http_error)
+    return app
+
+
+def _http_error(exc: HTTPException) -> Response:
+    """Render HTTP errors as short plain text (no HTML, no stack traces)."""
+    return Response(f"{exc.code} {exc.name}: {exc.description}\n", status=exc.code or 500,
+                    mimetype="text/plain")

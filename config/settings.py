@@ -1,0 +1,184 @@
+"""The one settings object: built from the environment (and ``.env``), validated at start-up.
+
+Every problem raises :class:`ConfigError` naming the variable, so a bad deployment fails
+fast instead of serving 500s. Nothing else in the project reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, dataclass, field, fields
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+from crypto import IllegalAesKeyError, decode_aes_key
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing or invalid; the message names the variable."""
+
+    def __init__(self, variable: str, problem: str) -> None:
+        super().__init__(f"{variable}: {problem}")
+        self.variable = variable
+        self.problem = problem
+
+
+def _env(name: str, default: Any = MISSING) -> Any:
+    """Declare a field read from environment variable ``name`` (no default: required)."""
+    return field(default=default, metadata={"env": name})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All configuration of the bridge; field metadata names the environment variable."""
+
+    wecom_token: str = _env("WECOM_TOKEN")
+    wecom_encoding_aes_key: str = _env("WECOM_ENCODING_AES_KEY")
+    dify_base_url: str = _env("DIFY_BASE_URL")
+    dify_api_key: str = _env("DIFY_API_KEY")
+    wecom_receive_id: str = _env("WECOM_RECEIVE_ID", "")
+    wecom_timestamp_window_seconds: int = _env("WECOM_TIMESTAMP_WINDOW_SECONDS", 3600)
+    max_request_bytes: int = _env("MAX_REQUEST_BYTES", 262144)
+    log_level: str = _env("LOG_LEVEL", "INFO")
+    redis_url: str = _env("REDIS_URL", "redis://127.0.0.1:6379/0")
+    redis_socket_timeout: float = _env("REDIS_SOCKET_TIMEOUT", 1.0)
+    redis_key_prefix: str = _env("REDIS_KEY_PREFIX", "wecomdify:")
+    dify_response_mode: str = _env("DIFY_RESPONSE_MODE", "streaming")
+    dify_connect_timeout: float = _env("DIFY_CONNECT_TIMEOUT", 5.0)
+    dify_read_timeout: float = _env("DIFY_READ_TIMEOUT", 60.0)
+    dify_total_timeout: float = _env("DIFY_TOTAL_TIMEOUT", 300.0)
+    dify_idle_timeout: float = _env("DIFY_IDLE_TIMEOUT", 120.0)
+    dify_max_retries: int = _env("DIFY_MAX_RETRIES", 3)
+    conversation_scope: str = _env("CONVERSATION_SCOPE", "user")
+    conversation_idle_seconds: int = _env("CONVERSATION_IDLE_SECONDS", 1800)
+    wecom_bot_names: str = _env("WECOM_BOT_NAMES", "")
+    producer_threads: int = _env("PRODUCER_THREADS", 16)
+    producer_backlog: int = _env("PRODUCER_BACKLOG", 200)
+    stream_ttl_seconds: int = _env("STREAM_TTL_SECONDS", 7200)
+    queued_note_after_seconds: float = _env("QUEUED_NOTE_AFTER_SECONDS", 1.0)
+    msg_queued: str = _env("MSG_QUEUED", "排队中，请稍候…")
+    msg_waiting_previous: str = _env("MSG_WAITING_PREVIOUS", "正在回答你的上一条消息，完成后马上处理这一条…")
+    msg_expired: str = _env("MSG_EXPIRED", "这条回复已过期，请重新发送你的问题。")
+    msg_busy: str = _env("MSG_BUSY", "服务繁忙，请稍后重试。")
+    msg_dify_failed: str = _env("MSG_DIFY_FAILED", "抱歉，生成回答时出错了，请稍后重试。")
+    msg_empty_query: str = _env("MSG_EMPTY_QUERY", "请输入你的问题。")
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @classmethod
+    def from_env(
+        cls, environ: Mapping[str, str] | None = None, dotenv: str | Path | None = ".env"
+    ) -> Settings:
+        """Build settings from ``environ`` (default ``os.environ``) over an optional ``.env`` file."""
+        values: dict[str, str] = {}
+        if dotenv is not None and Path(dotenv).is_file():
+            from dotenv import dotenv_values
+
+            values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+        values.update(os.environ if environ is None else environ)
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.metadata["env"]
+            if name in values:
+                kwargs[f.name] = _convert(name, values[name], f.type)
+            elif f.default is MISSING:
+                raise ConfigError(name, "is required but not set")
+        return cls(**kwargs)
+
+    @property
+    def bot_names(self) -> list[str]:
+        """The bot's display names, for stripping @-mentions in group chats."""
+        return [n.strip() for n in self.wecom_bot_names.split(",") if n.strip()]
+
+    def replace(self, **changes: Any) -> Settings:
+        """Return a copy with some fields changed (validated again)."""
+        current = {f.name: getattr(self, f.name) for f in fields(self)}
+        current.update(changes)
+        return Settings(**current)
+
+
+def load_settings() -> Settings:
+    """Load settings from the process environment and ``./.env``."""
+    return Settings.from_env()
+
+
+_CONVERTERS: dict[str, Callable[[str], Any]] = {
+    "str": str,
+    "int": int,
+    "float": float,
+    "bool": lambda s: {"1": True, "true": True, "yes": True, "on": True,
+                       "0": False, "false": False, "no": False, "off": False}[s.strip().lower()],
+}
+
+
+def _convert(name: str, raw: str, type_name: Any) -> Any:
+    kind = str(type_name)
+    try:
+        return _CONVERTERS[kind](raw.strip() if kind != "str" else raw)
+    except (ValueError, KeyError):
+        raise ConfigError(name, f"expected {kind}, got {raw!r}") from None
+
+
+def _env_name(field_name: str) -> str:
+    for f in fields(Settings):
+        if f.name == field_name:
+            return str(f.metadata["env"])
+    raise KeyError(field_name)  # pragma: no cover - programming error
+
+
+_TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool}
+
+
+def _require(condition: bool, field_name: str, problem: str) -> None:
+    if not condition:
+        raise ConfigError(_env_name(field_name), problem)
+
+
+def _validate(s: Settings) -> None:
+    for f in fields(s):
+        value = getattr(s, f.name)
+        expected = _TYPES[str(f.type)]
+        _require(isinstance(value, expected) and not (isinstance(value, bool) and expected is int),
+                 f.name, f"expected {f.type}, got {value!r}")
+    _require(bool(s.wecom_token), "wecom_token", "is required but empty")
+    _require(s.wecom_token.isascii() and s.wecom_token.isalnum() and len(s.wecom_token) <= 32,
+             "wecom_token", "must be 1-32 letters or digits (as shown in the WeCom admin console)")
+    try:
+        decode_aes_key(s.wecom_encoding_aes_key)
+    except IllegalAesKeyError:
+        raise ConfigError(
+            "WECOM_ENCODING_AES_KEY", "must be 43 letters/digits that base64-decode to 32 bytes"
+        ) from None
+    _require(s.wecom_timestamp_window_seconds >= 0, "wecom_timestamp_window_seconds",
+             "must be >= 0 (0 disables the replay window)")
+    _require(1024 <= s.max_request_bytes <= 16 * 1024 * 1024, "max_request_bytes",
+             "must be between 1024 and 16777216")
+    _require(s.log_level.upper() in logging.getLevelNamesMapping(), "log_level",
+             "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+    _require(urlsplit(s.redis_url).scheme in {"redis", "rediss", "unix"}, "redis_url",
+             "must be a redis://, rediss:// or unix:// URL")
+    _require(0 < s.redis_socket_timeout <= 30, "redis_socket_timeout", "must be in (0, 30] seconds")
+    dify = urlsplit(s.dify_base_url)
+    _require(dify.scheme in {"http", "https"} and bool(dify.hostname), "dify_base_url",
+             "must be an http(s) URL including /v1, e.g. https://api.dify.ai/v1")
+    _require(bool(s.dify_api_key.strip()), "dify_api_key", "is required but empty")
+    _require(s.dify_response_mode in {"streaming", "blocking"}, "dify_response_mode",
+             "must be 'streaming' or 'blocking'")
+    for name in ("dify_connect_timeout", "dify_read_timeout", "dify_total_timeout", "dify_idle_timeout",
+                 "queued_note_after_seconds"):
+        _require(getattr(s, name) > 0, name, "must be > 0 seconds")
+    _require(0 <= s.dify_max_retries <= 10, "dify_max_retries", "must be between 0 and 10")
+    _require(s.conversation_scope in {"user", "chat"}, "conversation_scope", "must be 'user' or 'chat'")
+    _require(s.conversation_idle_seconds > 0, "conversation_idle_seconds", "must be > 0")
+    _require(1 <= s.producer_threads <= 512, "producer_threads", "must be between 1 and 512")
+    _require(s.producer_backlog >= 0, "producer_backlog", "must be >= 0")
+    _require(s.stream_ttl_seconds >= 600, "stream_ttl_seconds",
+             "must be >= 600 (streams must outlive WeCom's 6-minute polling window)")
+    _require(bool(s.redis_key_prefix) and " " not in s.redis_key_prefix, "redis_key_prefix",
+             "must be non-empty without spaces")

@@ -1,0 +1,72 @@
+"""The per-app runtime: settings plus the clients built from them, attached to the Flask app."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import redis
+from flask import Flask, current_app
+from redis.backoff import ExponentialBackoff
+from redis.retry import Retry
+
+from config import Settings
+from crypto import WeComCrypto
+from services.dify_service import DifyClient
+from services.keys import Keys
+from services.messages import MessageHandler
+from services.producer import Producer
+from services.stream_store import StreamStore
+
+EXTENSION = "wecom_dify"
+
+
+@dataclass
+class Bridge:
+    """Everything a request handler needs; built once per app, never at import time."""
+
+    settings: Settings
+    crypto: WeComCrypto
+    redis: redis.Redis
+    store: StreamStore
+    producer: Producer
+    handler: MessageHandler
+
+    @classmethod
+    def build(cls, settings: Settings, *, dify: DifyClient | None = None) -> Bridge:
+        """Create the clients (lazily connecting) and the producer pool (lazily started)."""
+        crypto = WeComCrypto(settings.wecom_token, settings.wecom_encoding_aes_key,
+                             settings.wecom_receive_id,
+                             timestamp_window=settings.wecom_timestamp_window_seconds or None)
+        # Request handlers must answer WeCom fast: one quick retry, never seconds of backoff.
+        # Replayed writes are harmless because every write script checks its sequence number.
+        client = redis.Redis.from_url(
+            settings.redis_url,
+            socket_timeout=settings.redis_socket_timeout,
+            socket_connect_timeout=settings.redis_socket_timeout,
+            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
+            health_check_interval=30,
+        )
+        store = StreamStore(client, Keys(settings.redis_key_prefix), stream_ttl=settings.stream_ttl_seconds)
+        if dify is None:
+            dify = DifyClient(
+                settings.dify_base_url, settings.dify_api_key,
+                response_mode="blocking" if settings.dify_response_mode == "blocking" else "streaming",
+                connect_timeout=settings.dify_connect_timeout, read_timeout=settings.dify_read_timeout,
+                total_timeout=settings.dify_total_timeout, idle_timeout=settings.dify_idle_timeout,
+                max_retries=settings.dify_max_retries)
+        producer = Producer(store, dify, threads=settings.producer_threads,
+                            backlog=settings.producer_backlog, idle_seconds=settings.conversation_idle_seconds,
+                            failed_note=settings.msg_dify_failed)
+        handler = MessageHandler(settings, store, producer)
+        return cls(settings=settings, crypto=crypto, redis=client, store=store, producer=producer,
+                   handler=handler)
+
+    def init_app(self, app: Flask) -> None:
+        """Attach this runtime to ``app``."""
+        app.extensions[EXTENSION] = self
+
+
+def get_bridge() -> Bridge:
+    """Return the runtime of the current app."""
+    bridge: Bridge = current_app.extensions[EXTENSION]
+    return bridge

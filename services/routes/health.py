@@ -1,0 +1,29 @@
+"""Probes: ``/livez`` checks only the process, ``/readyz`` checks the backends."""
+
+from __future__ import annotations
+
+import redis
+from flask import Blueprint, Response, jsonify
+
+from services.bridge import get_bridge
+
+bp = Blueprint("health", __name__)
+
+
+@bp.get("/livez")
+def livez() -> Response:
+    """Answer 200 while the process can serve requests; touches no backend."""
+    return jsonify(status="ok")
+
+
+@bp.get("/readyz")
+def readyz() -> tuple[Response, int]:
+    """Answer 200 only when Redis answers a PING."""
+    checks: dict[str, str] = {}
+    try:
+        get_bridge().redis.ping()
+        checks["redis"] = "ok"
+    except (redis.RedisError, OSError) as exc:
+        checks["redis"] = f"unavailable: {type(exc).__name__}"
+    ready = all(v == "ok" for v in checks.values())
+    return jsonify(status="ok" if ready else "unavailable", checks=checks), (200 if ready else 503)

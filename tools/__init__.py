@@ -1,0 +1,1 @@
+"""Developer tools: WeCom and Dify simulators."""

@@ -1,0 +1,42 @@
+"""JSON-lines logging to stdout; message content and secrets are never passed to it."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+from typing import Any
+
+_STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+
+
+class JsonFormatter(logging.Formatter):
+    """Render a record as one JSON object per line, with extras as top-level keys."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        """Format ``record`` as compact JSON."""
+        out: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "event": record.getMessage(),
+        }
+        for key, value in vars(record).items():
+            if key not in _STANDARD and not key.startswith("_"):
+                out[key] = value
+        if record.exc_info and record.exc_info[0] is not None:
+            out["exc_type"] = record.exc_info[0].__name__
+        return json.dumps(out, ensure_ascii=False, default=str)
+
+
+def configure_logging(level: str) -> None:
+    """Send the root logger to stdout as JSON lines at ``level`` (idempotent)."""
+    root = logging.getLogger()
+    root.setLevel(level.upper())
+    if not any(getattr(h, "_wecom_dify", False) for h in root.handlers):
+        handler = logging.StreamHandler(sys.stdout)
+        handler.setFormatter(JsonFormatter())
+        handler._wecom_dify = True  # type: ignore[attr-defined]
+        root.addHandler(handler)
