@@ -1,0 +1,68 @@
+"""Lua scripts for multi-key or check-then-write updates. Every key arrives through KEYS[]."""
+
+from __future__ import annotations
+
+CLAIM_MESSAGE = """
+-- KEYS[1] = msg dedupe key, KEYS[2] = stream meta, KEYS[3] = stream text
+-- ARGV[1] = new stream id, ARGV[2] = dedupe ttl (s), ARGV[3] = stream ttl (s), ARGV[4] = now (ms)
+-- ARGV[5..] = extra meta field/value pairs
+-- Returns {1, sid} for the first delivery, {0, existing sid} for a re-delivery.
+local existing = redis.call('GET', KEYS[1])
+if existing then return {0, existing} end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+local meta = {'status', 'queued', 'seq', 0, 'created', ARGV[4], 'updated', ARGV[4]}
+for i = 5, #ARGV do meta[#meta + 1] = ARGV[i] end
+redis.call('HSET', KEYS[2], unpack(meta))
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+redis.call('SET', KEYS[3], '', 'EX', ARGV[3])
+return {1, ARGV[1]}
+"""
+
+WRITE_TEXT = """
+-- KEYS[1] = stream meta, KEYS[2] = stream text
+-- ARGV[1] = seq of this write, ARGV[2] = 'append' | 'replace', ARGV[3] = text, ARGV[4] = now (ms)
+-- Applies the write only if it is the next in sequence, so a replayed command changes nothing.
+-- Returns 1 applied, 0 already applied (replay), -1 stream missing/expired, -2 finished, -3 gap.
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
+local want = tonumber(ARGV[1])
+if want <= seq then return 0 end
+if status == 'done' or status == 'failed' or status == 'interrupted' then return -2 end
+if want ~= seq + 1 then return -3 end
+if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
+if ARGV[2] == 'replace' then
+  redis.call('SET', KEYS[2], ARGV[3], 'KEEPTTL')
+else
+  redis.call('APPEND', KEYS[2], ARGV[3])
+end
+redis.call('HSET', KEYS[1], 'seq', want, 'updated', ARGV[4])
+return 1
+"""
+
+SET_STATUS = """
+-- KEYS[1] = stream meta
+-- ARGV[1] = new status, ARGV[2] = now (ms), ARGV[3] = note ('' keeps none)
+-- Moves a live stream to another live or terminal status; a finished stream never changes.
+-- Returns 1 changed, 0 already finished, -1 missing.
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status == 'done' or status == 'failed' or status == 'interrupted' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated', ARGV[2], 'note', ARGV[3])
+return 1
+"""
+
+RENEW_LEASE = """
+-- KEYS[1] = lease key; ARGV[1] = owner token, ARGV[2] = lease (ms)
+-- Extends the lease only while the caller still owns it (redis-py's LUA_EXTEND_SCRIPT shape).
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+RELEASE_LEASE = """
+-- KEYS[1] = lease key; ARGV[1] = owner token. Deletes the lease only if the caller owns it.
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""

@@ -1,0 +1,75 @@
+"""Real gunicorn replicas of the bot for process-level tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+from tests.servers import free_port
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class Replica:
+    """One gunicorn master (gthread workers) serving ``app:create_app()`` on a free port."""
+
+    def __init__(self, env: dict[str, str], *, workers: int = 1, threads: int = 8,
+                 args: tuple[str, ...] = ()) -> None:
+        self.port = free_port()
+        self.env = {**os.environ, **env}
+        self.workers = workers
+        self.threads = threads
+        self.args = args
+        self.log = tempfile.NamedTemporaryFile(prefix="replica-", suffix=".log", delete=False)  # noqa: SIM115
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of this replica."""
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> Replica:
+        """Start gunicorn and wait until ``/livez`` answers."""
+        cmd = [sys.executable, "-m", "gunicorn", "app:create_app()", "--bind", f"127.0.0.1:{self.port}",
+               "--worker-class", "gthread", "--workers", str(self.workers), "--threads", str(self.threads),
+               "--graceful-timeout", "10", *self.args]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"replica exited with {self.proc.returncode}:\n{self.output()}")
+            try:
+                if requests.get(f"{self.url}/livez", timeout=0.5).status_code == 200:
+                    return self
+            except requests.RequestException:
+                time.sleep(0.1)
+        raise TimeoutError(f"replica did not become live:\n{self.output()}")
+
+    def signal(self, sig: signal.Signals) -> None:
+        """Send ``sig`` to the gunicorn master."""
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self) -> None:
+        """Stop the master (SIGTERM, then SIGKILL) and its workers."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log.close()
+
+    def output(self) -> str:
+        """Everything the replica printed so far."""
+        if not self.log.closed:
+            self.log.flush()
+        return Path(self.log.name).read_text(errors="replace")

@@ -1,0 +1,267 @@
+"""POST /wecom/callback end to end in-process: real Redis, the Dify simulator over HTTP."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+import redis
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app import create_app
+from config import Settings
+from services.keys import Keys
+from tests.helpers import InProcessWeCom, assert_prefix_chain, contents
+from tools.dify_sim import DifySimulator, Script
+from tools.wecom_client import WeComSigner, stream_refresh, text_message
+
+LONG = "企业微信 streaming 🤖 — " * 40
+
+
+@pytest.fixture
+def wecom(client: FlaskClient, signer: WeComSigner) -> InProcessWeCom:
+    return InProcessWeCom(client, signer)
+
+
+def test_text_message_streams_the_dify_answer(wecom: InProcessWeCom, dify: DifySimulator) -> None:
+    dify.script("介绍一下你自己", Script(answer=LONG, delta_size=3, delay=0.002))
+    first = wecom.send(text_message("介绍一下你自己", userid="zhangsan"))
+    assert first is not None
+    assert first["msgtype"] == "stream"
+    assert first["stream"]["finish"] is False and first["stream"]["content"] == ""
+    frames = wecom.until_finished(first["stream"]["id"])
+    assert contents(frames)[-1] == LONG
+    assert_prefix_chain([first, *frames])
+    [req] = dify.chat_requests()
+    assert req.json["query"] == "介绍一下你自己"
+    assert req.json["user"] == "wecom:zhangsan"
+    assert req.json["response_mode"] == "streaming"
+    assert req.headers["authorization"] == "Bearer app-test-key"
+
+
+def test_redelivery_returns_same_stream_and_calls_dify_once(wecom: InProcessWeCom,
+                                                            dify: DifySimulator) -> None:
+    dify.script("q", Script(answer="answer", delay=0.05))
+    payload = text_message("q", msgid="dup-1")
+    first = wecom.send(payload)
+    again = wecom.send(payload)
+    assert first is not None and again is not None
+    assert again["stream"]["id"] == first["stream"]["id"]
+    wecom.until_finished(first["stream"]["id"])
+    final = wecom.send(payload)
+    assert final is not None and final["stream"]["finish"] and final["stream"]["content"] == "answer"
+    assert len(dify.chat_requests()) == 1
+
+
+def test_concurrent_duplicate_deliveries_make_one_dify_call(app: Flask, signer: WeComSigner,
+                                                            dify: DifySimulator) -> None:
+    dify.script("same", Script(answer="once", delay=0.02))
+    payload = text_message("same", msgid="dup-concurrent")
+    sids: list[str] = []
+    barrier = threading.Barrier(8)
+
+    def deliver() -> None:
+        barrier.wait()
+        reply = InProcessWeCom(app.test_client(), signer).send(payload)
+        assert reply is not None
+        sids.append(reply["stream"]["id"])
+
+    threads = [threading.Thread(target=deliver) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(set(sids)) == 1 and len(sids) == 8
+    InProcessWeCom(app.test_client(), signer).until_finished(sids[0])
+    assert len(dify.chat_requests()) == 1
+
+
+def test_unknown_stream_gets_a_terminal_frame(wecom: InProcessWeCom, settings: Settings) -> None:
+    frame = wecom.poll("no-such-stream")
+    assert frame["stream"] == {"id": "no-such-stream", "finish": True, "content": settings.msg_expired}
+    well_formed = "0" * 32  # shaped like ours, so it is looked up in Redis
+    assert wecom.poll(well_formed)["stream"] == {"id": well_formed, "finish": True,
+                                                 "content": settings.msg_expired}
+
+
+@pytest.mark.parametrize("payload", [
+    {"msgid": "e1", "msgtype": "event", "event": {"eventtype": "enter_chat"}, "from": {"userid": "u"}},
+    {"msgid": "i1", "msgtype": "image", "image": {"url": "https://x"}, "from": {"userid": "u"}},
+    {"msgid": "x1", "msgtype": "no-such-type"},
+    {"msgtype": "text", "text": {"content": "no msgid"}, "from": {"userid": "u"}},
+    {"msgid": "s0", "msgtype": "stream", "stream": {}},
+])
+def test_other_callbacks_get_an_empty_reply(wecom: InProcessWeCom, dify: DifySimulator,
+                                            payload: dict[str, object]) -> None:
+    assert wecom.send(payload) is None
+    assert dify.chat_requests() == []
+
+
+@pytest.mark.parametrize("plaintext", ["not json", "[1, 2]", "null", '"text"'])
+def test_plaintext_that_is_not_a_json_object_is_400(client: FlaskClient, signer: WeComSigner,
+                                                    plaintext: str) -> None:
+    req = signer.callback(plaintext)
+    resp = client.post("/wecom/callback?" + req.query_string, data=req.body)
+    assert resp.status_code == 400
+
+
+def test_forged_callback_is_403_and_starts_nothing(client: FlaskClient, dify: DifySimulator) -> None:
+    forger = WeComSigner("WrongToken123", "6qkdMrq68nTKduznJYO1A37W2oEgpkMUvkttRToqhUt")
+    req = forger.callback(text_message("hi"))
+    resp = client.post("/wecom/callback?" + req.query_string, data=req.body)
+    assert resp.status_code == 403
+    time.sleep(0.1)
+    assert dify.chat_requests() == []
+
+
+def test_group_mention_is_stripped(settings: Settings, redis_client: redis.Redis, signer: WeComSigner,
+                                   dify: DifySimulator) -> None:
+    app = create_app(settings.replace(wecom_bot_names="项目助手, My Bot"))
+    wecom = InProcessWeCom(app.test_client(), signer)
+    first = wecom.send(text_message("@My Bot /help me@example.com", chattype="group", chatid="c1"))
+    assert first is not None
+    wecom.until_finished(first["stream"]["id"])
+    assert dify.chat_requests()[0].json["query"] == "/help me@example.com"
+    app.extensions["wecom_dify"].producer.shutdown()
+
+
+def test_conversation_is_kept_per_user_and_expires_when_idle(wecom: InProcessWeCom, dify: DifySimulator,
+                                                             redis_client: redis.Redis,
+                                                             settings: Settings) -> None:
+    def ask(text: str, user: str) -> None:
+        first = wecom.send(text_message(text, userid=user))
+        assert first is not None
+        wecom.until_finished(first["stream"]["id"])
+
+    ask("one", "alice")
+    ask("two", "alice")
+    ask("three", "bob")
+    reqs = dify.chat_requests()
+    assert "conversation_id" not in reqs[0].json
+    conv = reqs[1].json["conversation_id"]
+    assert conv
+    assert "conversation_id" not in reqs[2].json  # bob has his own
+    key = Keys(settings.redis_key_prefix).conversation("u:alice")
+    assert 0 < redis_client.ttl(key) <= settings.conversation_idle_seconds
+    redis_client.delete(key)  # what the idle expiry does
+    ask("four", "alice")
+    assert "conversation_id" not in dify.chat_requests()[3].json
+
+
+def test_group_scope_chat_shares_one_conversation(settings: Settings, redis_client: redis.Redis,
+                                                  signer: WeComSigner, dify: DifySimulator) -> None:
+    app = create_app(settings.replace(conversation_scope="chat"))
+    wecom = InProcessWeCom(app.test_client(), signer)
+    for user in ("alice", "bob"):
+        first = wecom.send(text_message("hi", userid=user, chattype="group", chatid="room"))
+        assert first is not None
+        wecom.until_finished(first["stream"]["id"])
+    a, b = dify.chat_requests()
+    assert a.json["user"] == b.json["user"] == "wecom-group:room"
+    assert b.json["conversation_id"]
+    app.extensions["wecom_dify"].producer.shutdown()
+
+
+def test_stale_conversation_is_dropped_and_retried(wecom: InProcessWeCom, dify: DifySimulator,
+                                                   redis_client: redis.Redis, settings: Settings) -> None:
+    key = Keys(settings.redis_key_prefix).conversation("u:carol")
+    redis_client.set(key, "6f1c1c3e-0000-4000-8000-000000000000", ex=100)
+    first = wecom.send(text_message("hello", userid="carol"))
+    assert first is not None
+    frames = wecom.until_finished(first["stream"]["id"])
+    assert contents(frames)[-1] == "echo: hello"
+    stale, fresh = dify.chat_requests()
+    assert stale.json["conversation_id"] and "conversation_id" not in fresh.json
+    assert redis_client.get(key) not in (None, b"6f1c1c3e-0000-4000-8000-000000000000")
+
+
+def test_same_conversation_is_serialized(wecom: InProcessWeCom, dify: DifySimulator) -> None:
+    dify.script("slow", Script(answer="slow answer", delay=0.1))
+    dify.script("next", Script(answer="next answer"))
+    a = wecom.send(text_message("slow", userid="dave"))
+    time.sleep(0.05)
+    b = wecom.send(text_message("next", userid="dave"))
+    assert a is not None and b is not None
+    time.sleep(0.2)
+    waiting = wecom.poll(b["stream"]["id"])
+    assert waiting["stream"]["finish"] is False
+    assert "上一条" in waiting["stream"]["content"]
+    wecom.until_finished(a["stream"]["id"])
+    assert contents(wecom.until_finished(b["stream"]["id"]))[-1] == "next answer"
+    first, second = dify.chat_requests()
+    assert first.json["query"] == "slow" and second.json["query"] == "next"
+    assert second.json["conversation_id"]  # it ran after the first one stored the conversation
+
+
+def test_dify_error_keeps_partial_text_and_explains(wecom: InProcessWeCom, dify: DifySimulator,
+                                                    settings: Settings) -> None:
+    dify.script("boom", Script(answer="部分回答然后出错", delta_size=2, error_after=2))
+    first = wecom.send(text_message("boom"))
+    assert first is not None
+    last = contents(wecom.until_finished(first["stream"]["id"]))[-1]
+    assert last == "部分回答\n\n" + settings.msg_dify_failed
+
+
+def test_deltas_are_coalesced_before_redis(wecom: InProcessWeCom, dify: DifySimulator,
+                                           redis_client: redis.Redis, settings: Settings) -> None:
+    deltas = [f"{i}," for i in range(400)]
+    dify.script("many", Script(deltas=deltas, delay=0.0005))
+    first = wecom.send(text_message("many"))
+    assert first is not None
+    sid = first["stream"]["id"]
+    assert contents(wecom.until_finished(sid))[-1] == "".join(deltas)
+    seq = int(redis_client.hget(Keys(settings.redis_key_prefix).stream_meta(sid), "seq") or 0)
+    assert 1 <= seq < len(deltas) / 4
+
+
+def test_blocking_mode(settings: Settings, redis_client: redis.Redis, signer: WeComSigner,
+                       dify: DifySimulator) -> None:
+    app = create_app(settings.replace(dify_response_mode="blocking"))
+    wecom = InProcessWeCom(app.test_client(), signer)
+    first = wecom.send(text_message("blocking please"))
+    assert first is not None
+    assert contents(wecom.until_finished(first["stream"]["id"]))[-1] == "echo: blocking please"
+    assert dify.chat_requests()[0].json["response_mode"] == "blocking"
+    app.extensions["wecom_dify"].producer.shutdown()
+
+
+def test_callback_does_not_wait_for_dify(wecom: InProcessWeCom, dify: DifySimulator) -> None:
+    dify.script("stall", Script(answer="late", stall=3.0))
+    started = time.monotonic()
+    first = wecom.send(text_message("stall"))
+    assert time.monotonic() - started < 1.5
+    assert first is not None and first["stream"]["finish"] is False
+
+
+def test_full_pool_says_so_instead_of_dropping(settings: Settings, redis_client: redis.Redis,
+                                               signer: WeComSigner, dify: DifySimulator) -> None:
+    app = create_app(settings.replace(producer_threads=1, producer_backlog=1, queued_note_after_seconds=0.1))
+    wecom = InProcessWeCom(app.test_client(), signer)
+    dify.script("hold", Script(answer="held", stall=1.0))
+    a = wecom.send(text_message("hold", userid="u1"))
+    b = wecom.send(text_message("queued", userid="u2"))
+    c = wecom.send(text_message("rejected", userid="u3"))
+    assert a and b and c
+    time.sleep(0.3)
+    assert wecom.poll(b["stream"]["id"])["stream"] == {
+        "id": b["stream"]["id"], "finish": False, "content": settings.msg_queued}
+    rejected = wecom.poll(c["stream"]["id"])["stream"]
+    assert rejected["finish"] is True and rejected["content"] == settings.msg_busy
+    assert contents(wecom.until_finished(b["stream"]["id"]))[-1] == "echo: queued"
+    app.extensions["wecom_dify"].producer.shutdown()
+
+
+def test_empty_query_after_mention_is_answered_without_dify(wecom: InProcessWeCom, dify: DifySimulator,
+                                                            settings: Settings) -> None:
+    first = wecom.send(text_message("   "))
+    assert first is not None
+    assert wecom.poll(first["stream"]["id"])["stream"]["content"] == settings.msg_empty_query
+    assert dify.chat_requests() == []
+
+
+def test_refresh_of_a_stream_from_a_fuzzed_id(wecom: InProcessWeCom) -> None:
+    for sid in ["", "x" * 5000, "\u2028", "../../etc"]:
+        reply = wecom.send(stream_refresh(sid))
+        assert reply is None or reply["stream"]["finish"] is True

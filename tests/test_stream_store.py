@@ -1,0 +1,142 @@
+"""Stream store scripts against a real Redis: first-wins claims, idempotent writes, TTLs, leases."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from services.keys import Keys
+from services.stream_store import StreamStore, WriteResult
+
+KEYS = Keys("t:")
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> StreamStore:
+    return StreamStore(redis_client, KEYS, stream_ttl=900, dedupe_ttl=600)
+
+
+def test_first_delivery_wins_and_every_key_has_a_ttl(store: StreamStore, redis_client: redis.Redis) -> None:
+    assert store.claim("m1", "sidA", {"user": "u"}) == (True, "sidA")
+    assert store.claim("m1", "sidB", {"user": "u"}) == (False, "sidA")
+    assert not redis_client.exists(KEYS.stream_meta("sidB"))
+    for key in redis_client.scan_iter("t:*"):
+        assert redis_client.ttl(key) > 0, key
+    assert 500 < redis_client.ttl(KEYS.msg("m1")) <= 600
+    assert 800 < redis_client.ttl(KEYS.stream_text("sidA")) <= 900
+    snap = store.snapshot("sidA")
+    assert snap is not None and snap.status == "queued" and snap.text == "" and snap.meta["user"] == "u"
+
+
+def test_appends_are_ordered_and_replay_safe(store: StreamStore) -> None:
+    store.claim("m", "s", {})
+    assert store.write("s", 1, "你好") is WriteResult.APPLIED
+    assert store.write("s", 1, "你好") is WriteResult.REPLAYED
+    assert store.write("s", 3, "x") is WriteResult.GAP
+    assert store.write("s", 2, "，世界") is WriteResult.APPLIED
+    snap = store.snapshot("s")
+    assert snap is not None and snap.text == "你好，世界" and snap.seq == 2
+
+
+def test_replace_overwrites_and_keeps_ttl(store: StreamStore, redis_client: redis.Redis) -> None:
+    store.claim("m", "s", {})
+    store.write("s", 1, "draft")
+    assert store.write("s", 2, "final", replace=True) is WriteResult.APPLIED
+    assert redis_client.ttl(KEYS.stream_text("s")) > 0
+    snap = store.snapshot("s")
+    assert snap is not None and snap.text == "final"
+
+
+def test_finished_stream_is_sticky(store: StreamStore) -> None:
+    store.claim("m", "s", {})
+    assert store.set_status("s", "running")
+    assert store.set_status("s", "done", "note")
+    assert not store.set_status("s", "failed", "other")
+    assert store.write("s", 1, "late") is WriteResult.FINISHED
+    snap = store.snapshot("s")
+    assert snap is not None and snap.finished and snap.status == "done" and snap.note == "note"
+
+
+def test_missing_or_expired_stream(store: StreamStore, redis_client: redis.Redis) -> None:
+    assert store.snapshot("nope") is None
+    assert store.write("nope", 1, "x") is WriteResult.MISSING
+    assert not store.set_status("nope", "done")
+    store.claim("m", "s", {})
+    redis_client.delete(KEYS.stream_text("s"))
+    assert store.write("s", 1, "x") is WriteResult.MISSING
+    assert store.snapshot("s") is None
+
+
+class LoseReplies:
+    """Make the server execute the next matching command but 'lose' its reply once."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, command: str) -> None:
+        self.command = command
+        self.lost = 0
+        original = redis.Redis.parse_response
+
+        def parse_response(client: redis.Redis, connection: Any, command_name: str, **options: Any) -> Any:
+            response = original(client, connection, command_name, **options)
+            if command_name.upper() == self.command and self.lost == 0:
+                self.lost += 1
+                raise redis.ConnectionError("reply lost")
+            return response
+
+        monkeypatch.setattr(redis.Redis, "parse_response", parse_response)
+
+
+@pytest.fixture
+def retrying_store(redis_url: str, redis_client: redis.Redis) -> Iterator[StreamStore]:
+    client = redis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 2))
+    yield StreamStore(client, KEYS)
+    client.close()
+
+
+def test_client_retry_after_lost_reply_does_not_duplicate(retrying_store: StreamStore,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    retrying_store.claim("m", "s", {})
+    loser = LoseReplies(monkeypatch, "EVALSHA")
+    result = retrying_store.write("s", 1, "块")
+    assert loser.lost == 1  # the command really ran twice on the server
+    assert result is WriteResult.REPLAYED
+    snap = retrying_store.snapshot("s")
+    assert snap is not None and snap.text == "块" and snap.seq == 1
+
+
+def test_claim_retry_after_lost_reply_keeps_one_stream(retrying_store: StreamStore,
+                                                       monkeypatch: pytest.MonkeyPatch,
+                                                       redis_client: redis.Redis) -> None:
+    retrying_store.write("warm", 1, "")  # loads the scripts so the claim goes out as EVALSHA
+    loser = LoseReplies(monkeypatch, "EVALSHA")
+    created, sid = retrying_store.claim("m", "s1", {})
+    assert loser.lost == 1
+    assert sid == "s1"
+    assert retrying_store.claim("m", "s2", {}) == (False, "s1")
+    assert len(list(redis_client.scan_iter(KEYS.stream_meta("*")))) == 1
+
+
+def test_leases_are_token_checked(store: StreamStore, redis_client: redis.Redis) -> None:
+    key = KEYS.lane("u:1")
+    assert store.acquire_lease(key, "a", 10_000)
+    assert not store.acquire_lease(key, "b", 10_000)
+    assert not store.renew_lease(key, "b", 50_000)
+    assert store.renew_lease(key, "a", 50_000)
+    assert redis_client.pttl(key) > 10_000
+    store.release_lease(key, "b")
+    assert redis_client.exists(key)
+    store.release_lease(key, "a")
+    assert not redis_client.exists(key)
+
+
+def test_conversation_idle_expiry_is_refreshed_on_use(store: StreamStore, redis_client: redis.Redis) -> None:
+    store.set_conversation("u:1", "conv-1", 100)
+    redis_client.expire(KEYS.conversation("u:1"), 5)
+    assert store.get_conversation("u:1", 100) == "conv-1"
+    assert redis_client.ttl(KEYS.conversation("u:1")) > 50
+    store.drop_conversation("u:1")
+    assert store.get_conversation("u:1", 100) is None

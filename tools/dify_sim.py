@@ -1,0 +1,811 @@
+"""Dify simulator: a real HTTP server speaking Dify's service-API wire format (reference: dify-api.md).
+
+    python -m tools.dify_sim --port 8001 [--delay 0.05]
+
+Serves ``POST /v1/chat-messages`` (streaming and blocking) and ``POST /v1/chat-messages/<task_id>/stop``
+with Dify's exact frame shapes, key order, JSON flavours (≤ 1.8.0 ``json.dumps`` vs ≥ 1.8.1 orjson),
+error envelopes and conversation scoping by ``user``.  Each query can be scripted (``Script``) to
+re-chunk the bytes, ping, replace, fail, stall or cut the stream; unscripted queries are echoed.
+Loopback only.  Nothing here is used in production.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import random
+import re
+import socket
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, replace
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = ("127.0.0.1", "::1", "localhost")
+_STOP_PATH = re.compile(r"/v1/chat-messages/([^/]+)/stop")
+_USAGE = {
+    "prompt_tokens": 12,
+    "prompt_unit_price": "0.0",
+    "prompt_price_unit": "0.0",
+    "prompt_price": "0.0",
+    "completion_tokens": 34,
+    "completion_unit_price": "0.0",
+    "completion_price_unit": "0.0",
+    "completion_price": "0.0",
+    "total_tokens": 46,
+    "total_price": "0.0",
+    "currency": "USD",
+    "latency": 0.5,
+    "time_to_first_token": None,
+    "time_to_generate": None,
+}
+_DEFAULT_ERRORS = {
+    400: ("invalid_param", "Invalid parameter."),
+    401: ("unauthorized", "Access token is invalid"),
+    403: ("forbidden", "The app's API service has been disabled."),
+    404: ("not_found", "Conversation Not Exists."),
+    429: (
+        "too_many_requests",
+        "Too many requests. Please try again later. The current maximum concurrent "
+        "requests allowed for 00000000-0000-4000-8000-000000000000 is 1.",
+    ),
+    500: (
+        "internal_server_error",
+        "The server encountered an internal error and was unable to complete "
+        "your request. Either the server is overloaded or there is an error in the application.",
+    ),
+}
+_MISSING_INPUTS = "1 validation error for ChatRequestPayload\ninputs\n  Field required"
+_RESTX_HINT = " You have requested this URI [/v1/chat-messages] but did you mean /v1/chat-messages ?"
+
+
+@dataclass
+class Script:
+    """How the simulator answers one query (every knob defaults to a plain, fast, successful answer)."""
+
+    answer: str = ""
+    deltas: list[str] | None = None  # explicit deltas (overrides splitting ``answer``)
+    delta_size: int = 2  # characters per delta when splitting ``answer``
+    delay: float = 0.0  # seconds between frames
+    flavour: Literal["new", "old"] = "new"  # ≥ 1.8.1 compact raw UTF-8 / ≤ 1.8.0 ASCII json.dumps
+    app: Literal["chat", "agent", "advanced-chat"] = "chat"
+    rechunk: Literal["frame", "random", "bytewise", "merged"] = "frame"  # frames → HTTP chunks
+    seed: int = 0  # for rechunk="random"
+    chunk_delay: float = 0.0  # seconds between HTTP chunks (a slow trickle, e.g. with "bytewise")
+    ping_every: int = 0  # `event: ping` after every N data frames (0 = never)
+    leading_ping: bool | None = None  # None: only for advanced-chat (≥ 1.13 relay)
+    replace_at: int | None = None  # message_replace after delta #N ...
+    replace_text: str = ""  # ... carrying this full replacement
+    error_after: int | None = None  # an error frame after N deltas instead of the normal end
+    error_code: str = "completion_request_error"
+    error_message: str = "[openai] Rate Limit Error, Error code: 429"
+    error_status: int = 400
+    eof_after: int | None = None  # end the stream after N deltas without a terminal event
+    eof_abrupt: bool = False  # ... by closing the socket instead of a clean last chunk
+    stall: float = 0.0  # seconds of silence after the deltas, before the terminal frame
+    pings_during_stall: bool = False
+    ping_interval: float = 10.0  # seconds between pings during a stall
+    message_file_quirk: bool = False  # a real message_file frame, then text labelled "message_file" (§7.9)
+    closing_message: bool = False  # agent: New Agent's closing `message` repeating the whole answer
+    node_payload: int = 0  # advanced-chat: characters of prompt text inside the LLM node_finished frame
+    http_status: int = 200  # non-200: answer with Dify's JSON error envelope (or HTML if html_error)
+    error_envelope_code: str = ""
+    error_envelope_message: str = ""
+    html_error: bool = False
+    fail_times: int = 0  # only the first N requests get http_status (0 = all of them)
+
+    def split(self) -> list[str]:
+        """Return the text deltas this script streams."""
+        if self.deltas is not None:
+            return list(self.deltas)
+        size = max(1, self.delta_size)
+        return [self.answer[i : i + size] for i in range(0, len(self.answer), size)]
+
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request the simulator received; ``headers`` has lower-case names."""
+
+    method: str
+    path: str
+    headers: dict[str, str]
+    json: Any
+    time: float
+
+
+class _Task:
+    def __init__(self, user: str) -> None:
+        self.user = user
+        self.stop = threading.Event()
+
+
+class _Abort(Exception):
+    """The simulator is shutting down: drop the connection."""
+
+
+class DifySimulator:
+    """A threaded HTTP server imitating one Dify app's service API on loopback."""
+
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        default: Script | None = None,
+        *,
+        api_keys: set[str] | None = None,
+        restx_404_hint: bool = False,
+    ) -> None:
+        if host not in LOOPBACK:
+            raise ValueError("the Dify simulator binds to loopback only")
+        self.host, self.port = host, port
+        self.default = default or Script()
+        self.api_keys = api_keys
+        self.restx_404_hint = restx_404_hint
+        self.app_id = str(uuid.uuid4())
+        self._lock = threading.Lock()
+        self._closing = threading.Event()
+        self._requests: list[RecordedRequest] = []
+        self._scripts: dict[str, Script] = {}
+        self._attempts: dict[str, int] = {}
+        self._conversations: dict[str, tuple[str, int]] = {}  # id -> (user, dialogue count)
+        self._tasks: dict[str, _Task] = {}
+        self._conns: set[socket.socket] = set()
+        self._server: _Server | None = None
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """Return the base URL including ``/v1``."""
+        if self._server is None:
+            raise RuntimeError("simulator not started")
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"http://{host}:{self._server.server_address[1]}/v1"
+
+    def start(self) -> DifySimulator:
+        """Bind and serve in a daemon thread."""
+        self._server = _Server((self.host, self.port), _Handler, self)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, kwargs={"poll_interval": 0.05}, name="dify-sim", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        """Stop serving, cut open streams and close every socket."""
+        self._closing.set()
+        with self._lock:
+            for task in self._tasks.values():
+                task.stop.set()
+            conns = list(self._conns)
+        for conn in conns:
+            try:
+                conn.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+        self._server = self._thread = None
+
+    def __enter__(self) -> DifySimulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def script(self, query: str, script: Script) -> None:
+        """Answer ``query`` with ``script`` from now on."""
+        with self._lock:
+            self._scripts[query] = script
+            self._attempts.pop(query, None)
+
+    def reset(self) -> None:
+        """Forget scripts, recorded requests, failure counters and conversations."""
+        with self._lock:
+            self._requests.clear()
+            self._scripts.clear()
+            self._attempts.clear()
+            self._conversations.clear()
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Return a copy of every request received so far."""
+        with self._lock:
+            return list(self._requests)
+
+    def chat_requests(self) -> list[RecordedRequest]:
+        """Return the ``POST /v1/chat-messages`` requests received so far."""
+        return [r for r in self.requests if r.method == "POST" and r.path == "/v1/chat-messages"]
+
+    def stop_requests(self) -> list[RecordedRequest]:
+        """Return the stop requests received so far."""
+        return [r for r in self.requests if _STOP_PATH.fullmatch(r.path)]
+
+    def new_conversation(self, user: str) -> str:
+        """Create a conversation owned by ``user`` and return its id."""
+        conversation_id = str(uuid.uuid4())
+        with self._lock:
+            self._conversations[conversation_id] = (user, 0)
+        return conversation_id
+
+    # -- used by the request handler --------------------------------------------------------------
+
+    def _record(self, request: RecordedRequest) -> None:
+        with self._lock:
+            self._requests.append(request)
+
+    def _script_for(self, query: str) -> tuple[Script, bool]:
+        """Return the query's script and whether this request must fail with its http_status."""
+        with self._lock:
+            script = self._scripts.get(query)
+            if script is None:
+                script = self.default
+                if not script.answer and script.deltas is None:
+                    script = replace(script, answer=f"echo: {query}")
+            attempt = self._attempts[query] = self._attempts.get(query, 0) + 1
+        fail = script.http_status != 200 and (script.fail_times == 0 or attempt <= script.fail_times)
+        return script, fail
+
+    def _open_conversation(self, conversation_id: str, user: str) -> int | None:
+        """Count one more turn in a conversation of ``user``; None if it is unknown or not theirs."""
+        with self._lock:
+            owner = self._conversations.get(conversation_id)
+            if owner is None or owner[0] != user:
+                return None
+            self._conversations[conversation_id] = (user, owner[1] + 1)
+            return owner[1] + 1
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, address: tuple[str, int], handler: type[_Handler], sim: DifySimulator) -> None:
+        self.sim = sim
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
+        super().__init__(address, handler)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError, _Abort)):
+            log.exception("dify simulator: error while handling a request")
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "dify-sim/1.14"
+    server: _Server
+    timeout = 120
+
+    def setup(self) -> None:
+        super().setup()
+        with self.server.sim._lock:
+            self.server.sim._conns.add(self.connection)
+
+    def finish(self) -> None:
+        with self.server.sim._lock:
+            self.server.sim._conns.discard(self.connection)
+        try:
+            super().finish()
+        except OSError:
+            pass
+
+    def log_message(self, format: str, *args: Any) -> None:
+        log.debug("dify simulator: " + format, *args)
+
+    def do_GET(self) -> None:
+        self._record(None)
+        self._error(404, "not_found", "The requested URL was not found on the server.")
+
+    def do_POST(self) -> None:
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+            raw = self.rfile.read(length) if length > 0 else b""
+            try:
+                body = json.loads(raw) if raw else None
+            except ValueError:
+                body = None
+            self._record(body)
+            path = urlsplit(self.path).path
+            if not self._authorized():
+                return
+            stop = _STOP_PATH.fullmatch(path)
+            if path == "/v1/chat-messages":
+                self._chat(body if isinstance(body, dict) else {})
+            elif stop:
+                self._stop(stop.group(1), body if isinstance(body, dict) else {})
+            else:
+                self._error(404, "not_found", "The requested URL was not found on the server.")
+        except (ConnectionError, TimeoutError, _Abort):
+            self.close_connection = True
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _record(self, body: Any) -> None:
+        headers = {k.lower(): v for k, v in self.headers.items()}
+        self.server.sim._record(
+            RecordedRequest(self.command, urlsplit(self.path).path, headers, body, time.time())
+        )
+
+    def _send(
+        self, status: int, body: bytes, content_type: str, headers: dict[str, str] | None = None
+    ) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def _error(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+        envelope = {"code": code, "message": message, "status": status}
+        self._send(status, (json.dumps(envelope) + "\n").encode(), "application/json", headers)
+
+    def _authorized(self) -> bool:
+        header = self.headers.get("Authorization") or ""
+        scheme, _, key = header.partition(" ")
+        problem, keys = None, self.server.sim.api_keys
+        if not key:
+            problem = "Authorization header must be provided and start with 'Bearer'"
+        elif scheme.lower() != "bearer":
+            problem = "Authorization scheme must be 'Bearer'"
+        elif not key.strip() or (keys is not None and key not in keys):
+            problem = "Access token is invalid"
+        if problem:
+            self._error(401, "unauthorized", problem, {"WWW-Authenticate": 'Bearer realm="api"'})
+        return problem is None
+
+    # -- endpoints --------------------------------------------------------------------------------
+
+    def _stop(self, task_id: str, body: dict[str, Any]) -> None:
+        user = body.get("user")
+        if not isinstance(user, str) or not user:
+            self._error(400, "invalid_param", "Arg user must be provided.")
+            return
+        with self.server.sim._lock:
+            task = self.server.sim._tasks.get(task_id)
+        if task is not None and task.user == user:  # another user's stop is a silent no-op, as in Dify
+            task.stop.set()
+        self._send(200, json.dumps({"result": "success"}).encode(), "application/json")
+
+    def _chat(self, body: dict[str, Any]) -> None:
+        sim = self.server.sim
+        user, query, mode = body.get("user"), body.get("query"), body.get("response_mode") or "blocking"
+        if not isinstance(user, str) or not user:
+            return self._error(400, "invalid_param", "Arg user must be provided.")
+        if not isinstance(query, str) or not query.replace("\x00", ""):
+            return self._error(400, "invalid_param", "query is required")
+        if not isinstance(body.get("inputs"), dict):
+            return self._error(400, "invalid_param", _MISSING_INPUTS)
+        if mode not in ("streaming", "blocking"):
+            return self._error(400, "invalid_param", "response_mode must be 'streaming' or 'blocking'")
+        script, fail = sim._script_for(query)
+        if mode == "blocking" and script.app == "agent":
+            return self._error(400, "invalid_param", "Agent Chat App does not support blocking mode")
+        if fail:
+            return self._scripted_error(script)
+        conversation_id = str(body.get("conversation_id") or "").strip()
+        if conversation_id:
+            try:
+                uuid.UUID(conversation_id)
+            except ValueError:
+                return self._error(400, "invalid_param", "conversation_id must be a valid UUID")
+            turn = sim._open_conversation(conversation_id, user)
+            if turn is None:
+                hint = _RESTX_HINT if sim.restx_404_hint else ""
+                return self._error(404, "not_found", "Conversation Not Exists." + hint)
+        else:
+            conversation_id, turn = sim.new_conversation(user), 1
+            sim._open_conversation(conversation_id, user)
+        task = _Task(user)
+        ids = _Ids(conversation_id, str(uuid.uuid4()), str(uuid.uuid4()), int(time.time()), turn)
+        with sim._lock:
+            sim._tasks[ids.task] = task
+        try:
+            if mode == "blocking":
+                self._blocking(script, ids, task, query)
+            else:
+                _Stream(self, script, ids, task, query, user, body["inputs"]).run()
+        finally:
+            with sim._lock:
+                sim._tasks.pop(ids.task, None)
+
+    def _scripted_error(self, script: Script) -> None:
+        status = script.http_status
+        if script.html_error:
+            phrase = _phrase(status)
+            page = (
+                f"<html>\r\n<head><title>{status} {phrase}</title></head>\r\n<body>\r\n<center><h1>"
+                f"{status} {phrase}</h1></center>\r\n"
+                + "<!-- padding -->\r\n" * 40
+                + "<hr><center>nginx</center>\r\n</body>\r\n</html>\r\n"
+            )
+            return self._send(status, page.encode(), "text/html")
+        code, message = _DEFAULT_ERRORS.get(status, (f"http_{status}", _phrase(status)))
+        self._error(status, script.error_envelope_code or code, script.error_envelope_message or message)
+
+    def _blocking(self, script: Script, ids: _Ids, task: _Task, query: str) -> None:
+        deltas = script.split()
+        wait = script.delay * len(deltas) + script.stall
+        if task.stop.wait(wait) and self.server.sim._closing.is_set():
+            raise _Abort
+        if script.error_after is not None:
+            return self._error(script.error_status, script.error_code, script.error_message)
+        if script.eof_after is not None:
+            self.close_connection = True
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        answer = "".join(deltas)
+        if script.replace_at is not None:
+            answer = script.replace_text + "".join(deltas[script.replace_at :])
+        obj = {
+            "event": "message",
+            "task_id": ids.task,
+            "id": ids.message,
+            "message_id": ids.message,
+            "conversation_id": ids.conversation,
+            "mode": script.app,
+            "answer": answer,
+            "metadata": {"annotation_reply": None, "retriever_resources": [], "usage": _USAGE},
+            "created_at": ids.created,
+        }
+        self._send(200, json.dumps(obj).encode(), "application/json; charset=utf-8")
+
+
+@dataclass(frozen=True)
+class _Ids:
+    conversation: str
+    message: str
+    task: str
+    created: int
+    turn: int
+
+
+class _Stream:
+    """Write one SSE answer, frame by frame, as the script says."""
+
+    def __init__(
+        self, handler: _Handler, script: Script, ids: _Ids, task: _Task, query: str, user: str, inputs: Any
+    ) -> None:
+        self.h, self.s, self.ids, self.task = handler, script, ids, task
+        self.query, self.user, self.inputs = query, user, inputs
+        self.rng = random.Random(script.seed)
+        self.pending = bytearray()
+        self.next_size = self.rng.randint(1, 48)
+        self.data_frames = 0
+        self.run_id, self.workflow_id = str(uuid.uuid4()), str(uuid.uuid4())
+        self.text = ""
+
+    # -- bytes ------------------------------------------------------------------------------------
+
+    def chunk(self, data: bytes) -> None:
+        if self.s.chunk_delay:
+            self.task.stop.wait(self.s.chunk_delay)
+            if self.h.server.sim._closing.is_set():
+                raise _Abort
+        self.h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+
+    def emit(self, data: bytes) -> None:
+        if self.s.rechunk == "frame":
+            self.chunk(data)
+        elif self.s.rechunk == "bytewise":
+            for i in range(len(data)):
+                self.chunk(data[i : i + 1])
+        else:
+            self.pending += data
+            if self.s.rechunk == "random":
+                self.drain(force=False)
+
+    def drain(self, force: bool) -> None:
+        """Send buffered bytes (random sizes or one merged chunk); keep a random tail unless forced."""
+        if self.s.rechunk == "merged":
+            if force and self.pending:
+                self.chunk(bytes(self.pending))
+                self.pending.clear()
+            return
+        while self.pending and (force or len(self.pending) >= self.next_size):
+            piece = bytes(self.pending[: self.next_size])
+            del self.pending[: self.next_size]
+            self.chunk(piece)
+            self.next_size = self.rng.randint(1, 48)
+
+    def wait(self, seconds: float) -> bool:
+        """Sleep (flushing first); True if the task was stopped meanwhile."""
+        if seconds > 0:
+            self.drain(force=True)
+        stopped = self.task.stop.wait(seconds) if seconds > 0 else self.task.stop.is_set()
+        if self.h.server.sim._closing.is_set():
+            raise _Abort
+        return stopped
+
+    # -- frames -----------------------------------------------------------------------------------
+
+    def dumps(self, obj: dict[str, Any]) -> str:
+        if self.s.flavour == "old":
+            return json.dumps(obj)
+        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
+
+    def ping(self) -> None:
+        self.emit(b"event: ping\n\n")
+
+    def frame(self, event: str, **fields: Any) -> None:
+        obj = {
+            "event": event,
+            "conversation_id": self.ids.conversation,
+            "message_id": self.ids.message,
+            "created_at": self.ids.created,
+        }
+        if event != "error":
+            obj["task_id"] = self.ids.task
+        obj.update(fields)
+        self.emit(("data: " + self.dumps(obj) + "\n\n").encode())
+        self.data_frames += 1
+        terminal = event in ("error", "message_end", "workflow_finished")
+        if self.s.ping_every and self.data_frames % self.s.ping_every == 0 and not terminal:
+            self.ping()
+
+    def text_frame(self, text: str) -> None:
+        if self.s.app == "agent":
+            self.frame("agent_message", id=self.ids.message, answer=text)
+        else:
+            event = "message_file" if self.s.message_file_quirk else "message"
+            selector = ["llm", "text"] if self.s.app == "advanced-chat" else None
+            self.frame(event, id=self.ids.message, answer=text, from_variable_selector=selector)
+
+    def thought(self, position: int, thought: str) -> None:
+        self.frame(
+            "agent_thought",
+            id=f"{self.ids.message[:-2]}{position:02d}",
+            position=position,
+            thought=thought,
+            observation="",
+            tool="",
+            tool_labels={},
+            tool_input="",
+            message_files=[],
+        )
+
+    def workflow(self, event: str, data: dict[str, Any]) -> None:
+        self.frame(event, workflow_run_id=self.run_id, data=data)
+
+    def node(self, event: str, node_id: str, node_type: str, title: str, index: int, **more: Any) -> None:
+        data: dict[str, Any] = {
+            "id": f"{self.run_id[:-4]}{index:04d}",
+            "node_id": node_id,
+            "node_type": node_type,
+            "title": title,
+            "index": index,
+            "predecessor_node_id": None,
+        }
+        if event == "node_started":
+            data.update(
+                inputs=None,
+                inputs_truncated=False,
+                created_at=self.ids.created,
+                extras={},
+                iteration_id=None,
+                loop_id=None,
+                agent_strategy=None,
+            )
+        else:
+            data.update(
+                inputs={},
+                inputs_truncated=False,
+                process_data=more.get("process_data", {}),
+                process_data_truncated=False,
+                outputs=more.get("outputs", {}),
+                outputs_truncated=False,
+                status=more.get("status", "succeeded"),
+                error=more.get("error"),
+                elapsed_time=0.01,
+                execution_metadata=None,
+                created_at=self.ids.created,
+                finished_at=int(time.time()),
+                files=[],
+                iteration_id=None,
+                loop_id=None,
+            )
+        self.workflow(event, data)
+
+    def workflow_finished(self, status: str, error: str | None) -> None:
+        self.workflow(
+            "workflow_finished",
+            {
+                "id": self.run_id,
+                "workflow_id": self.workflow_id,
+                "status": status,
+                "outputs": {"answer": self.text} if status == "succeeded" else {},
+                "error": error,
+                "elapsed_time": 0.5,
+                "total_tokens": 46,
+                "total_steps": 3,
+                "created_by": {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, self.user)), "user": self.user},
+                "created_at": self.ids.created,
+                "finished_at": int(time.time()),
+                "exceptions_count": 0,
+                "files": [],
+            },
+        )
+
+    def message_end(self) -> None:
+        files: list[Any] | None = [] if self.s.app == "advanced-chat" else None
+        metadata: dict[str, Any] = {"annotation_reply": None, "retriever_resources": [], "usage": _USAGE}
+        self.frame("message_end", id=self.ids.message, metadata=metadata, files=files)
+
+    # -- the answer -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        h, s = self.h, self.s
+        h.send_response(200)
+        h.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        h.send_header("Cache-Control", "no-cache")
+        h.send_header("X-Accel-Buffering", "no")
+        h.send_header("Transfer-Encoding", "chunked")
+        h.end_headers()
+        self.opening()
+        deltas = s.split()
+        cut = min(len(deltas), *(n for n in (s.error_after, s.eof_after) if n is not None), len(deltas))
+        stopped = False
+        for i, delta in enumerate(deltas[:cut]):
+            if self.wait(s.delay):
+                stopped = True
+                break
+            self.text += delta
+            self.text_frame(delta)
+            if s.replace_at is not None and i + 1 == s.replace_at:
+                self.text = s.replace_text
+                reason = "output_moderation" if s.app == "advanced-chat" else ""
+                self.frame("message_replace", answer=s.replace_text, reason=reason)
+        if not stopped and s.stall > 0:
+            stopped = self.stall()
+        if stopped:
+            self.stopped_ending()
+        elif s.error_after is not None:
+            self.error_ending()
+        elif s.eof_after is not None:
+            self.drain(force=True)
+            if s.eof_abrupt:
+                h.close_connection = True
+                h.connection.shutdown(socket.SHUT_RDWR)
+                return
+        else:
+            self.normal_ending()
+        self.drain(force=True)
+        h.wfile.write(b"0\r\n\r\n")
+
+    def stall(self) -> bool:
+        end = time.monotonic() + self.s.stall
+        while (left := end - time.monotonic()) > 0:
+            step = min(left, self.s.ping_interval) if self.s.pings_during_stall else left
+            if self.wait(step):
+                return True
+            if self.s.pings_during_stall and end - time.monotonic() > 0:
+                self.ping()
+        return False
+
+    def opening(self) -> None:
+        s = self.s
+        if s.leading_ping or (s.leading_ping is None and s.app == "advanced-chat"):
+            self.ping()
+        if s.app == "advanced-chat":
+            inputs = {
+                **self.inputs,
+                "sys.files": [],
+                "sys.user_id": self.user,
+                "sys.app_id": self.h.server.sim.app_id,
+                "sys.workflow_id": self.workflow_id,
+                "sys.workflow_run_id": self.run_id,
+                "sys.query": self.query,
+                "sys.dialogue_count": self.ids.turn,
+            }
+            self.workflow(
+                "workflow_started",
+                {
+                    "id": self.run_id,
+                    "workflow_id": self.workflow_id,
+                    "inputs": inputs,
+                    "created_at": self.ids.created,
+                    "reason": "initial",
+                },
+            )
+            self.node("node_started", "1763600000001", "start", "开始", 1)
+            self.node("node_finished", "1763600000001", "start", "开始", 1, outputs=inputs)
+            self.node("node_started", "llm", "llm", "LLM", 2)
+        elif s.app == "agent":
+            self.thought(1, "")
+            self.frame("agent_message", id=self.ids.message, answer="")
+        if s.message_file_quirk and s.app != "agent":
+            self.frame(
+                "message_file",
+                id=str(uuid.uuid4()),
+                type="image",
+                belongs_to="assistant",
+                url=f"http://127.0.0.1/files/tools/{uuid.uuid4()}.png?timestamp=1&nonce=n&sign=s",
+            )
+
+    def normal_ending(self) -> None:
+        s = self.s
+        if s.app == "advanced-chat":
+            prompt = "资料" * (s.node_payload // 2)
+            self.node(
+                "node_finished",
+                "llm",
+                "llm",
+                "LLM",
+                2,
+                outputs={"text": self.text},
+                process_data={"prompts": [{"role": "user", "text": prompt or self.query, "files": []}]},
+            )
+            self.message_end()
+            self.workflow_finished("succeeded", None)
+            return
+        if s.app == "agent":
+            self.thought(2, self.text)
+            if s.closing_message:
+                self.frame("message", id=self.ids.message, answer=self.text, from_variable_selector=None)
+        self.message_end()
+
+    def error_ending(self) -> None:
+        s = self.s
+        if s.app == "advanced-chat":
+            self.node("node_finished", "llm", "llm", "LLM", 2, status="failed", error=s.error_message)
+            self.workflow_finished("failed", s.error_message)
+        self.frame("error", code=s.error_code, status=s.error_status, message=s.error_message)
+
+    def stopped_ending(self) -> None:
+        """End as Dify does on a user stop: the partial answer is kept."""
+        if self.s.app == "advanced-chat":
+            self.workflow_finished("stopped", None)
+        self.message_end()
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Error"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Serve a demo Dify app until interrupted."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--host", default="127.0.0.1", choices=LOOPBACK)
+    parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument(
+        "--delay", type=float, default=0.05, help="seconds between deltas (default %(default)s)"
+    )
+    parser.add_argument("--app", default="chat", choices=["chat", "agent", "advanced-chat"])
+    parser.add_argument("--flavour", default="new", choices=["new", "old"])
+    parser.add_argument("--api-key", action="append", help="accept only these keys (default: any)")
+    args = parser.parse_args(argv)
+    default = Script(delay=args.delay, app=args.app, flavour=args.flavour, delta_size=2)
+    sim = DifySimulator(args.host, args.port, default, api_keys=set(args.api_key) if args.api_key else None)
+    sim.start()
+    keys = "the --api-key values" if args.api_key else "any API key"
+    print(f"Dify simulator at {sim.url}  (set DIFY_BASE_URL={sim.url}; accepts {keys})")
+    print("unscripted queries are echoed back in small deltas; Ctrl-C to stop", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        sim.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
