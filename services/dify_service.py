@@ -11,7 +11,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -105,7 +105,7 @@ class DifyClient:
         inputs: Mapping[str, Any] | None = None,
         authorization: str | None = None,
         cancel: threading.Event | None = None,
-    ) -> Iterator[DifyEvent]:
+    ) -> Generator[DifyEvent, None, None]:
         """Send ``query`` and yield its events; the total deadline starts now."""
         deadline = self._clock() + self.total_timeout
         body: dict[str, Any] = {
@@ -137,7 +137,7 @@ class DifyClient:
 
     def _chat(
         self, body: dict[str, Any], headers: dict[str, str], deadline: float, cancel: threading.Event
-    ) -> Iterator[DifyEvent]:
+    ) -> Generator[DifyEvent, None, None]:
         attempt = 0
         while True:
             if cancel.is_set():
@@ -199,7 +199,7 @@ class DifyClient:
             log.info("dify: stream cut: %s", type(e).__name__)
             return b""  # treated like EOF
 
-    def _read_stream(self, resp: Any, deadline: float, cancel: threading.Event) -> Iterator[DifyEvent]:
+    def _read_stream(self, resp: Any, deadline: float, cancel: threading.Event) -> Generator[DifyEvent, None, None]:
         state, parser = ChatEventDecoder(), SSEParser()
         idle_until = self._clock() + self.idle_timeout
         grace_until: float | None = None
@@ -258,7 +258,7 @@ class DifyClient:
             return DifyTimeout(f"no data frame for {self.idle_timeout}s (pings only)", code="idle_timeout")
         return DifyTimeout(f"no bytes for {self.read_timeout}s", code="read_timeout")
 
-    def _read_blocking(self, resp: Any, deadline: float, cancel: threading.Event) -> Iterator[DifyEvent]:
+    def _read_blocking(self, resp: Any, deadline: float, cancel: threading.Event) -> Generator[DifyEvent, None, None]:
         body = bytearray()
         try:
             while len(body) <= _BLOCKING_BODY_LIMIT:

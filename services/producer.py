@@ -46,7 +46,12 @@ class Job:
 
 
 class StreamWriter:
-    """Buffers one stream's deltas and writes them with increasing sequence numbers."""
+    """Buffers one stream's deltas and writes them with increasing sequence numbers.
+
+    A write that failed (Redis unreachable, reply lost) is retried byte for byte under the same
+    sequence number before anything newer, so a write the server did apply is recognised as a
+    replay and never doubled or mixed with later text.
+    """
 
     def __init__(self, store: StreamStore, sid: str) -> None:
         self.store = store
@@ -54,6 +59,7 @@ class StreamWriter:
         self.seq = 0
         self._pending: list[str] = []
         self._replace: str | None = None
+        self._inflight: tuple[str, bool] | None = None
         self._buffer_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self.lost = False
@@ -70,23 +76,30 @@ class StreamWriter:
             self._pending.clear()
 
     def flush(self) -> None:
-        """Write what is buffered (one Redis call); safe to call from any thread."""
+        """Write what is buffered; raises StoreUnavailable, keeping the write for the next flush."""
         with self._flush_lock:
-            with self._buffer_lock:
-                replace, pending = self._replace, "".join(self._pending)
-                self._replace, self._pending = None, []
-            if replace is not None:
-                self._write(replace + pending, replace=True)
-            elif pending:
-                self._write(pending, replace=False)
+            while True:
+                if self._inflight is None:
+                    self._inflight = self._take()
+                if self._inflight is None:
+                    return
+                text, is_replace = self._inflight
+                result = self.store.write(self.sid, self.seq + 1, text, replace=is_replace)
+                self._inflight = None
+                if result in (WriteResult.APPLIED, WriteResult.REPLAYED):
+                    self.seq += 1
+                else:
+                    self.lost = True
+                    log.warning("stream write refused", extra={"sid": self.sid, "result": result.name})
+                    return
 
-    def _write(self, text: str, *, replace: bool) -> None:
-        result = self.store.write(self.sid, self.seq + 1, text, replace=replace)
-        if result in (WriteResult.APPLIED, WriteResult.REPLAYED):
-            self.seq += 1
-        else:
-            self.lost = True
-            log.warning("stream write refused", extra={"sid": self.sid, "result": result.name})
+    def _take(self) -> tuple[str, bool] | None:
+        with self._buffer_lock:
+            replace, pending = self._replace, "".join(self._pending)
+            self._replace, self._pending = None, []
+        if replace is not None:
+            return replace + pending, True
+        return (pending, False) if pending else None
 
 
 class Producer:
@@ -186,7 +199,12 @@ class Producer:
     def _answer(self, job: Job, writer: StreamWriter) -> None:
         conversation = self.store.get_conversation(job.scope, self.idle_seconds)
         try:
-            for event in self.dify.chat(job.query, user=job.dify_user, conversation_id=conversation):
+            events = self.dify.chat(job.query, user=job.dify_user, conversation_id=conversation)
+            for event in events:
+                if writer.lost:  # the stream expired or was finished elsewhere: stop reading Dify
+                    events.close()
+                    log.warning("stream gone, abandoning answer", extra={"sid": job.sid})
+                    return
                 if isinstance(event, Delta):
                     writer.add(event.text)
                 elif isinstance(event, Replace):

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import requests
 
-from tests.servers import free_port
+from tests.servers import free_port, terminate
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -59,13 +59,7 @@ class Replica:
 
     def stop(self) -> None:
         """Stop the master (SIGTERM, then SIGKILL) and its workers."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        terminate(self.proc, timeout=20)
         self.log.close()
 
     def output(self) -> str:

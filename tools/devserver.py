@@ -77,10 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     cmd = [sys.executable, "-m", "gunicorn", "app:create_app()", "--bind", f"{args.host}:{args.port}",
            "--worker-class", "gthread", "--workers", "2", "--threads", "8"]
     proc = subprocess.Popen(cmd, env=env)
+
+    def forward(signum: int, _frame: object) -> None:
+        proc.send_signal(signal.SIGTERM)  # gunicorn drains and exits; then we clean up below
+
+    signal.signal(signal.SIGTERM, forward)
+    signal.signal(signal.SIGINT, forward)
     try:
-        return proc.wait()
-    except KeyboardInterrupt:
-        proc.send_signal(signal.SIGTERM)
         return proc.wait()
     finally:
         if embedded is not None:
