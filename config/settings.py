@@ -67,6 +67,26 @@ class Settings:
     msg_busy: str = _env("MSG_BUSY", "服务繁忙，请稍后重试。")
     msg_dify_failed: str = _env("MSG_DIFY_FAILED", "抱歉，生成回答时出错了，请稍后重试。")
     msg_empty_query: str = _env("MSG_EMPTY_QUERY", "请输入你的问题。")
+    auth_mode: str = _env("AUTH_MODE", "none")
+    mysql_host: str = _env("MYSQL_HOST", "127.0.0.1")
+    mysql_port: int = _env("MYSQL_PORT", 3306)
+    mysql_user: str = _env("MYSQL_USER", "root")
+    mysql_password: str = _env("MYSQL_PASSWORD", "")
+    mysql_database: str = _env("MYSQL_DATABASE", "wecom_bridge")
+    mysql_connect_timeout: float = _env("MYSQL_CONNECT_TIMEOUT", 3.0)
+    mysql_read_timeout: float = _env("MYSQL_READ_TIMEOUT", 5.0)
+    auth_service_url: str = _env("AUTH_SERVICE_URL", "")
+    auth_service_secret: str = _env("AUTH_SERVICE_SECRET", "")
+    auth_service_timeout: float = _env("AUTH_SERVICE_TIMEOUT", 5.0)
+    auth_token_ttl_seconds: int = _env("AUTH_TOKEN_TTL_SECONDS", 7200)
+    auth_negative_ttl_seconds: int = _env("AUTH_NEGATIVE_TTL_SECONDS", 300)
+    auth_redis_wechatid_key: str = _env("AUTH_REDIS_WECHATID_KEY", "authorization:wechatid:{userid}")
+    auth_redis_token_key: str = _env("AUTH_REDIS_TOKEN_KEY", "authorization:token:{token}")
+    dify_inputs_from_user: str = _env("DIFY_INPUTS_FROM_USER", "token=token")
+    dify_auth_source: str = _env("DIFY_AUTH_SOURCE", "app_key")
+    msg_unauthorized: str = _env("MSG_UNAUTHORIZED", "你还没有使用该机器人的权限，请联系管理员开通。")
+    msg_auth_unavailable: str = _env("MSG_AUTH_UNAVAILABLE", "身份验证服务暂时不可用，请稍后再发一次消息。")
+    msg_authenticating: str = _env("MSG_AUTHENTICATING", "正在验证身份…")
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -90,6 +110,11 @@ class Settings:
             elif f.default is MISSING:
                 raise ConfigError(name, "is required but not set")
         return cls(**kwargs)
+
+    @property
+    def inputs_from_user(self) -> dict[str, str]:
+        """Dify input name → identity source (``token``, ``userid`` or a user-info field)."""
+        return _parse_mapping(self.dify_inputs_from_user)
 
     @property
     def bot_names(self) -> list[str]:
@@ -130,6 +155,16 @@ def _env_name(field_name: str) -> str:
         if f.name == field_name:
             return str(f.metadata["env"])
     raise KeyError(field_name)  # pragma: no cover - programming error
+
+
+def _parse_mapping(text: str) -> dict[str, str]:
+    mapping: dict[str, str] = {}
+    for item in filter(None, (part.strip() for part in text.split(","))):
+        name, sep, source = (x.strip() for x in item.partition("="))
+        if not sep or not name or not source:
+            raise ConfigError("DIFY_INPUTS_FROM_USER", f"expected input=source pairs, got {item!r}")
+        mapping[name] = source
+    return mapping
 
 
 _TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool}
@@ -180,5 +215,25 @@ def _validate(s: Settings) -> None:
     _require(s.producer_backlog >= 0, "producer_backlog", "must be >= 0")
     _require(s.stream_ttl_seconds >= 600, "stream_ttl_seconds",
              "must be >= 600 (streams must outlive WeCom's 6-minute polling window)")
+    _require(s.auth_mode in {"none", "mysql"}, "auth_mode", "must be 'none' or 'mysql'")
+    _require(s.dify_auth_source in {"app_key", "user_token"}, "dify_auth_source",
+             "must be 'app_key' or 'user_token'")
+    _require(s.dify_auth_source == "app_key" or s.auth_mode == "mysql", "dify_auth_source",
+             "user_token needs AUTH_MODE=mysql")
+    _require("{userid}" in s.auth_redis_wechatid_key, "auth_redis_wechatid_key", "must contain {userid}")
+    _require("{token}" in s.auth_redis_token_key, "auth_redis_token_key", "must contain {token}")
+    _parse_mapping(s.dify_inputs_from_user)
+    for name in ("mysql_connect_timeout", "mysql_read_timeout", "auth_service_timeout"):
+        _require(getattr(s, name) > 0, name, "must be > 0 seconds")
+    _require(s.auth_token_ttl_seconds > 0, "auth_token_ttl_seconds", "must be > 0")
+    _require(s.auth_negative_ttl_seconds > 0, "auth_negative_ttl_seconds", "must be > 0")
+    if s.auth_mode == "mysql":
+        auth = urlsplit(s.auth_service_url)
+        _require(auth.scheme in {"http", "https"} and bool(auth.hostname), "auth_service_url",
+                 "must be an http(s) URL when AUTH_MODE=mysql")
+        _require(bool(s.auth_service_secret), "auth_service_secret", "is required when AUTH_MODE=mysql")
+        _require(bool(s.mysql_host) and bool(s.mysql_database), "mysql_database",
+                 "MYSQL_HOST and MYSQL_DATABASE are required when AUTH_MODE=mysql")
+        _require(0 < s.mysql_port < 65536, "mysql_port", "must be a TCP port")
     _require(bool(s.redis_key_prefix) and " " not in s.redis_key_prefix, "redis_key_prefix",
              "must be non-empty without spaces")

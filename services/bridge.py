@@ -11,11 +11,14 @@ from redis.retry import Retry
 
 from config import Settings
 from crypto import WeComCrypto
+from services.auth_api import AuthAPI
 from services.dify_service import DifyClient
 from services.keys import Keys
 from services.messages import MessageHandler
 from services.producer import Producer
 from services.stream_store import StreamStore
+from services.user_auth import Authenticator
+from services.user_db import MySQLConfig, UserDB
 
 EXTENSION = "wecom_dify"
 
@@ -30,6 +33,7 @@ class Bridge:
     store: StreamStore
     producer: Producer
     handler: MessageHandler
+    users: UserDB | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, dify: DifyClient | None = None) -> Bridge:
@@ -46,7 +50,17 @@ class Bridge:
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
             health_check_interval=30,
         )
-        store = StreamStore(client, Keys(settings.redis_key_prefix), stream_ttl=settings.stream_ttl_seconds)
+        keys = Keys(settings.redis_key_prefix, settings.auth_redis_wechatid_key, settings.auth_redis_token_key)
+        store = StreamStore(client, keys, stream_ttl=settings.stream_ttl_seconds)
+        users = auth = None
+        if settings.auth_mode == "mysql":
+            users = UserDB(MySQLConfig(settings.mysql_host, settings.mysql_port, settings.mysql_user,
+                                       settings.mysql_password, settings.mysql_database,
+                                       settings.mysql_connect_timeout, settings.mysql_read_timeout))
+            api = AuthAPI(settings.auth_service_url, settings.auth_service_secret,
+                          timeout=settings.auth_service_timeout)
+            auth = Authenticator(store, users, api, token_ttl=settings.auth_token_ttl_seconds,
+                                 negative_ttl=settings.auth_negative_ttl_seconds)
         if dify is None:
             dify = DifyClient(
                 settings.dify_base_url, settings.dify_api_key,
@@ -54,12 +68,10 @@ class Bridge:
                 connect_timeout=settings.dify_connect_timeout, read_timeout=settings.dify_read_timeout,
                 total_timeout=settings.dify_total_timeout, idle_timeout=settings.dify_idle_timeout,
                 max_retries=settings.dify_max_retries)
-        producer = Producer(store, dify, threads=settings.producer_threads,
-                            backlog=settings.producer_backlog, idle_seconds=settings.conversation_idle_seconds,
-                            failed_note=settings.msg_dify_failed)
+        producer = Producer(store, dify, settings, auth=auth)
         handler = MessageHandler(settings, store, producer)
         return cls(settings=settings, crypto=crypto, redis=client, store=store, producer=producer,
-                   handler=handler)
+                   handler=handler, users=users)
 
     def init_app(self, app: Flask) -> None:
         """Attach this runtime to ``app``."""

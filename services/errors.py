@@ -7,7 +7,9 @@
     ├── DifyStreamError            an ``error`` frame, or a workflow that finished failed/stopped
     └── DifyIncompleteError        the stream ended (EOF) without a terminal event
     StoreUnavailable               Redis cannot be reached or answered with an error
-    AuthError                      the user-authentication boundary (filled in by the auth issue)
+    AuthError                      the user-authentication boundary
+    ├── UserNotAuthorized          unknown or disabled user (a final answer, negatively cached)
+    └── AuthUnavailable            MySQL or the auth API failed (temporary; retried next message)
 
 Crypto errors live in ``crypto.errors`` and carry WeCom's official codes.
 """
@@ -70,3 +72,11 @@ class StoreUnavailable(Exception):
 
 class AuthError(Exception):
     """Root of user-authentication failures."""
+
+
+class UserNotAuthorized(AuthError):
+    """The WeCom user is unknown to the user table or disabled."""
+
+
+class AuthUnavailable(AuthError):
+    """MySQL or the authentication API could not answer."""

@@ -17,21 +17,19 @@ def stream_frame(sid: str, content: str, finish: bool) -> dict[str, Any]:
             "stream": {"id": sid, "finish": finish, "content": utf8_prefix(content, MAX_CONTENT_BYTES)}}
 
 
-def render(snapshot: Snapshot, *, now_ms: int, queued_note: str, waiting_note: str,
-           queued_after_ms: int) -> tuple[str, bool]:
+def render(snapshot: Snapshot, *, now_ms: int, notes: dict[str, str], queued_after_ms: int) -> tuple[str, bool]:
     """Return (content, finish) for a stream snapshot.
 
-    While the answer is empty a note explains an unusual wait (pool full, previous message of
-    the same conversation still running). A finished stream shows its note after the text.
+    While the answer is empty a note explains a wait that lasts longer than ``queued_after_ms``
+    (pool full, authentication running) or one that is certain to be long (the previous message of
+    the same conversation is still running). A finished stream shows its note after the text.
     """
     text = snapshot.text
     if snapshot.finished:
         if snapshot.note:
             text = f"{text}\n\n{snapshot.note}" if text else snapshot.note
         return text, True
-    if not text:
-        if snapshot.status == "waiting":
-            return waiting_note, False
-        if snapshot.status == "queued" and now_ms - snapshot.created_ms >= queued_after_ms:
-            return queued_note, False
+    if not text and snapshot.status in notes:
+        if snapshot.status == "waiting" or now_ms - snapshot.created_ms >= queued_after_ms:
+            return notes[snapshot.status], False
     return text, False

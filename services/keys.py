@@ -10,15 +10,40 @@ DEDUPE_TTL = 2 * 3600
 STREAM_TTL = 2 * 3600
 """Stream text + meta: outlives the 6 min polling window and a late ``response_url`` delivery."""
 
+AUTH_LOCK_MS = 10_000
+"""Single-flight token refresh: one producer (on any replica) refreshes; the lock lapses after a crash."""
+
 LANE_LEASE_MS = 30_000
 """Per-conversation lane lock: renewed while its producer works; lapses 30 s after a crash."""
 
 
 @dataclass(frozen=True)
 class Keys:
-    """Key names under one configurable prefix (from ``REDIS_KEY_PREFIX``)."""
+    """Key names under one configurable prefix (from ``REDIS_KEY_PREFIX``).
+
+    The two ``authorization:*`` templates are shared with other company systems, so they are
+    configured verbatim (``AUTH_REDIS_WECHATID_KEY``, ``AUTH_REDIS_TOKEN_KEY``), not prefixed.
+    """
 
     prefix: str
+    wechatid_template: str = "authorization:wechatid:{userid}"
+    token_template: str = "authorization:token:{token}"  # noqa: S105 - a key template, not a secret
+
+    def auth_wechatid(self, userid: str) -> str:
+        """Shared key: WeCom userid → the user's token (TTL from the auth API's expiry)."""
+        return self.wechatid_template.replace("{userid}", userid)
+
+    def auth_token(self, token: str) -> str:
+        """Shared key: token → user info JSON (same TTL as the token)."""
+        return self.token_template.replace("{token}", token)
+
+    def auth_unknown(self, userid: str) -> str:
+        """Negative cache: this userid is unknown or disabled (TTL ``AUTH_NEGATIVE_TTL_SECONDS``)."""
+        return f"{self.prefix}auth:unknown:{userid}"
+
+    def auth_lock(self, userid: str) -> str:
+        """Single-flight lock for refreshing one user's token."""
+        return f"{self.prefix}auth:lock:{userid}"
 
     def msg(self, msgid: str) -> str:
         """WeCom msgid → the stream id that answers it (first delivery wins)."""

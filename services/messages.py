@@ -32,6 +32,8 @@ class MessageHandler:
         self.settings = settings
         self.store = store
         self.producer = producer
+        self.notes = {"queued": settings.msg_queued, "waiting": settings.msg_waiting_previous,
+                      "authenticating": settings.msg_authenticating}
 
     def handle(self, msg: dict[str, Any]) -> Reply:
         """Dispatch on ``msgtype``."""
@@ -62,7 +64,8 @@ class MessageHandler:
                 self.store.set_status(sid, "done", self.settings.msg_empty_query)
                 return self._frame(sid)
             job = Job(sid=sid, msgid=msgid, query=query, dify_user=self._dify_user(user, chat),
-                      scope=self._scope(user, chat), response_url=_str(msg.get("response_url")))
+                      scope=self._scope(user, chat), wecom_user=user,
+                      response_url=_str(msg.get("response_url")))
             if not self.producer.submit(job):
                 log.warning("producer pool full", extra={"sid": sid})
                 self.store.set_status(sid, "failed", self.settings.msg_busy)
@@ -89,10 +92,8 @@ class MessageHandler:
         snapshot = self.store.snapshot(sid)
         if snapshot is None:
             return stream_frame(sid, self.settings.msg_expired, True)
-        content, finish = render(
-            snapshot, now_ms=self.store.now_ms(), queued_note=self.settings.msg_queued,
-            waiting_note=self.settings.msg_waiting_previous,
-            queued_after_ms=int(self.settings.queued_note_after_seconds * 1000))
+        content, finish = render(snapshot, now_ms=self.store.now_ms(), notes=self.notes,
+                                 queued_after_ms=int(self.settings.queued_note_after_seconds * 1000))
         return stream_frame(sid, content, finish)
 
     def _scope(self, user: str, chat: str) -> str:

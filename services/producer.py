@@ -7,25 +7,31 @@ token. The same thread renews the per-conversation lane leases the producers hol
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Literal
 
+from config import Settings
 from services.dify_service import (
     ConversationDropped,
     Delta,
     DifyClient,
+    DifyEvent,
     Finished,
     Replace,
     Started,
 )
-from services.errors import DifyError, StoreUnavailable
+from services.errors import AuthUnavailable, DifyError, DifyHTTPError, StoreUnavailable, UserNotAuthorized
 from services.keys import LANE_LEASE_MS
-from services.stream_store import StreamStore, WriteResult
+from services.stream_store import StreamStore
+from services.stream_writer import StreamWriter
+from services.user_auth import Authenticator, Identity
 
 log = logging.getLogger(__name__)
 
@@ -42,78 +48,23 @@ class Job:
     query: str
     dify_user: str
     scope: str
+    wecom_user: str = ""
     response_url: str = ""
-
-
-class StreamWriter:
-    """Buffers one stream's deltas and writes them with increasing sequence numbers.
-
-    A write that failed (Redis unreachable, reply lost) is retried byte for byte under the same
-    sequence number before anything newer, so a write the server did apply is recognised as a
-    replay and never doubled or mixed with later text.
-    """
-
-    def __init__(self, store: StreamStore, sid: str) -> None:
-        self.store = store
-        self.sid = sid
-        self.seq = 0
-        self._pending: list[str] = []
-        self._replace: str | None = None
-        self._inflight: tuple[str, bool] | None = None
-        self._buffer_lock = threading.Lock()
-        self._flush_lock = threading.Lock()
-        self.lost = False
-
-    def add(self, text: str) -> None:
-        """Queue ``text`` to be appended."""
-        with self._buffer_lock:
-            self._pending.append(text)
-
-    def replace(self, text: str) -> None:
-        """Queue an overwrite of the whole answer with ``text``."""
-        with self._buffer_lock:
-            self._replace = text
-            self._pending.clear()
-
-    def flush(self) -> None:
-        """Write what is buffered; raises StoreUnavailable, keeping the write for the next flush."""
-        with self._flush_lock:
-            while True:
-                if self._inflight is None:
-                    self._inflight = self._take()
-                if self._inflight is None:
-                    return
-                text, is_replace = self._inflight
-                result = self.store.write(self.sid, self.seq + 1, text, replace=is_replace)
-                self._inflight = None
-                if result in (WriteResult.APPLIED, WriteResult.REPLAYED):
-                    self.seq += 1
-                else:
-                    self.lost = True
-                    log.warning("stream write refused", extra={"sid": self.sid, "result": result.name})
-                    return
-
-    def _take(self) -> tuple[str, bool] | None:
-        with self._buffer_lock:
-            replace, pending = self._replace, "".join(self._pending)
-            self._replace, self._pending = None, []
-        if replace is not None:
-            return replace + pending, True
-        return (pending, False) if pending else None
 
 
 class Producer:
     """Owns the producer threads and the flusher; created by ``create_app``, started lazily."""
 
-    def __init__(self, store: StreamStore, dify: DifyClient, *, threads: int, backlog: int,
-                 idle_seconds: int, failed_note: str, sleep: Callable[[float], None] = time.sleep) -> None:
+    def __init__(self, store: StreamStore, dify: DifyClient, settings: Settings, *,
+                 auth: Authenticator | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
         self.store = store
         self.dify = dify
-        self.idle_seconds = idle_seconds
-        self.failed_note = failed_note
+        self.settings = settings
+        self.auth = auth
+        self.idle_seconds = settings.conversation_idle_seconds
         self.sleep = sleep
-        self.capacity = threads + backlog
-        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="producer")
+        self.capacity = settings.producer_threads + settings.producer_backlog
+        self._executor = ThreadPoolExecutor(max_workers=settings.producer_threads, thread_name_prefix="producer")
         self._slots = threading.BoundedSemaphore(self.capacity)
         self._writers: dict[str, StreamWriter] = {}
         self._leases: dict[str, str] = {}
@@ -163,16 +114,17 @@ class Producer:
         writer = StreamWriter(self.store, job.sid)
         lane_key, token = self.store.keys.lane(job.scope), uuid.uuid4().hex
         try:
-            if not self._enter_lane(job, lane_key, token):
+            identity = self._authenticate(job, writer)
+            if identity is False or not self._enter_lane(job, lane_key, token):
                 return
             with self._lock:
                 self._writers[job.sid] = writer
-            self._answer(job, writer)
+            self._answer(job, writer, identity)
         except StoreUnavailable:
             log.error("producer lost redis", extra={"sid": job.sid})
         except Exception:  # a producer must never die silently with the stream left open
             log.exception("producer crashed", extra={"sid": job.sid})
-            self._finish(job, writer, "failed", self.failed_note)
+            self._finish(job, writer, "failed", self.settings.msg_dify_failed)
         finally:
             with self._lock:
                 self._writers.pop(job.sid, None)
@@ -182,6 +134,22 @@ class Producer:
             except StoreUnavailable:
                 pass
             self._slots.release()
+
+    def _authenticate(self, job: Job, writer: StreamWriter) -> Identity | None | Literal[False]:
+        """Resolve the user before anything else; False when the stream was finished instead."""
+        if self.auth is None:
+            return None
+        if not self.store.set_status(job.sid, "authenticating"):
+            return False
+        try:
+            return self.auth.authenticate(job.wecom_user)
+        except UserNotAuthorized:
+            log.info("user refused", extra={"sid": job.sid})
+            self._finish(job, writer, "done", self.settings.msg_unauthorized)
+        except AuthUnavailable as exc:
+            log.warning("authentication unavailable", extra={"sid": job.sid, "reason": str(exc)})
+            self._finish(job, writer, "failed", self.settings.msg_auth_unavailable)
+        return False
 
     def _enter_lane(self, job: Job, lane_key: str, token: str) -> bool:
         """Wait until no other message of the same conversation is being answered."""
@@ -196,11 +164,21 @@ class Producer:
             self._leases[lane_key] = token
         return self.store.set_status(job.sid, "running")
 
-    def _answer(self, job: Job, writer: StreamWriter) -> None:
+    def _answer(self, job: Job, writer: StreamWriter, identity: Identity | None) -> None:
         conversation = self.store.get_conversation(job.scope, self.idle_seconds)
+        user_token = self.settings.dify_auth_source == "user_token"
         try:
-            events = self.dify.chat(job.query, user=job.dify_user, conversation_id=conversation)
-            for event in events:
+            try:
+                events = self._chat(job, conversation, identity)
+                first = next(events, None)
+            except DifyHTTPError as exc:
+                if not (exc.status == 401 and user_token and identity is not None and self.auth):
+                    raise
+                self.auth.invalidate(identity)  # the backend rejected the token: refresh it once
+                identity = self.auth.authenticate(job.wecom_user)
+                events = self._chat(job, conversation, identity)
+                first = next(events, None)
+            for event in itertools.chain([first] if first is not None else [], events):
                 if writer.lost:  # the stream expired or was finished elsewhere: stop reading Dify
                     events.close()
                     log.warning("stream gone, abandoning answer", extra={"sid": job.sid})
@@ -218,11 +196,21 @@ class Producer:
                     conversation = event.conversation_id
         except DifyError as exc:
             log.warning("dify failed", extra={"sid": job.sid, "code": exc.code})
-            self._finish(job, writer, "failed", self.failed_note)
+            self._finish(job, writer, "failed", self.settings.msg_dify_failed)
+            return
+        except (UserNotAuthorized, AuthUnavailable):
+            self._finish(job, writer, "failed", self.settings.msg_auth_unavailable)
             return
         if conversation:
             self.store.set_conversation(job.scope, conversation, self.idle_seconds)
         self._finish(job, writer, "done", "")
+
+    def _chat(self, job: Job, conversation: str | None,
+              identity: Identity | None) -> Generator[DifyEvent, None, None]:
+        inputs = identity.dify_inputs(self.settings.inputs_from_user) if identity else {}
+        token = identity.token if identity and self.settings.dify_auth_source == "user_token" else None
+        return self.dify.chat(job.query, user=job.dify_user, conversation_id=conversation, inputs=inputs,
+                              authorization=token)
 
     def _finish(self, job: Job, writer: StreamWriter, status: str, note: str) -> None:
         writer.flush()

@@ -46,7 +46,8 @@ class Snapshot:
 
 
 @contextmanager
-def _typed_errors() -> Iterator[None]:
+def store_errors() -> Iterator[None]:
+    """Re-raise Redis and socket failures as ``StoreUnavailable``."""
     try:
         yield
     except (redis.RedisError, OSError) as exc:
@@ -79,7 +80,7 @@ class StreamStore:
         args: list[Any] = [sid, self.dedupe_ttl, self.stream_ttl, self.now_ms()]
         for name, value in meta.items():
             args += [name, value]
-        with _typed_errors():
+        with store_errors():
             created, winner = self._claim(keys=keys, args=args)
         return bool(created), winner.decode() if isinstance(winner, bytes) else str(winner)
 
@@ -87,18 +88,18 @@ class StreamStore:
         """Append (or replace with) ``text`` as write number ``seq`` of the stream."""
         keys = [self.keys.stream_meta(sid), self.keys.stream_text(sid)]
         args = [seq, "replace" if replace else "append", text, self.now_ms()]
-        with _typed_errors():
+        with store_errors():
             return WriteResult(int(self._write(keys=keys, args=args)))
 
     def set_status(self, sid: str, status: str, note: str = "") -> bool:
         """Move a live stream to ``status``; False if it already finished or is gone."""
-        with _typed_errors():
+        with store_errors():
             return int(self._status(keys=[self.keys.stream_meta(sid)],
                                     args=[status, self.now_ms(), note])) == 1
 
     def snapshot(self, sid: str) -> Snapshot | None:
         """Read text and meta together (MULTI, one round trip); None when unknown or expired."""
-        with _typed_errors():
+        with store_errors():
             pipe = self.redis.pipeline(transaction=True)
             pipe.get(self.keys.stream_text(sid))
             pipe.hgetall(self.keys.stream_meta(sid))
@@ -112,7 +113,7 @@ class StreamStore:
 
     def get_conversation(self, scope: str, idle_seconds: int) -> str | None:
         """Return the stored Dify conversation id of ``scope``, refreshing its idle expiry."""
-        with _typed_errors():
+        with store_errors():
             value = self.redis.getex(self.keys.conversation(scope), ex=idle_seconds)
         if isinstance(value, bytes):
             return value.decode()
@@ -120,25 +121,25 @@ class StreamStore:
 
     def set_conversation(self, scope: str, conversation_id: str, idle_seconds: int) -> None:
         """Remember ``conversation_id`` for ``scope`` until it has been idle for ``idle_seconds``."""
-        with _typed_errors():
+        with store_errors():
             self.redis.set(self.keys.conversation(scope), conversation_id, ex=idle_seconds)
 
     def drop_conversation(self, scope: str) -> None:
         """Forget the conversation of ``scope`` (Dify no longer knows it)."""
-        with _typed_errors():
+        with store_errors():
             self.redis.delete(self.keys.conversation(scope))
 
     def acquire_lease(self, key: str, token: str, lease_ms: int) -> bool:
         """Take the lease ``key`` for ``token`` if nobody holds it."""
-        with _typed_errors():
+        with store_errors():
             return bool(self.redis.set(key, token, nx=True, px=lease_ms))
 
     def renew_lease(self, key: str, token: str, lease_ms: int) -> bool:
         """Extend a lease the caller still owns."""
-        with _typed_errors():
+        with store_errors():
             return int(self._renew(keys=[key], args=[token, lease_ms])) == 1
 
     def release_lease(self, key: str, token: str) -> None:
         """Release a lease the caller owns (no-op otherwise)."""
-        with _typed_errors():
+        with store_errors():
             self._release(keys=[key], args=[token])

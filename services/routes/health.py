@@ -6,6 +6,7 @@ import redis
 from flask import Blueprint, Response, jsonify
 
 from services.bridge import get_bridge
+from services.errors import AuthUnavailable
 
 bp = Blueprint("health", __name__)
 
@@ -18,12 +19,19 @@ def livez() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Answer 200 only when Redis answers a PING."""
+    """Answer 200 only when Redis (and MySQL, with ``AUTH_MODE=mysql``) answer."""
+    bridge = get_bridge()
     checks: dict[str, str] = {}
     try:
-        get_bridge().redis.ping()
+        bridge.redis.ping()
         checks["redis"] = "ok"
     except (redis.RedisError, OSError) as exc:
         checks["redis"] = f"unavailable: {type(exc).__name__}"
+    if bridge.users is not None:
+        try:
+            bridge.users.ping()
+            checks["mysql"] = "ok"
+        except AuthUnavailable as exc:
+            checks["mysql"] = f"unavailable: {exc}"
     ready = all(v == "ok" for v in checks.values())
     return jsonify(status="ok" if ready else "unavailable", checks=checks), (200 if ready else 503)

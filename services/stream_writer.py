@@ -1,0 +1,67 @@
+"""Buffer one stream's deltas and write them to Redis in order, exactly once."""
+
+from __future__ import annotations
+
+import logging
+import threading
+
+from services.stream_store import StreamStore, WriteResult
+
+log = logging.getLogger(__name__)
+
+
+class StreamWriter:
+    """Buffers one stream's deltas and writes them with increasing sequence numbers.
+
+    A write that failed (Redis unreachable, reply lost) is retried byte for byte under the same
+    sequence number before anything newer, so a write the server did apply is recognised as a
+    replay and never doubled or mixed with later text.
+    """
+
+    def __init__(self, store: StreamStore, sid: str) -> None:
+        self.store = store
+        self.sid = sid
+        self.seq = 0
+        self._pending: list[str] = []
+        self._replace: str | None = None
+        self._inflight: tuple[str, bool] | None = None
+        self._buffer_lock = threading.Lock()
+        self._flush_lock = threading.Lock()
+        self.lost = False
+
+    def add(self, text: str) -> None:
+        """Queue ``text`` to be appended."""
+        with self._buffer_lock:
+            self._pending.append(text)
+
+    def replace(self, text: str) -> None:
+        """Queue an overwrite of the whole answer with ``text``."""
+        with self._buffer_lock:
+            self._replace = text
+            self._pending.clear()
+
+    def flush(self) -> None:
+        """Write what is buffered; raises StoreUnavailable, keeping the write for the next flush."""
+        with self._flush_lock:
+            while True:
+                if self._inflight is None:
+                    self._inflight = self._take()
+                if self._inflight is None:
+                    return
+                text, is_replace = self._inflight
+                result = self.store.write(self.sid, self.seq + 1, text, replace=is_replace)
+                self._inflight = None
+                if result in (WriteResult.APPLIED, WriteResult.REPLAYED):
+                    self.seq += 1
+                else:
+                    self.lost = True
+                    log.warning("stream write refused", extra={"sid": self.sid, "result": result.name})
+                    return
+
+    def _take(self) -> tuple[str, bool] | None:
+        with self._buffer_lock:
+            replace, pending = self._replace, "".join(self._pending)
+            self._replace, self._pending = None, []
+        if replace is not None:
+            return replace + pending, True
+        return (pending, False) if pending else None

@@ -1,0 +1,135 @@
+"""Who is asking: WeCom userid → token and user info, through Redis first, MySQL + auth API on a miss.
+
+Fast path (two Redis GETs on keys shared with other company systems):
+``authorization:wechatid:{userid}`` → token, ``authorization:token:{token}`` → user info JSON.
+On a miss, one producer on one replica refreshes (a Redis lock) while the others wait for
+the cache to fill: one MySQL lookup and one auth API call however many messages arrive at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from services.auth_api import AuthAPI
+from services.errors import AuthUnavailable, UserNotAuthorized
+from services.keys import AUTH_LOCK_MS, Keys
+from services.stream_store import StreamStore, store_errors
+from services.user_db import UserDB
+
+log = logging.getLogger(__name__)
+
+LOCK_POLL = 0.05
+
+
+@dataclass(frozen=True)
+class Identity:
+    """An authenticated WeCom user."""
+
+    userid: str
+    token: str
+    info: dict[str, Any]
+
+    def dify_inputs(self, mapping: Mapping[str, str]) -> dict[str, Any]:
+        """Build Dify ``inputs`` from ``{input name: token | userid | user-info field}``."""
+        inputs: dict[str, Any] = {}
+        for name, source in mapping.items():
+            value = {"token": self.token, "userid": self.userid}.get(source, self.info.get(source))
+            if value is not None:
+                inputs[name] = value if isinstance(value, str | int | float) else json.dumps(value)
+        return inputs
+
+
+class Authenticator:
+    """Resolve identities with a Redis cache, single-flight refreshes and negative caching."""
+
+    def __init__(self, store: StreamStore, db: UserDB, api: AuthAPI, *, token_ttl: int, negative_ttl: int,
+                 wait_seconds: float = 15.0, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.store = store
+        self.redis: redis.Redis = store.redis
+        self.keys: Keys = store.keys
+        self.db = db
+        self.api = api
+        self.token_ttl = token_ttl
+        self.negative_ttl = negative_ttl
+        self.wait_seconds = wait_seconds
+        self.clock = clock
+        self.sleep = sleep
+
+    def authenticate(self, userid: str) -> Identity:
+        """Return the user's identity; raises UserNotAuthorized, AuthUnavailable or StoreUnavailable."""
+        identity = self._cached(userid)
+        if identity is not None:
+            return identity
+        lock, token = self.keys.auth_lock(userid), uuid.uuid4().hex
+        deadline = self.clock() + self.wait_seconds
+        while True:
+            self._raise_if_refused(userid)
+            if self.store.acquire_lease(lock, token, AUTH_LOCK_MS):
+                try:
+                    return self._cached(userid) or self._refresh(userid)
+                finally:
+                    self.store.release_lease(lock, token)
+            self.sleep(LOCK_POLL)
+            identity = self._cached(userid)
+            if identity is not None:
+                return identity
+            if self.clock() > deadline:
+                raise AuthUnavailable("timed out waiting for another replica's token refresh")
+
+    def invalidate(self, identity: Identity) -> None:
+        """Forget a token that the backend rejected, so the next call refreshes it."""
+        with store_errors():
+            self.redis.delete(self.keys.auth_wechatid(identity.userid), self.keys.auth_token(identity.token))
+
+    def _cached(self, userid: str) -> Identity | None:
+        with store_errors():
+            stored = self.redis.get(self.keys.auth_wechatid(userid))
+            if not isinstance(stored, bytes) or not stored:
+                return None
+            token = stored.decode("utf-8", "replace")
+            raw = self.redis.get(self.keys.auth_token(token))
+        if not raw:
+            return None  # the token expired or was revoked by another system
+        try:
+            info = json.loads(raw)
+        except ValueError:
+            return None
+        return Identity(userid, token, info if isinstance(info, dict) else {})
+
+    def _raise_if_refused(self, userid: str) -> None:
+        with store_errors():
+            if self.redis.exists(self.keys.auth_unknown(userid)):
+                raise UserNotAuthorized("negatively cached")
+
+    def _refresh(self, userid: str) -> Identity:
+        record = self.db.find(userid)
+        if record is None or not record.enabled:
+            self._refuse(userid)
+        assert record is not None
+        try:
+            issued = self.api.issue(record.account, userid)
+        except UserNotAuthorized:
+            self._refuse(userid)
+        ttl = min(issued.expires_in or self.token_ttl, 30 * 86400)
+        info = {"userid": userid, "account": record.account, "name": record.display_name, **issued.user}
+        with store_errors():
+            pipe = self.redis.pipeline(transaction=True)
+            pipe.set(self.keys.auth_wechatid(userid), issued.token, ex=ttl)
+            pipe.set(self.keys.auth_token(issued.token), json.dumps(info, ensure_ascii=False), ex=ttl)
+            pipe.execute()
+        log.info("token refreshed", extra={"ttl": ttl})
+        return Identity(userid, issued.token, info)
+
+    def _refuse(self, userid: str) -> Any:
+        with store_errors():
+            self.redis.set(self.keys.auth_unknown(userid), "1", ex=self.negative_ttl)
+        raise UserNotAuthorized("unknown or disabled user")

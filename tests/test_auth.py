@@ -1,0 +1,216 @@
+"""User authentication against a real MariaDB and a real HTTP auth server (AUTH_MODE=mysql)."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterator
+
+import pymysql
+import pytest
+import redis
+from flask import Flask
+
+from app import create_app
+from config import Settings
+from services.keys import Keys
+from services.user_db import MySQLConfig, UserDB
+from tests.auth_server import AuthServer
+from tests.conftest import MySQLParams
+from tests.helpers import InProcessWeCom, contents
+from tools.dify_sim import DifySimulator
+from tools.wecom_client import WeComSigner, text_message
+
+SECRET = "svc-secret-do-not-log"
+
+
+def com_select(params: MySQLParams) -> int:
+    """The server's count of SELECT statements (read over a separate connection)."""
+    conn = pymysql.connect(host=params.host, port=params.port, user=params.user, password=params.password)
+    with conn, conn.cursor() as cur:
+        cur.execute("SHOW GLOBAL STATUS LIKE 'Com_select'")
+        row = cur.fetchone()
+    assert row is not None
+    return int(row[1])
+
+
+@pytest.fixture
+def users(mysql_params: MySQLParams) -> UserDB:
+    db = UserDB(MySQLConfig(mysql_params.host, mysql_params.port, mysql_params.user, mysql_params.password,
+                            "auth_test"))
+    db.migrate()
+    with db.connect() as conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM wecom_users")
+    db.upsert("zhangsan", "zs001", "张三")
+    db.upsert("lisi", "ls002", "李四", enabled=False)
+    return db
+
+
+@pytest.fixture
+def auth_server() -> Iterator[AuthServer]:
+    server = AuthServer(SECRET).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def auth_settings(settings: Settings, users: UserDB, auth_server: AuthServer) -> Settings:
+    c = users.config
+    return settings.replace(auth_mode="mysql", mysql_host=c.host, mysql_port=c.port, mysql_user=c.user,
+                            mysql_password=c.password, mysql_database=c.database,
+                            auth_service_url=auth_server.url, auth_service_secret=SECRET,
+                            dify_inputs_from_user="user_token=token,user_name=name,dept=department")
+
+
+@pytest.fixture
+def auth_app(auth_settings: Settings, redis_client: redis.Redis) -> Iterator[Flask]:
+    app = create_app(auth_settings)
+    yield app
+    app.extensions["wecom_dify"].producer.shutdown()
+
+
+@pytest.fixture
+def wecom(auth_app: Flask, signer: WeComSigner) -> InProcessWeCom:
+    return InProcessWeCom(auth_app.test_client(), signer)
+
+
+def ask(wecom: InProcessWeCom, text: str, userid: str = "zhangsan") -> str:
+    first = wecom.send(text_message(text, userid=userid))
+    assert first is not None
+    return contents(wecom.until_finished(first["stream"]["id"]))[-1]
+
+
+def seed_cache(client: redis.Redis, userid: str, token: str, info: dict[str, str]) -> None:
+    keys = Keys("unused:")
+    client.set(keys.auth_wechatid(userid), token, ex=600)
+    client.set(keys.auth_token(token), json.dumps(info), ex=600)
+
+
+def test_cache_hit_needs_no_mysql_and_reaches_dify(wecom: InProcessWeCom, dify: DifySimulator,
+                                                   redis_client: redis.Redis, auth_server: AuthServer,
+                                                   mysql_params: MySQLParams) -> None:
+    seed_cache(redis_client, "zhangsan", "cached-token", {"name": "张三", "department": "研发"})
+    before = com_select(mysql_params)
+    assert ask(wecom, "hello") == "echo: hello"
+    assert com_select(mysql_params) - before == 0
+    assert auth_server.calls == []
+    [req] = dify.chat_requests()
+    assert req.json["inputs"] == {"user_token": "cached-token", "user_name": "张三", "dept": "研发"}
+    assert req.json["user"] == "wecom:zhangsan"
+    assert req.headers["authorization"] == "Bearer app-test-key"
+
+
+def test_cache_miss_looks_up_once_then_hits(wecom: InProcessWeCom, dify: DifySimulator,
+                                            redis_client: redis.Redis, auth_server: AuthServer,
+                                            mysql_params: MySQLParams) -> None:
+    auth_server.user_info = {"department": "研发"}
+    before = com_select(mysql_params)
+    assert ask(wecom, "first") == "echo: first"
+    assert com_select(mysql_params) - before == 1
+    assert auth_server.calls == [{"account": "zs001", "wecom_userid": "zhangsan"}]
+    token = redis_client.get("authorization:wechatid:zhangsan")
+    assert token == b"tok-zs001-1"
+    assert 3500 < redis_client.ttl("authorization:wechatid:zhangsan") <= 3600  # the API's expires_in
+    assert 3500 < redis_client.ttl("authorization:token:tok-zs001-1") <= 3600
+    info = json.loads(redis_client.get("authorization:token:tok-zs001-1") or b"{}")
+    assert info["account"] == "zs001" and info["name"] == "张三" and info["department"] == "研发"
+    assert dify.chat_requests()[0].json["inputs"]["user_token"] == "tok-zs001-1"
+    before = com_select(mysql_params)
+    assert ask(wecom, "second") == "echo: second"
+    assert com_select(mysql_params) - before == 0
+    assert len(auth_server.calls) == 1
+
+
+def test_default_ttl_when_the_api_gives_no_expiry(wecom: InProcessWeCom, redis_client: redis.Redis,
+                                                  auth_server: AuthServer, auth_settings: Settings) -> None:
+    auth_server.expires_in = None
+    ask(wecom, "hi")
+    ttl = redis_client.ttl("authorization:wechatid:zhangsan")
+    assert auth_settings.auth_token_ttl_seconds - 5 < ttl <= auth_settings.auth_token_ttl_seconds
+
+
+def test_expired_token_is_refreshed_transparently(wecom: InProcessWeCom, dify: DifySimulator,
+                                                  redis_client: redis.Redis, auth_server: AuthServer) -> None:
+    redis_client.set("authorization:wechatid:zhangsan", "old-token", ex=600)  # its token key expired
+    assert ask(wecom, "hi") == "echo: hi"
+    assert len(auth_server.calls) == 1
+    assert redis_client.get("authorization:wechatid:zhangsan") == b"tok-zs001-1"
+    assert dify.chat_requests()[0].json["inputs"]["user_token"] == "tok-zs001-1"
+
+
+def test_token_rejected_by_dify_is_refreshed_once(auth_settings: Settings, redis_client: redis.Redis,
+                                                  signer: WeComSigner, auth_server: AuthServer) -> None:
+    with DifySimulator(api_keys={"tok-zs001-1"}) as gateway:  # accepts only the fresh token
+        app = create_app(auth_settings.replace(dify_auth_source="user_token", dify_base_url=gateway.url))
+        seed_cache(redis_client, "zhangsan", "revoked-token", {"name": "张三"})
+        assert ask(InProcessWeCom(app.test_client(), signer), "hi") == "echo: hi"
+        app.extensions["wecom_dify"].producer.shutdown()
+        stale, fresh = gateway.requests
+        assert stale.headers["authorization"] == "Bearer revoked-token"
+        assert fresh.headers["authorization"] == "Bearer tok-zs001-1"
+    assert len(auth_server.calls) == 1
+
+
+@pytest.mark.parametrize("userid", ["stranger", "lisi"])  # unknown, disabled
+def test_refused_users_never_reach_dify_and_are_negatively_cached(
+        wecom: InProcessWeCom, dify: DifySimulator, auth_settings: Settings, auth_server: AuthServer,
+        mysql_params: MySQLParams, redis_client: redis.Redis, userid: str) -> None:
+    assert ask(wecom, "let me in", userid) == auth_settings.msg_unauthorized
+    before = com_select(mysql_params)
+    assert ask(wecom, "again", userid) == auth_settings.msg_unauthorized
+    assert com_select(mysql_params) - before == 0  # answered from the negative cache
+    assert dify.chat_requests() == [] and auth_server.calls == []
+    key = Keys(auth_settings.redis_key_prefix).auth_unknown(userid)
+    assert 0 < redis_client.ttl(key) <= auth_settings.auth_negative_ttl_seconds
+
+
+def test_account_refused_by_the_auth_api(wecom: InProcessWeCom, dify: DifySimulator,
+                                         auth_server: AuthServer, auth_settings: Settings) -> None:
+    auth_server.refused.add("zs001")
+    assert ask(wecom, "hi") == auth_settings.msg_unauthorized
+    assert dify.chat_requests() == []
+
+
+def test_auth_api_down_then_back(wecom: InProcessWeCom, dify: DifySimulator, auth_server: AuthServer,
+                                 auth_settings: Settings) -> None:
+    auth_server.stop()
+    assert ask(wecom, "hi") == auth_settings.msg_auth_unavailable
+    assert dify.chat_requests() == []
+    auth_server.start()
+    assert ask(wecom, "hi again") == "echo: hi again"  # nothing negative was cached
+
+
+def test_no_token_or_secret_in_logs(wecom: InProcessWeCom, caplog: pytest.LogCaptureFixture,
+                                    capsys: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.DEBUG)
+    ask(wecom, "secret question 机密")
+    logged = caplog.text + "".join(str(vars(r)) for r in caplog.records) + "".join(capsys.readouterr())
+    for needle in ("tok-zs001-1", SECRET, "secret question", "机密"):
+        assert needle not in logged
+
+
+def test_readyz_reports_mysql(auth_settings: Settings, redis_client: redis.Redis) -> None:
+    ok = create_app(auth_settings).test_client().get("/readyz")
+    assert ok.status_code == 200 and ok.get_json()["checks"] == {"redis": "ok", "mysql": "ok"}
+    down = create_app(auth_settings.replace(mysql_port=1)).test_client().get("/readyz")
+    assert down.status_code == 503 and down.get_json()["checks"]["mysql"].startswith("unavailable")
+
+
+def test_users_tool(mysql_params: MySQLParams, monkeypatch: pytest.MonkeyPatch,
+                    capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tools import users
+
+    monkeypatch.chdir(tmp_path)
+    for name, value in {"MYSQL_HOST": mysql_params.host, "MYSQL_PORT": str(mysql_params.port),
+                        "MYSQL_USER": mysql_params.user, "MYSQL_PASSWORD": mysql_params.password,
+                        "MYSQL_DATABASE": "tool_test"}.items():
+        monkeypatch.setenv(name, value)
+    assert users.main(["migrate"]) == 0
+    assert users.main(["migrate"]) == 0
+    assert users.main(["add", "wangwu", "ww003", "--name", "王五"]) == 0
+    assert users.main(["disable", "wangwu"]) == 0
+    assert users.main(["disable", "nobody"]) == 1
+    assert users.main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "applied: 001_wecom_users" in out and "nothing (up to date)" in out
+    assert "wangwu\tww003\t王五\tdisabled" in out
