@@ -7,6 +7,7 @@ fast instead of serving 500s. Nothing else in the project reads ``os.environ``.
 from __future__ import annotations
 
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
@@ -46,7 +47,7 @@ class Settings:
     max_request_bytes: int = _env("MAX_REQUEST_BYTES", 262144)
     log_level: str = _env("LOG_LEVEL", "INFO")
     redis_url: str = _env("REDIS_URL", "redis://127.0.0.1:6379/0")
-    redis_socket_timeout: float = _env("REDIS_SOCKET_TIMEOUT", 1.0)
+    redis_socket_timeout: float = _env("REDIS_SOCKET_TIMEOUT", 0.4)
     redis_key_prefix: str = _env("REDIS_KEY_PREFIX", "wecomdify:")
     dify_response_mode: str = _env("DIFY_RESPONSE_MODE", "streaming")
     dify_connect_timeout: float = _env("DIFY_CONNECT_TIMEOUT", 5.0)
@@ -67,6 +68,23 @@ class Settings:
     msg_busy: str = _env("MSG_BUSY", "服务繁忙，请稍后重试。")
     msg_dify_failed: str = _env("MSG_DIFY_FAILED", "抱歉，生成回答时出错了，请稍后重试。")
     msg_empty_query: str = _env("MSG_EMPTY_QUERY", "请输入你的问题。")
+    stream_window_seconds: float = _env("STREAM_WINDOW_SECONDS", 330.0)
+    wecom_response_url_hosts: str = _env("WECOM_RESPONSE_URL_HOSTS", "qyapi.weixin.qq.com")
+    response_url_timeout: float = _env("RESPONSE_URL_TIMEOUT", 5.0)
+    producer_lease_seconds: float = _env("PRODUCER_LEASE_SECONDS", 15.0)
+    shutdown_drain_seconds: float = _env("SHUTDOWN_DRAIN_SECONDS", 20.0)
+    stop_commands: str = _env("STOP_COMMANDS", "/stop,停止")
+    msg_interrupted: str = _env("MSG_INTERRUPTED", "回答被中断了，请重新发送你的问题。")
+    msg_window: str = _env("MSG_WINDOW", "（回答时间较长，完整回答稍后会单独发给你。）")
+    msg_window_no_followup: str = _env("MSG_WINDOW_NO_FOLLOWUP", "（回答超时，请稍后重新提问。）")
+    msg_overflow: str = _env("MSG_OVERFLOW", "（内容较长，其余部分稍后会单独发给你。）")
+    msg_overflow_no_followup: str = _env("MSG_OVERFLOW_NO_FOLLOWUP", "（内容过长，后面的部分已省略。）")
+    msg_truncated: str = _env("MSG_TRUNCATED", "（内容过长，后面的部分已省略。）")
+    msg_dify_timeout: str = _env("MSG_DIFY_TIMEOUT", "抱歉，回答超时了，请稍后重试。")
+    msg_dify_busy: str = _env("MSG_DIFY_BUSY", "当前提问的人太多了，请稍后重试。")
+    msg_stopped: str = _env("MSG_STOPPED", "（已停止）")
+    msg_stop_ack: str = _env("MSG_STOP_ACK", "已停止当前回答。")
+    msg_nothing_to_stop: str = _env("MSG_NOTHING_TO_STOP", "当前没有正在进行的回答。")
     auth_mode: str = _env("AUTH_MODE", "none")
     mysql_host: str = _env("MYSQL_HOST", "127.0.0.1")
     mysql_port: int = _env("MYSQL_PORT", 3306)
@@ -115,6 +133,16 @@ class Settings:
     def inputs_from_user(self) -> dict[str, str]:
         """Dify input name → identity source (``token``, ``userid`` or a user-info field)."""
         return _parse_mapping(self.dify_inputs_from_user)
+
+    @property
+    def response_url_hosts(self) -> list[str]:
+        """Hosts (``host`` or ``host:port``) that ``response_url`` may point to."""
+        return [h.strip() for h in self.wecom_response_url_hosts.split(",") if h.strip()]
+
+    @property
+    def stop_words(self) -> frozenset[str]:
+        """Messages that stop the user's running answer."""
+        return frozenset(w.strip().lower() for w in self.stop_commands.split(",") if w.strip())
 
     @property
     def bot_names(self) -> list[str]:
@@ -181,6 +209,8 @@ def _validate(s: Settings) -> None:
         expected = _TYPES[str(f.type)]
         _require(isinstance(value, expected) and not (isinstance(value, bool) and expected is int),
                  f.name, f"expected {f.type}, got {value!r}")
+        if isinstance(value, float):
+            _require(math.isfinite(value) and value <= 86400, f.name, "must be a finite number of seconds <= 86400")
     _require(bool(s.wecom_token), "wecom_token", "is required but empty")
     _require(s.wecom_token.isascii() and s.wecom_token.isalnum() and len(s.wecom_token) <= 32,
              "wecom_token", "must be 1-32 letters or digits (as shown in the WeCom admin console)")
@@ -215,6 +245,12 @@ def _validate(s: Settings) -> None:
     _require(s.producer_backlog >= 0, "producer_backlog", "must be >= 0")
     _require(s.stream_ttl_seconds >= 600, "stream_ttl_seconds",
              "must be >= 600 (streams must outlive WeCom's 6-minute polling window)")
+    _require(3 <= s.stream_window_seconds <= 355, "stream_window_seconds",
+             "must be between 3 and 355 (WeCom stops polling 360 s after the message)")
+    _require(2 <= s.producer_lease_seconds <= 300, "producer_lease_seconds", "must be between 2 and 300")
+    _require(0 <= s.shutdown_drain_seconds <= 600, "shutdown_drain_seconds", "must be between 0 and 600")
+    _require(s.response_url_timeout > 0, "response_url_timeout", "must be > 0 seconds")
+    _require(bool(s.response_url_hosts), "wecom_response_url_hosts", "needs at least one host")
     _require(s.auth_mode in {"none", "mysql"}, "auth_mode", "must be 'none' or 'mysql'")
     _require(s.dify_auth_source in {"app_key", "user_token"}, "dify_auth_source",
              "must be 'app_key' or 'user_token'")

@@ -12,6 +12,7 @@ from redis.retry import Retry
 from config import Settings
 from crypto import WeComCrypto
 from services.auth_api import AuthAPI
+from services.delivery import ResponseURL
 from services.dify_service import DifyClient
 from services.keys import Keys
 from services.messages import MessageHandler
@@ -51,7 +52,8 @@ class Bridge:
             health_check_interval=30,
         )
         keys = Keys(settings.redis_key_prefix, settings.auth_redis_wechatid_key, settings.auth_redis_token_key)
-        store = StreamStore(client, keys, stream_ttl=settings.stream_ttl_seconds)
+        store = StreamStore(client, keys, stream_ttl=settings.stream_ttl_seconds,
+                            owner_lease_ms=int(settings.producer_lease_seconds * 1000))
         users = auth = None
         if settings.auth_mode == "mysql":
             users = UserDB(MySQLConfig(settings.mysql_host, settings.mysql_port, settings.mysql_user,
@@ -68,7 +70,8 @@ class Bridge:
                 connect_timeout=settings.dify_connect_timeout, read_timeout=settings.dify_read_timeout,
                 total_timeout=settings.dify_total_timeout, idle_timeout=settings.dify_idle_timeout,
                 max_retries=settings.dify_max_retries)
-        producer = Producer(store, dify, settings, auth=auth)
+        delivery = ResponseURL(settings.response_url_hosts, timeout=settings.response_url_timeout)
+        producer = Producer(store, dify, settings, delivery, auth=auth)
         handler = MessageHandler(settings, store, producer)
         return cls(settings=settings, crypto=crypto, redis=client, store=store, producer=producer,
                    handler=handler, users=users)

@@ -1,14 +1,43 @@
-"""Build the plaintext stream replies WeCom expects (wecom-protocol.md §2.2)."""
+"""Build the plaintext stream replies WeCom expects (wecom-protocol.md §2.2) and decide when to close.
+
+WeCom shows ``stream.content`` (≤ 20480 UTF-8 bytes) and stops polling 6 minutes after the user's
+message. A stream is *closed* early, with a fixed last frame, when its window runs out or its text
+outgrows a frame; the producer then sends the answer (or the rest of it) through ``response_url``.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from services.stream_store import Snapshot
-from utils.text import utf8_prefix
+from utils.text import utf8_len, utf8_prefix
 
 MAX_CONTENT_BYTES = 20480
-"""WeCom's limit on ``stream.content``, in UTF-8 bytes."""
+"""WeCom's limit on ``stream.content`` and on a ``response_url`` markdown message, in UTF-8 bytes."""
+
+
+@dataclass(frozen=True)
+class Notes:
+    """User-facing texts the renderer may show."""
+
+    progress: dict[str, str]  # live status -> note while the answer is still empty
+    interrupted: str
+    window: str  # the stream was closed early; the answer follows via response_url
+    window_no_followup: str  # closed early and nothing can follow
+    overflow: str  # the rest follows via response_url
+    overflow_no_followup: str  # the rest is cut
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What to answer, and an optional store action to take first (``close`` or ``interrupt``)."""
+
+    content: str
+    finish: bool
+    action: str = ""
+    reason: str = ""
+    shown: int = 0
 
 
 def stream_frame(sid: str, content: str, finish: bool) -> dict[str, Any]:
@@ -17,19 +46,37 @@ def stream_frame(sid: str, content: str, finish: bool) -> dict[str, Any]:
             "stream": {"id": sid, "finish": finish, "content": utf8_prefix(content, MAX_CONTENT_BYTES)}}
 
 
-def render(snapshot: Snapshot, *, now_ms: int, notes: dict[str, str], queued_after_ms: int) -> tuple[str, bool]:
-    """Return (content, finish) for a stream snapshot.
+def fit(text: str, note: str, limit: int = MAX_CONTENT_BYTES) -> tuple[str, int]:
+    """Return (content, shown): the longest prefix of ``text`` that fits ``limit`` bytes with ``note``."""
+    sep = "\n\n" if text and note else ""
+    budget = max(0, limit - utf8_len(note) - utf8_len(sep))
+    shown = utf8_prefix(text, budget)
+    return (f"{shown}{sep}{note}" if note else shown), len(shown)
 
-    While the answer is empty a note explains a wait that lasts longer than ``queued_after_ms``
-    (pool full, authentication running) or one that is certain to be long (the previous message of
-    the same conversation is still running). A finished stream shows its note after the text.
-    """
-    text = snapshot.text
-    if snapshot.finished:
-        if snapshot.note:
-            text = f"{text}\n\n{snapshot.note}" if text else snapshot.note
-        return text, True
-    if not text and snapshot.status in notes:
-        if snapshot.status == "waiting" or now_ms - snapshot.created_ms >= queued_after_ms:
-            return notes[snapshot.status], False
-    return text, False
+
+def decide(snap: Snapshot, *, now_ms: int, window_ms: int, queued_after_ms: int, notes: Notes) -> Decision:
+    """Decide the frame for a poll of ``snap`` (whose text may hold only its first bytes)."""
+    if snap.final is not None:
+        return Decision(snap.final, True)
+    followup = snap.meta.get("followup") == "1"
+    if snap.finished:
+        content, shown = fit(snap.text, snap.note)
+        if snap.text_bytes == utf8_len(snap.text) and shown == len(snap.text):
+            return Decision(content, True)
+        note = notes.overflow if followup and snap.status != "interrupted" else notes.overflow_no_followup
+        return _close("overflow", snap.text, note)
+    if not snap.owner_alive:
+        return Decision(fit(snap.text, notes.interrupted)[0], True, action="interrupt")
+    if now_ms - snap.created_ms >= window_ms:
+        return _close("window", snap.text, notes.window if followup else notes.window_no_followup)
+    if snap.text_bytes > MAX_CONTENT_BYTES - 512:  # leave room for the note of the closing frame
+        return _close("overflow", snap.text, notes.overflow if followup else notes.overflow_no_followup)
+    if not snap.text and snap.status in notes.progress:
+        if snap.status == "waiting" or now_ms - snap.created_ms >= queued_after_ms:
+            return Decision(notes.progress[snap.status], False)
+    return Decision(snap.text, False)
+
+
+def _close(reason: str, text: str, note: str) -> Decision:
+    content, shown = fit(text, note)
+    return Decision(content, True, action="close", reason=reason, shown=shown)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-DEDUPE_TTL = 2 * 3600
-"""msgid → stream id: longer than WeCom's re-delivery horizon and the 1 h ``response_url`` life."""
-
 STREAM_TTL = 2 * 3600
-"""Stream text + meta: outlives the 6 min polling window and a late ``response_url`` delivery."""
+"""Stream text + meta + msgid dedupe (``STREAM_TTL_SECONDS``): outlive the 6 min polling window, WeCom's
+re-deliveries and a late ``response_url`` delivery (the URL lives 1 h)."""
+
+OWNER_LEASE_MS = 15_000
+"""Producer lease on a stream (``PRODUCER_LEASE_SECONDS``), renewed every third of it while it works."""
 
 AUTH_LOCK_MS = 10_000
 """Single-flight token refresh: one producer (on any replica) refreshes; the lock lapses after a crash."""
@@ -56,6 +57,14 @@ class Keys:
     def stream_meta(self, sid: str) -> str:
         """Hash with the stream's status, sequence number, times and note."""
         return f"{self.prefix}stream:{sid}:meta"
+
+    def stream_owner(self, sid: str) -> str:
+        """Lease of the producer answering a stream; a stream whose lease lapsed was abandoned."""
+        return f"{self.prefix}stream:{sid}:owner"
+
+    def active(self, scope: str) -> str:
+        """The stream currently being answered in a conversation (for ``/stop``)."""
+        return f"{self.prefix}active:{scope}"
 
     def conversation(self, scope: str) -> str:
         """Dify conversation id of a user or chat; expires after the idle period."""

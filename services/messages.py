@@ -1,7 +1,7 @@
 """Handle decrypted AI-bot callbacks: new text messages, stream refreshes, everything else.
 
-Handlers touch only Redis (one or two round trips) and the in-process producer queue; they
-never wait on Dify or any other network service.
+Handlers touch only Redis (usually one round trip) and the in-process producer queue; they never
+wait on Dify, MySQL or any other network service.
 """
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from typing import Any
 
 from config import Settings
 from services.errors import StoreUnavailable
-from services.frames import render, stream_frame
+from services.frames import MAX_CONTENT_BYTES, Notes, decide, stream_frame
 from services.producer import Job, Producer
 from services.stream_store import StreamStore
-from utils.text import strip_mention
+from utils.text import clean, strip_mention
 
 log = logging.getLogger(__name__)
 
@@ -32,8 +32,12 @@ class MessageHandler:
         self.settings = settings
         self.store = store
         self.producer = producer
-        self.notes = {"queued": settings.msg_queued, "waiting": settings.msg_waiting_previous,
-                      "authenticating": settings.msg_authenticating}
+        self.notes = Notes(
+            progress={"queued": settings.msg_queued, "waiting": settings.msg_waiting_previous,
+                      "authenticating": settings.msg_authenticating},
+            interrupted=settings.msg_interrupted, window=settings.msg_window,
+            window_no_followup=settings.msg_window_no_followup, overflow=settings.msg_overflow,
+            overflow_no_followup=settings.msg_overflow_no_followup)
 
     def handle(self, msg: dict[str, Any]) -> Reply:
         """Dispatch on ``msgtype``."""
@@ -42,33 +46,43 @@ class MessageHandler:
             return self.on_text(msg)
         if msgtype == "stream":
             return self.on_refresh(msg)
-        log.info("callback ignored", extra={"msgtype": str(msgtype)[:32]})
+        log.info("callback ignored", extra={"msgtype": _str(msgtype)[:32]})
         return None
 
     def on_text(self, msg: dict[str, Any]) -> Reply:
         """Start answering a text message (once per msgid) and reply with its stream."""
         msgid, user = _str(msg.get("msgid")), _str(_dict(msg.get("from")).get("userid"))
-        content = _str(_dict(msg.get("text")).get("content"))
-        if not msgid or not user or len(msgid) > MAX_ID_LEN or len(user) > MAX_ID_LEN:
-            log.warning("text callback without a usable msgid or userid")
-            return None
+        raw = _dict(msg.get("text")).get("content")
+        content = clean(raw) if isinstance(raw, str) else ""
         chat = _str(msg.get("chatid")) if msg.get("chattype") == "group" else ""
+        if not msgid or not user or max(len(msgid), len(user), len(chat)) > MAX_ID_LEN:
+            log.warning("text callback without a usable msgid, userid or chatid")
+            return None
         query = strip_mention(content, self.settings.bot_names) if chat else content.strip()
+        response_url = _str(msg.get("response_url"))
+        followup = bool(response_url) and self.producer.delivery.allowed(response_url)
         sid = uuid.uuid4().hex  # 32 hex digits: unguessable, and what SID accepts
         try:
-            created, sid = self.store.claim(msgid, sid, {"user": user, "chat": chat})
+            created, winner = self.store.claim(msgid, sid, self.producer.token,
+                                               {"user": user, "chat": chat, "followup": "1" if followup else "0"})
+            # redis-py may re-run the claim after a lost reply; it then reports our own fresh sid
+            # as the existing one. That is still our first delivery, not a re-delivery.
+            created, sid = created or winner == sid, winner
             if not created:
                 log.info("duplicate delivery", extra={"msgid": msgid, "sid": sid})
                 return self._frame(sid)
+            scope = self._scope(user, chat)
+            if query.lower() in self.settings.stop_words:
+                return self._stop(sid, scope)
             if not query:
                 self.store.set_status(sid, "done", self.settings.msg_empty_query)
                 return self._frame(sid)
-            job = Job(sid=sid, msgid=msgid, query=query, dify_user=self._dify_user(user, chat),
-                      scope=self._scope(user, chat), wecom_user=user,
-                      response_url=_str(msg.get("response_url")))
+            job = Job(sid=sid, msgid=msgid, query=query, dify_user=self._dify_user(user, chat), scope=scope,
+                      wecom_user=user, response_url=response_url if followup else "")
             if not self.producer.submit(job):
                 log.warning("producer pool full", extra={"sid": sid})
                 self.store.set_status(sid, "failed", self.settings.msg_busy)
+                return self._frame(sid)
         except StoreUnavailable:
             log.error("redis unavailable on new message", extra={"msgid": msgid})
             return stream_frame(sid, self.settings.msg_busy, True)
@@ -89,12 +103,38 @@ class MessageHandler:
             return stream_frame(sid, self.settings.msg_busy, True)
 
     def _frame(self, sid: str) -> dict[str, Any]:
-        snapshot = self.store.snapshot(sid)
-        if snapshot is None:
-            return stream_frame(sid, self.settings.msg_expired, True)
-        content, finish = render(snapshot, now_ms=self.store.now_ms(), notes=self.notes,
-                                 queued_after_ms=int(self.settings.queued_note_after_seconds * 1000))
-        return stream_frame(sid, content, finish)
+        for _ in range(2):
+            snap = self.store.snapshot(sid, max_bytes=MAX_CONTENT_BYTES)
+            if snap is None:
+                return stream_frame(sid, self.settings.msg_expired, True)
+            d = decide(snap, now_ms=self.store.now_ms(), window_ms=int(self.settings.stream_window_seconds * 1000),
+                       queued_after_ms=int(self.settings.queued_note_after_seconds * 1000), notes=self.notes)
+            if d.action == "close":
+                closure = self.store.close(sid, d.reason, d.content, d.shown)
+                if closure is None:
+                    return stream_frame(sid, self.settings.msg_expired, True)
+                log.info("stream closed early", extra={"sid": sid, "reason": closure.reason})
+                return stream_frame(sid, closure.final, True)
+            if d.action == "interrupt" and not self.store.interrupt_orphan(sid, self.settings.msg_interrupted):
+                continue  # its producer finished or renewed meanwhile: look again
+            if d.action == "interrupt":
+                log.warning("stream interrupted: producer lease lapsed", extra={"sid": sid})
+            return stream_frame(sid, d.content, d.finish)
+        return stream_frame(sid, d.content, d.finish)
+
+    def _stop(self, sid: str, scope: str) -> dict[str, Any]:
+        """Finish the conversation's running answer and ask Dify to stop generating it."""
+        active = self.store.get_value(self.store.keys.active(scope))
+        stopped = active is not None and self.store.set_status(active, "done", self.settings.msg_stopped)
+        ack = self.settings.msg_stop_ack if stopped else self.settings.msg_nothing_to_stop
+        self.store.set_status(sid, "done", ack)
+        if stopped and active is not None:
+            snap = self.store.snapshot(active, max_bytes=1)
+            task_id = snap.meta.get("task_id") if snap else None
+            if snap and task_id:
+                self.producer.stop_dify(task_id, snap.meta.get("dify_user", ""))
+            log.info("answer stopped by the user", extra={"sid": active})
+        return stream_frame(sid, ack, True)
 
     def _scope(self, user: str, chat: str) -> str:
         if not chat:
@@ -113,4 +153,12 @@ def _dict(value: Any) -> dict[str, Any]:
 
 
 def _str(value: Any) -> str:
-    return value if isinstance(value, str) else ""
+    """``value`` if it is a string that UTF-8 can carry (no lone surrogates), else ``""``."""
+    if not isinstance(value, str):
+        return ""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return ""
+    return value
+

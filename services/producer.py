@@ -1,34 +1,34 @@
 """Background producers: one bounded, app-owned pool streams Dify answers into Redis.
 
-Deltas are buffered per stream and written by one flusher thread at most every
-``FLUSH_INTERVAL`` seconds, so a token-by-token answer costs a Redis write per interval, not per
-token. The same thread renews the per-conversation lane leases the producers hold.
+Every admitted job owns its stream through a Redis lease renewed by this process's ticker thread,
+which also writes buffered deltas (at most every ``FLUSH_INTERVAL``) and hands parked jobs their
+conversation lane. A job waiting for its lane holds no thread. If this process dies, the leases
+lapse and the next poll on any replica finishes the stream as interrupted.
 """
 
 from __future__ import annotations
 
-import itertools
+import functools
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Generator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 from config import Settings
-from services.dify_service import (
-    ConversationDropped,
-    Delta,
-    DifyClient,
-    DifyEvent,
-    Finished,
-    Replace,
-    Started,
+from services.delivery import ResponseURL, send_rest
+from services.dify_service import ConversationDropped, Delta, DifyClient, Finished, Replace, Started
+from services.errors import (
+    AuthUnavailable,
+    DifyError,
+    DifyHTTPError,
+    DifyTimeout,
+    StoreUnavailable,
+    UserNotAuthorized,
 )
-from services.errors import AuthUnavailable, DifyError, DifyHTTPError, StoreUnavailable, UserNotAuthorized
 from services.keys import LANE_LEASE_MS
+from services.pool import WorkerPool
 from services.stream_store import StreamStore
 from services.stream_writer import StreamWriter
 from services.user_auth import Authenticator, Identity
@@ -36,12 +36,12 @@ from services.user_auth import Authenticator, Identity
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL = 0.05
-LANE_POLL = 0.1
+RESPONSE_URL_LIFE = 3300.0  # seconds: a job older than this can no longer reach the user
 
 
-@dataclass(frozen=True)
+@dataclass
 class Job:
-    """One user message to answer."""
+    """One user message to answer, and what its producer holds."""
 
     sid: str
     msgid: str
@@ -50,169 +50,252 @@ class Job:
     scope: str
     wecom_user: str = ""
     response_url: str = ""
+    created: float = field(default_factory=time.time)
+    identity: Identity | None = None
+    lane_token: str = field(default_factory=lambda: uuid.uuid4().hex)
+    writer: StreamWriter | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+    ended: bool = False
 
 
 class Producer:
-    """Owns the producer threads and the flusher; created by ``create_app``, started lazily."""
+    """Owns the producer threads, their leases and the ticker; created by ``create_app``, started lazily."""
 
-    def __init__(self, store: StreamStore, dify: DifyClient, settings: Settings, *,
-                 auth: Authenticator | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
-        self.store = store
-        self.dify = dify
-        self.settings = settings
-        self.auth = auth
-        self.idle_seconds = settings.conversation_idle_seconds
-        self.sleep = sleep
-        self.capacity = settings.producer_threads + settings.producer_backlog
-        self._executor = ThreadPoolExecutor(max_workers=settings.producer_threads, thread_name_prefix="producer")
-        self._slots = threading.BoundedSemaphore(self.capacity)
-        self._writers: dict[str, StreamWriter] = {}
-        self._leases: dict[str, str] = {}
+    def __init__(self, store: StreamStore, dify: DifyClient, settings: Settings, delivery: ResponseURL, *,
+                 auth: Authenticator | None = None, clock: Callable[[], float] = time.time,
+                 sleep: Callable[[float], None] = time.sleep) -> None:
+        self.store, self.dify, self.settings, self.delivery, self.auth = store, dify, settings, delivery, auth
+        self.clock, self.sleep = clock, sleep
+        self.token = uuid.uuid4().hex  # this process's name on the stream leases it holds
+        self.pool = WorkerPool(settings.producer_threads, settings.producer_threads + settings.producer_backlog)
+        self._jobs: dict[str, Job] = {}
+        self._parked: list[Job] = []
         self._lock = threading.Lock()
         self._stop = threading.Event()
-        self._flusher: threading.Thread | None = None
+        self._ticker: threading.Thread | None = None
+        self.draining = False
 
     def submit(self, job: Job) -> bool:
-        """Queue ``job``; False when the pool and its backlog are full."""
-        if not self._slots.acquire(blocking=False):
+        """Admit ``job``; False when the pool and its backlog are full or shutting down."""
+        if not self.pool.admit():
             return False
-        self._ensure_flusher()
-        self._executor.submit(self._run, job)
+        with self._lock:
+            self._jobs[job.sid] = job
+            if self._ticker is None:
+                self._ticker = threading.Thread(target=self._tick_loop, name="producer-ticker", daemon=True)
+                self._ticker.start()
+        self.pool.run(lambda: self._start(job))
         return True
 
-    def shutdown(self, wait: bool = True) -> None:
-        """Stop the flusher and the pool."""
-        self._stop.set()
-        self._executor.shutdown(wait=wait, cancel_futures=not wait)
+    def stop_dify(self, task_id: str, user: str) -> None:
+        """Ask Dify, in the background, to stop generating ``task_id`` (best effort)."""
+        if self.pool.admit():
+            self.pool.run(lambda: self._call_stop(task_id, user))
 
-    def _ensure_flusher(self) -> None:
+    def begin_shutdown(self) -> None:
+        """Refuse new work from now on (``/readyz`` reports it)."""
+        self.draining = True
+        self.pool.close()
+
+    def drain(self, budget: float) -> None:
+        """Stop taking work, let running answers finish within ``budget`` s, interrupt the rest."""
+        self.begin_shutdown()
         with self._lock:
-            if self._flusher is None:
-                self._flusher = threading.Thread(target=self._flush_loop, name="stream-flusher", daemon=True)
-                self._flusher.start()
-
-    def _flush_loop(self) -> None:
-        last_renew = 0.0
-        while not self._stop.wait(FLUSH_INTERVAL):
+            parked, self._parked = self._parked, []
+        for job in parked:
+            self._end(job, "interrupted", self.settings.msg_interrupted)
+        if not self.pool.wait_idle(budget):
             with self._lock:
-                writers = list(self._writers.values())
-                leases = list(self._leases.items())
-            for writer in writers:
-                try:
-                    writer.flush()
-                except StoreUnavailable:
-                    log.warning("flush failed: redis unavailable", extra={"sid": writer.sid})
-            if time.monotonic() - last_renew >= LANE_LEASE_MS / 3000:
-                last_renew = time.monotonic()
-                for key, token in leases:
-                    try:
-                        self.store.renew_lease(key, token, LANE_LEASE_MS)
-                    except StoreUnavailable:
-                        log.warning("lease renewal failed: redis unavailable")
+                left = list(self._jobs.values())
+            log.warning("drain budget exhausted", extra={"interrupted": len(left)})
+            for job in left:
+                job.cancel.set()
+                self._settle(job, "interrupted", self.settings.msg_interrupted, attempts=1)
+        self._stop.set()
 
-    def _run(self, job: Job) -> None:
-        writer = StreamWriter(self.store, job.sid)
-        lane_key, token = self.store.keys.lane(job.scope), uuid.uuid4().hex
+    # -- the job ---------------------------------------------------------------------------------
+    def _start(self, job: Job) -> None:
         try:
-            identity = self._authenticate(job, writer)
-            if identity is False or not self._enter_lane(job, lane_key, token):
-                return
-            with self._lock:
-                self._writers[job.sid] = writer
-            self._answer(job, writer, identity)
-        except StoreUnavailable:
-            log.error("producer lost redis", extra={"sid": job.sid})
-        except Exception:  # a producer must never die silently with the stream left open
-            log.exception("producer crashed", extra={"sid": job.sid})
-            self._finish(job, writer, "failed", self.settings.msg_dify_failed)
-        finally:
-            with self._lock:
-                self._writers.pop(job.sid, None)
-                self._leases.pop(lane_key, None)
-            try:
-                self.store.release_lease(lane_key, token)
-            except StoreUnavailable:
-                pass
-            self._slots.release()
-
-    def _authenticate(self, job: Job, writer: StreamWriter) -> Identity | None | Literal[False]:
-        """Resolve the user before anything else; False when the stream was finished instead."""
-        if self.auth is None:
-            return None
-        if not self.store.set_status(job.sid, "authenticating"):
-            return False
-        try:
-            return self.auth.authenticate(job.wecom_user)
+            if self.draining:
+                return self._end(job, "interrupted", self.settings.msg_interrupted)
+            if self.auth is not None:
+                if not self.store.set_status(job.sid, "authenticating"):
+                    return self._end(job)
+                job.identity = self.auth.authenticate(job.wecom_user)
+            if not self.store.acquire_lease(self.store.keys.lane(job.scope), job.lane_token, LANE_LEASE_MS):
+                if not self.store.set_status(job.sid, "waiting"):
+                    return self._end(job)
+                with self._lock:
+                    self._parked.append(job)  # the ticker resumes it when the lane frees
+                return None
+            self._answer(job)
         except UserNotAuthorized:
-            log.info("user refused", extra={"sid": job.sid})
-            self._finish(job, writer, "done", self.settings.msg_unauthorized)
+            self._end(job, "done", self.settings.msg_unauthorized)
         except AuthUnavailable as exc:
             log.warning("authentication unavailable", extra={"sid": job.sid, "reason": str(exc)})
-            self._finish(job, writer, "failed", self.settings.msg_auth_unavailable)
-        return False
+            self._end(job, "failed", self.settings.msg_auth_unavailable)
+        except StoreUnavailable:
+            self._end(job, "failed", self.settings.msg_busy)
+        except Exception:  # a producer must never leave its stream open
+            log.exception("producer crashed", extra={"sid": job.sid})
+            self._end(job, "failed", self.settings.msg_dify_failed)
+        return None
 
-    def _enter_lane(self, job: Job, lane_key: str, token: str) -> bool:
-        """Wait until no other message of the same conversation is being answered."""
-        waiting = False
-        while not self.store.acquire_lease(lane_key, token, LANE_LEASE_MS):
-            if not waiting:
-                waiting = True
-                if not self.store.set_status(job.sid, "waiting"):
-                    return False
-            self.sleep(LANE_POLL)
-        with self._lock:
-            self._leases[lane_key] = token
-        return self.store.set_status(job.sid, "running")
-
-    def _answer(self, job: Job, writer: StreamWriter, identity: Identity | None) -> None:
-        conversation = self.store.get_conversation(job.scope, self.idle_seconds)
-        user_token = self.settings.dify_auth_source == "user_token"
+    def _resume(self, job: Job) -> None:
         try:
-            try:
-                events = self._chat(job, conversation, identity)
-                first = next(events, None)
-            except DifyHTTPError as exc:
-                if not (exc.status == 401 and user_token and identity is not None and self.auth):
-                    raise
-                self.auth.invalidate(identity)  # the backend rejected the token: refresh it once
-                identity = self.auth.authenticate(job.wecom_user)
-                events = self._chat(job, conversation, identity)
-                first = next(events, None)
-            for event in itertools.chain([first] if first is not None else [], events):
-                if writer.lost:  # the stream expired or was finished elsewhere: stop reading Dify
-                    events.close()
-                    log.warning("stream gone, abandoning answer", extra={"sid": job.sid})
-                    return
+            self._answer(job)
+        except StoreUnavailable:
+            self._end(job, "failed", self.settings.msg_busy)
+        except Exception:
+            log.exception("producer crashed", extra={"sid": job.sid})
+            self._end(job, "failed", self.settings.msg_dify_failed)
+
+    def _answer(self, job: Job) -> None:
+        """Stream the Dify answer (the conversation lane is held)."""
+        job.writer = StreamWriter(self.store, job.sid)
+        if self.draining or not self.store.set_status(job.sid, "running"):
+            return self._end(job, "interrupted", self.settings.msg_interrupted)
+        active = self.store.keys.active(job.scope)
+        self.store.put_lease(active, job.sid, int(self.settings.stream_window_seconds * 1000) + 60_000)
+        conversation = self.store.get_conversation(job.scope, self.settings.conversation_idle_seconds)
+        try:
+            for event in self._events(job, conversation):
+                if job.writer.lost or job.cancel.is_set():  # finished elsewhere (/stop, interrupt): let go
+                    log.info("stream no longer ours, abandoning answer", extra={"sid": job.sid})
+                    return self._end(job)
                 if isinstance(event, Delta):
-                    writer.add(event.text)
+                    job.writer.add(event.text)
                 elif isinstance(event, Replace):
-                    writer.replace(event.text)
-                elif isinstance(event, Started) and event.conversation_id:
-                    conversation = event.conversation_id
+                    job.writer.replace(event.text)
+                elif isinstance(event, Started):
+                    conversation = event.conversation_id or conversation
+                    self.store.set_fields(job.sid, {"task_id": event.task_id, "dify_user": job.dify_user})
                 elif isinstance(event, ConversationDropped):
                     self.store.drop_conversation(job.scope)
                     conversation = None
-                elif isinstance(event, Finished) and event.conversation_id:
-                    conversation = event.conversation_id
+                elif isinstance(event, Finished):
+                    conversation = event.conversation_id or conversation
         except DifyError as exc:
             log.warning("dify failed", extra={"sid": job.sid, "code": exc.code})
-            self._finish(job, writer, "failed", self.settings.msg_dify_failed)
-            return
+            return self._end(job, "failed", self._dify_message(exc))
         except (UserNotAuthorized, AuthUnavailable):
-            self._finish(job, writer, "failed", self.settings.msg_auth_unavailable)
-            return
+            return self._end(job, "failed", self.settings.msg_auth_unavailable)
+        finally:
+            self.store.release_lease(active, job.sid)
         if conversation:
-            self.store.set_conversation(job.scope, conversation, self.idle_seconds)
-        self._finish(job, writer, "done", "")
+            self.store.set_conversation(job.scope, conversation, self.settings.conversation_idle_seconds)
+        return self._end(job, "done", "")
 
-    def _chat(self, job: Job, conversation: str | None,
-              identity: Identity | None) -> Generator[DifyEvent, None, None]:
-        inputs = identity.dify_inputs(self.settings.inputs_from_user) if identity else {}
-        token = identity.token if identity and self.settings.dify_auth_source == "user_token" else None
-        return self.dify.chat(job.query, user=job.dify_user, conversation_id=conversation, inputs=inputs,
-                              authorization=token)
+    def _events(self, job: Job, conversation: str | None):  # type: ignore[no-untyped-def]
+        """Yield Dify's events; a user token the backend rejects (401) is refreshed and retried once."""
+        user_token = self.settings.dify_auth_source == "user_token"
+        for attempt in (0, 1):
+            identity = job.identity
+            inputs = identity.dify_inputs(self.settings.inputs_from_user) if identity else {}
+            token = identity.token if identity is not None and user_token else None
+            try:
+                yield from self.dify.chat(job.query, user=job.dify_user, conversation_id=conversation,
+                                          inputs=inputs, authorization=token, cancel=job.cancel)
+                return
+            except DifyHTTPError as exc:
+                if attempt or exc.status != 401 or token is None or self.auth is None or identity is None:
+                    raise
+                self.auth.invalidate(identity)
+                job.identity = self.auth.authenticate(job.wecom_user)
 
-    def _finish(self, job: Job, writer: StreamWriter, status: str, note: str) -> None:
-        writer.flush()
-        self.store.set_status(job.sid, status, note)
-        log.info("stream finished", extra={"sid": job.sid, "msgid": job.msgid, "status": status})
+    def _dify_message(self, exc: DifyError) -> str:
+        if isinstance(exc, DifyTimeout):
+            return self.settings.msg_dify_timeout
+        if isinstance(exc, DifyHTTPError) and exc.status == 429:
+            return self.settings.msg_dify_busy
+        return self.settings.msg_dify_failed
+
+    def _call_stop(self, task_id: str, user: str) -> None:
+        try:
+            self.dify.stop(task_id, user=user)
+        except DifyError as exc:
+            log.warning("dify stop failed", extra={"code": exc.code})
+        finally:
+            self.pool.release()
+
+    # -- ending a job ----------------------------------------------------------------------------
+    def _end(self, job: Job, status: str = "", note: str = "") -> None:
+        """Finish the stream (if ``status``), send any follow-up, and let go of everything the job held."""
+        with self._lock:
+            if job.ended:
+                return
+            job.ended = True
+        try:
+            if status and self._settle(job, status, note) and job.response_url:
+                send_rest(self.store, self.delivery, job.sid, job.response_url, note, self.settings)
+        except StoreUnavailable:
+            log.warning("could not finish stream: redis unavailable", extra={"sid": job.sid})
+        finally:
+            with self._lock:
+                self._jobs.pop(job.sid, None)
+            for key, token in ((self.store.keys.lane(job.scope), job.lane_token),
+                               (self.store.keys.stream_owner(job.sid), self.token)):
+                try:
+                    self.store.release_lease(key, token)
+                except StoreUnavailable:
+                    pass  # it lapses on its own
+            self.pool.release()
+
+    def _settle(self, job: Job, status: str, note: str, attempts: int = 0) -> bool:
+        """Flush and set the final status, retrying Redis with backoff until the job's deadline."""
+        deadline = job.created + self.settings.stream_window_seconds + 30
+        delay, tries = 0.1, 0
+        while True:
+            tries += 1
+            try:
+                if job.writer is not None:
+                    job.writer.flush()
+                self.store.set_status(job.sid, status, note)
+                return True
+            except StoreUnavailable:
+                if (attempts and tries >= attempts) or self.clock() + delay > deadline:
+                    log.error("giving up on stream: redis unavailable", extra={"sid": job.sid})
+                    return False
+                self.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    # -- the ticker ------------------------------------------------------------------------------
+    def _tick_loop(self) -> None:
+        renew_every = self.settings.producer_lease_seconds / 3
+        last_renew = 0.0
+        while not self._stop.wait(FLUSH_INTERVAL):
+            with self._lock:
+                jobs = list(self._jobs.values())
+            for job in jobs:
+                if job.writer is not None:
+                    try:
+                        job.writer.flush()
+                    except Exception as exc:  # noqa: BLE001 - the ticker must survive anything
+                        log.warning("flush failed", extra={"sid": job.sid, "error": type(exc).__name__})
+            try:
+                self._resume_parked()
+                if time.monotonic() - last_renew >= renew_every:
+                    last_renew = time.monotonic()
+                    self._renew(jobs)
+            except Exception as exc:  # noqa: BLE001
+                log.warning("ticker step failed", extra={"error": type(exc).__name__})
+
+    def _renew(self, jobs: list[Job]) -> None:
+        self.store.renew_owners([j.sid for j in jobs], self.token)
+        for job in jobs:
+            if job.writer is not None:  # running: it holds its lane
+                self.store.renew_lease(self.store.keys.lane(job.scope), job.lane_token, LANE_LEASE_MS)
+
+    def _resume_parked(self) -> None:
+        with self._lock:
+            parked, self._parked = self._parked, []
+        keep = []
+        for job in parked:
+            if self.clock() - job.created > RESPONSE_URL_LIFE:
+                self.pool.run(functools.partial(self._end, job, "failed", self.settings.msg_dify_timeout))
+            elif self.store.acquire_lease(self.store.keys.lane(job.scope), job.lane_token, LANE_LEASE_MS):
+                self.pool.run(functools.partial(self._resume, job))
+            else:
+                keep.append(job)
+        with self._lock:
+            self._parked = keep + self._parked

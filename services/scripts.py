@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 CLAIM_MESSAGE = """
--- KEYS[1] = msg dedupe key, KEYS[2] = stream meta, KEYS[3] = stream text
+-- KEYS[1] = msg dedupe key, KEYS[2] = stream meta, KEYS[3] = stream text, KEYS[4] = stream owner
 -- ARGV[1] = new stream id, ARGV[2] = dedupe ttl (s), ARGV[3] = stream ttl (s), ARGV[4] = now (ms)
--- ARGV[5..] = extra meta field/value pairs
+-- ARGV[5] = owner token, ARGV[6] = owner lease (ms), ARGV[7..] = extra meta field/value pairs
 -- Returns {1, sid} for the first delivery, {0, existing sid} for a re-delivery.
 local existing = redis.call('GET', KEYS[1])
 if existing then return {0, existing} end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[6])
 local meta = {'status', 'queued', 'seq', 0, 'created', ARGV[4], 'updated', ARGV[4]}
-for i = 5, #ARGV do meta[#meta + 1] = ARGV[i] end
+for i = 7, #ARGV do meta[#meta + 1] = ARGV[i] end
 redis.call('HSET', KEYS[2], unpack(meta))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[3], '', 'EX', ARGV[3])
@@ -65,4 +66,39 @@ RELEASE_LEASE = """
 -- KEYS[1] = lease key; ARGV[1] = owner token. Deletes the lease only if the caller owns it.
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+"""
+
+SET_FIELDS = """
+-- KEYS[1] = stream meta; ARGV = field/value pairs.
+-- Sets fields only while the stream exists, so an expired stream is never recreated without a TTL.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[1], unpack(ARGV))
+return 1
+"""
+
+CLOSE_STREAM = """
+-- KEYS[1] = stream meta
+-- ARGV[1] = reason ('window' | 'overflow'), ARGV[2] = final frame content, ARGV[3] = characters of
+-- the answer that content shows, ARGV[4] = now (ms)
+-- Fixes the last frame WeCom will see; the first close wins and later calls get its values.
+-- Returns {1 | 0, final, shown, reason}, or {-1} when the stream is gone.
+if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
+local final = redis.call('HGET', KEYS[1], 'final')
+if final then
+  return {0, final, redis.call('HGET', KEYS[1], 'shown'), redis.call('HGET', KEYS[1], 'closed')}
+end
+redis.call('HSET', KEYS[1], 'closed', ARGV[1], 'final', ARGV[2], 'shown', ARGV[3], 'closed_at', ARGV[4])
+return {1, ARGV[2], ARGV[3], ARGV[1]}
+"""
+
+INTERRUPT_ORPHAN = """
+-- KEYS[1] = stream meta, KEYS[2] = stream owner; ARGV[1] = now (ms), ARGV[2] = note
+-- Finishes a live stream as interrupted only if no producer holds its lease any more.
+-- Returns 1 interrupted now, 0 owner alive or already finished, -1 missing.
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status == 'done' or status == 'failed' or status == 'interrupted' then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'interrupted', 'note', ARGV[2], 'updated', ARGV[1])
+return 1
 """

@@ -13,7 +13,7 @@ import redis
 
 from services import scripts
 from services.errors import StoreUnavailable
-from services.keys import DEDUPE_TTL, STREAM_TTL, Keys
+from services.keys import OWNER_LEASE_MS, STREAM_TTL, Keys
 
 TERMINAL = frozenset({"done", "failed", "interrupted"})
 
@@ -30,43 +30,66 @@ class WriteResult(enum.IntEnum):
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The cumulative text and status of a stream, read in one round trip."""
+    """A stream's text (possibly only its first bytes), total size, meta and owner, read at once."""
 
     text: str
+    text_bytes: int
     status: str
     note: str
     created_ms: int
     seq: int
+    owner_alive: bool
     meta: dict[str, str]
 
     @property
     def finished(self) -> bool:
-        """True once the stream reached a terminal status."""
+        """True once the answer reached a terminal status."""
         return self.status in TERMINAL
+
+    @property
+    def final(self) -> str | None:
+        """The fixed last frame, once the stream was closed for WeCom (window or overflow)."""
+        return self.meta.get("final")
+
+
+@dataclass(frozen=True)
+class Closure:
+    """How a stream was closed for WeCom: the last frame and how much of the answer it showed."""
+
+    final: str
+    shown: int
+    reason: str
 
 
 @contextmanager
 def store_errors() -> Iterator[None]:
-    """Re-raise Redis and socket failures as ``StoreUnavailable``."""
+    """Re-raise Redis, socket and encoding failures as ``StoreUnavailable``."""
     try:
         yield
-    except (redis.RedisError, OSError) as exc:
+    except (redis.RedisError, OSError, UnicodeError) as exc:
         raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+
+
+def _text(value: Any) -> str:
+    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 class StreamStore:
     """Redis-backed stream records; every method is one round trip and safe to replay."""
 
     def __init__(self, client: redis.Redis, keys: Keys, *, stream_ttl: int = STREAM_TTL,
-                 dedupe_ttl: int = DEDUPE_TTL, clock: Callable[[], float] = time.time) -> None:
+                 owner_lease_ms: int = OWNER_LEASE_MS, clock: Callable[[], float] = time.time) -> None:
         self.redis = client
         self.keys = keys
         self.stream_ttl = stream_ttl
-        self.dedupe_ttl = dedupe_ttl
+        self.owner_lease_ms = owner_lease_ms
         self.clock = clock
         self._claim = client.register_script(scripts.CLAIM_MESSAGE)
         self._write = client.register_script(scripts.WRITE_TEXT)
         self._status = client.register_script(scripts.SET_STATUS)
+        self._fields = client.register_script(scripts.SET_FIELDS)
+        self._close = client.register_script(scripts.CLOSE_STREAM)
+        self._interrupt = client.register_script(scripts.INTERRUPT_ORPHAN)
         self._renew = client.register_script(scripts.RENEW_LEASE)
         self._release = client.register_script(scripts.RELEASE_LEASE)
 
@@ -74,15 +97,16 @@ class StreamStore:
         """Current time in milliseconds from the injected clock."""
         return int(self.clock() * 1000)
 
-    def claim(self, msgid: str, sid: str, meta: dict[str, str]) -> tuple[bool, str]:
-        """Record ``sid`` as the answer to ``msgid`` unless a delivery already did; return (new, sid)."""
-        keys = [self.keys.msg(msgid), self.keys.stream_meta(sid), self.keys.stream_text(sid)]
-        args: list[Any] = [sid, self.dedupe_ttl, self.stream_ttl, self.now_ms()]
+    def claim(self, msgid: str, sid: str, owner: str, meta: dict[str, str]) -> tuple[bool, str]:
+        """Record ``sid`` (owned by ``owner``) as the answer to ``msgid`` unless a delivery already did."""
+        keys = [self.keys.msg(msgid), self.keys.stream_meta(sid), self.keys.stream_text(sid),
+                self.keys.stream_owner(sid)]
+        args: list[Any] = [sid, self.stream_ttl, self.stream_ttl, self.now_ms(), owner, self.owner_lease_ms]
         for name, value in meta.items():
             args += [name, value]
         with store_errors():
             created, winner = self._claim(keys=keys, args=args)
-        return bool(created), winner.decode() if isinstance(winner, bytes) else str(winner)
+        return bool(created), _text(winner)
 
     def write(self, sid: str, seq: int, text: str, *, replace: bool = False) -> WriteResult:
         """Append (or replace with) ``text`` as write number ``seq`` of the stream."""
@@ -94,30 +118,78 @@ class StreamStore:
     def set_status(self, sid: str, status: str, note: str = "") -> bool:
         """Move a live stream to ``status``; False if it already finished or is gone."""
         with store_errors():
-            return int(self._status(keys=[self.keys.stream_meta(sid)],
-                                    args=[status, self.now_ms(), note])) == 1
+            return int(self._status(keys=[self.keys.stream_meta(sid)], args=[status, self.now_ms(), note])) == 1
 
-    def snapshot(self, sid: str) -> Snapshot | None:
-        """Read text and meta together (MULTI, one round trip); None when unknown or expired."""
+    def set_fields(self, sid: str, fields: dict[str, str]) -> bool:
+        """Set meta fields of an existing stream (never recreates an expired one)."""
+        args: list[Any] = [x for item in fields.items() for x in item]
+        with store_errors():
+            return int(self._fields(keys=[self.keys.stream_meta(sid)], args=args)) == 1
+
+    def snapshot(self, sid: str, max_bytes: int | None = None) -> Snapshot | None:
+        """Read text (its first ``max_bytes`` at most), size, meta and owner in one MULTI round trip."""
+        text_key = self.keys.stream_text(sid)
         with store_errors():
             pipe = self.redis.pipeline(transaction=True)
-            pipe.get(self.keys.stream_text(sid))
+            if max_bytes is None:
+                pipe.get(text_key)
+            else:
+                pipe.getrange(text_key, 0, max_bytes - 1)
+            pipe.strlen(text_key)
             pipe.hgetall(self.keys.stream_meta(sid))
-            text, meta_raw = pipe.execute()
-        if not meta_raw or text is None:
+            pipe.exists(self.keys.stream_owner(sid))
+            raw, size, meta_raw, owner = pipe.execute()
+        if not meta_raw or raw is None:
             return None
-        meta = {k.decode(): v.decode() for k, v in meta_raw.items()}
-        return Snapshot(text=text.decode("utf-8", "replace"), status=meta.get("status", ""),
+        meta = {_text(k): _text(v) for k, v in meta_raw.items()}
+        # GETRANGE may cut the last character: drop an incomplete tail, never the middle.
+        text = raw.decode("utf-8", "ignore") if max_bytes is not None and size > max_bytes else _text(raw)
+        if size and not meta:
+            return None
+        return Snapshot(text=text, text_bytes=int(size), status=meta.get("status", ""),
                         note=meta.get("note", ""), created_ms=int(meta.get("created", 0)),
-                        seq=int(meta.get("seq", 0)), meta=meta)
+                        seq=int(meta.get("seq", 0)), owner_alive=bool(owner), meta=meta)
+
+    def read_text(self, sid: str) -> str | None:
+        """The whole answer text, or None when the stream is gone."""
+        with store_errors():
+            raw = self.redis.get(self.keys.stream_text(sid))
+        return None if raw is None else _text(raw)
+
+    def close(self, sid: str, reason: str, final: str, shown: int) -> Closure | None:
+        """Fix the last frame WeCom sees; the first close wins. None when the stream is gone."""
+        with store_errors():
+            result = self._close(keys=[self.keys.stream_meta(sid)], args=[reason, final, shown, self.now_ms()])
+        if int(result[0]) == -1:
+            return None
+        return Closure(final=_text(result[1]), shown=int(result[2]), reason=_text(result[3]))
+
+    def interrupt_orphan(self, sid: str, note: str) -> bool:
+        """Finish a stream whose producer lease lapsed; True if this call did it."""
+        with store_errors():
+            return int(self._interrupt(keys=[self.keys.stream_meta(sid), self.keys.stream_owner(sid)],
+                                       args=[self.now_ms(), note])) == 1
+
+    def mark_delivered(self, sid: str) -> bool:
+        """Claim the one ``response_url`` delivery of a stream; False if it was claimed before."""
+        with store_errors():
+            return bool(self.redis.hsetnx(self.keys.stream_meta(sid), "delivered", self.now_ms()))
+
+    def renew_owners(self, sids: list[str], owner: str) -> int:
+        """Extend this producer's leases on ``sids`` (one pipelined round trip); return how many held."""
+        if not sids:
+            return 0
+        with store_errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for sid in sids:
+                self._renew(keys=[self.keys.stream_owner(sid)], args=[owner, self.owner_lease_ms], client=pipe)
+            return sum(int(r) for r in pipe.execute())
 
     def get_conversation(self, scope: str, idle_seconds: int) -> str | None:
         """Return the stored Dify conversation id of ``scope``, refreshing its idle expiry."""
         with store_errors():
             value = self.redis.getex(self.keys.conversation(scope), ex=idle_seconds)
-        if isinstance(value, bytes):
-            return value.decode()
-        return value or None
+        return _text(value) if value else None
 
     def set_conversation(self, scope: str, conversation_id: str, idle_seconds: int) -> None:
         """Remember ``conversation_id`` for ``scope`` until it has been idle for ``idle_seconds``."""
@@ -129,10 +201,21 @@ class StreamStore:
         with store_errors():
             self.redis.delete(self.keys.conversation(scope))
 
+    def get_value(self, key: str) -> str | None:
+        """GET one key (used for the ``active`` pointer)."""
+        with store_errors():
+            value = self.redis.get(key)
+        return _text(value) if value is not None else None
+
     def acquire_lease(self, key: str, token: str, lease_ms: int) -> bool:
         """Take the lease ``key`` for ``token`` if nobody holds it."""
         with store_errors():
             return bool(self.redis.set(key, token, nx=True, px=lease_ms))
+
+    def put_lease(self, key: str, token: str, lease_ms: int) -> None:
+        """Set ``key`` to ``token`` for ``lease_ms`` unconditionally (e.g. the active-stream pointer)."""
+        with store_errors():
+            self.redis.set(key, token, px=lease_ms)
 
     def renew_lease(self, key: str, token: str, lease_ms: int) -> bool:
         """Extend a lease the caller still owns."""

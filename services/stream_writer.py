@@ -6,6 +6,7 @@ import logging
 import threading
 
 from services.stream_store import StreamStore, WriteResult
+from utils.text import clean
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +32,13 @@ class StreamWriter:
 
     def add(self, text: str) -> None:
         """Queue ``text`` to be appended."""
+        text = clean(text)
         with self._buffer_lock:
             self._pending.append(text)
 
     def replace(self, text: str) -> None:
         """Queue an overwrite of the whole answer with ``text``."""
+        text = clean(text)
         with self._buffer_lock:
             self._replace = text
             self._pending.clear()

@@ -113,7 +113,7 @@ def app(settings: Settings, redis_client: redis.Redis) -> Iterator[Flask]:
     """A fresh app per test, on a flushed Redis; its producer pool is shut down afterwards."""
     application = create_app(settings)
     yield application
-    application.extensions["wecom_dify"].producer.shutdown(wait=True)
+    application.extensions["wecom_dify"].producer.drain(5)
 
 
 @pytest.fixture

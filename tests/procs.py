@@ -37,10 +37,11 @@ class Replica:
 
     def start(self, timeout: float = 30.0) -> Replica:
         """Start gunicorn and wait until ``/livez`` answers."""
-        cmd = [sys.executable, "-m", "gunicorn", "app:create_app()", "--bind", f"127.0.0.1:{self.port}",
-               "--worker-class", "gthread", "--workers", str(self.workers), "--threads", str(self.threads),
-               "--graceful-timeout", "10", *self.args]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT)
+        cmd = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:create_app()",
+               "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers), "--threads", str(self.threads),
+               *self.args]
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -56,6 +57,12 @@ class Replica:
         """Send ``sig`` to the gunicorn master."""
         assert self.proc is not None
         self.proc.send_signal(sig)
+
+    def kill_all(self) -> None:
+        """SIGKILL the master and every worker at once, as when a node or pod dies."""
+        assert self.proc is not None
+        os.killpg(self.proc.pid, signal.SIGKILL)
+        self.proc.wait()
 
     def stop(self) -> None:
         """Stop the master (SIGTERM, then SIGKILL) and its workers."""

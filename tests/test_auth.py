@@ -66,7 +66,7 @@ def auth_settings(settings: Settings, users: UserDB, auth_server: AuthServer) ->
 def auth_app(auth_settings: Settings, redis_client: redis.Redis) -> Iterator[Flask]:
     app = create_app(auth_settings)
     yield app
-    app.extensions["wecom_dify"].producer.shutdown()
+    app.extensions["wecom_dify"].producer.drain(5)
 
 
 @pytest.fixture
@@ -144,7 +144,7 @@ def test_token_rejected_by_dify_is_refreshed_once(auth_settings: Settings, redis
         app = create_app(auth_settings.replace(dify_auth_source="user_token", dify_base_url=gateway.url))
         seed_cache(redis_client, "zhangsan", "revoked-token", {"name": "张三"})
         assert ask(InProcessWeCom(app.test_client(), signer), "hi") == "echo: hi"
-        app.extensions["wecom_dify"].producer.shutdown()
+        app.extensions["wecom_dify"].producer.drain(5)
         stale, fresh = gateway.requests
         assert stale.headers["authorization"] == "Bearer revoked-token"
         assert fresh.headers["authorization"] == "Bearer tok-zs001-1"

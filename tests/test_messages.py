@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -9,6 +10,9 @@ import pytest
 import redis
 from flask import Flask
 from flask.testing import FlaskClient
+from hypothesis import HealthCheck, given
+from hypothesis import settings as hsettings
+from hypothesis import strategies as st
 
 from app import create_app
 from config import Settings
@@ -124,7 +128,7 @@ def test_group_mention_is_stripped(settings: Settings, redis_client: redis.Redis
     assert first is not None
     wecom.until_finished(first["stream"]["id"])
     assert dify.chat_requests()[0].json["query"] == "/help me@example.com"
-    app.extensions["wecom_dify"].producer.shutdown()
+    app.extensions["wecom_dify"].producer.drain(5)
 
 
 def test_conversation_is_kept_per_user_and_expires_when_idle(wecom: InProcessWeCom, dify: DifySimulator,
@@ -161,7 +165,7 @@ def test_group_scope_chat_shares_one_conversation(settings: Settings, redis_clie
     a, b = dify.chat_requests()
     assert a.json["user"] == b.json["user"] == "wecom-group:room"
     assert b.json["conversation_id"]
-    app.extensions["wecom_dify"].producer.shutdown()
+    app.extensions["wecom_dify"].producer.drain(5)
 
 
 def test_stale_conversation_is_dropped_and_retried(wecom: InProcessWeCom, dify: DifySimulator,
@@ -224,7 +228,7 @@ def test_blocking_mode(settings: Settings, redis_client: redis.Redis, signer: We
     assert first is not None
     assert contents(wecom.until_finished(first["stream"]["id"]))[-1] == "echo: blocking please"
     assert dify.chat_requests()[0].json["response_mode"] == "blocking"
-    app.extensions["wecom_dify"].producer.shutdown()
+    app.extensions["wecom_dify"].producer.drain(5)
 
 
 def test_callback_does_not_wait_for_dify(wecom: InProcessWeCom, dify: DifySimulator) -> None:
@@ -250,7 +254,7 @@ def test_full_pool_says_so_instead_of_dropping(settings: Settings, redis_client:
     rejected = wecom.poll(c["stream"]["id"])["stream"]
     assert rejected["finish"] is True and rejected["content"] == settings.msg_busy
     assert contents(wecom.until_finished(b["stream"]["id"]))[-1] == "echo: queued"
-    app.extensions["wecom_dify"].producer.shutdown()
+    app.extensions["wecom_dify"].producer.drain(5)
 
 
 def test_empty_query_after_mention_is_answered_without_dify(wecom: InProcessWeCom, dify: DifySimulator,
@@ -265,3 +269,117 @@ def test_refresh_of_a_stream_from_a_fuzzed_id(wecom: InProcessWeCom) -> None:
     for sid in ["", "x" * 5000, "\u2028", "../../etc"]:
         reply = wecom.send(stream_refresh(sid))
         assert reply is None or reply["stream"]["finish"] is True
+
+
+def test_message_replace_through_the_producer(wecom: InProcessWeCom, dify: DifySimulator) -> None:
+    dify.script("moderate", Script(answer="一二三四五六", delta_size=2, replace_at=2, replace_text="[已审核]"))
+    first = wecom.send(text_message("moderate"))
+    assert first is not None
+    assert contents(wecom.until_finished(first["stream"]["id"]))[-1] == "[已审核]五六"
+
+
+def test_group_scope_user_keeps_one_conversation_per_member(wecom: InProcessWeCom, dify: DifySimulator) -> None:
+    for user in ("alice", "bob", "alice"):
+        first = wecom.send(text_message("@bot hi", userid=user, chattype="group", chatid="room"))
+        assert first is not None
+        wecom.until_finished(first["stream"]["id"])
+    a1, b1, a2 = dify.chat_requests()
+    assert a1.json["user"] == "wecom:alice" and b1.json["user"] == "wecom:bob"
+    assert "conversation_id" not in b1.json  # bob does not inherit alice's group conversation
+    assert a2.json["conversation_id"]
+
+
+def test_every_key_has_a_ttl_while_an_answer_runs(wecom: InProcessWeCom, dify: DifySimulator,
+                                                  redis_client: redis.Redis) -> None:
+    dify.script("slow", Script(answer="x" * 60, delay=0.05))
+    first = wecom.send(text_message("slow", userid="ttl"))
+    assert first is not None
+    time.sleep(0.5)
+    keys = list(redis_client.scan_iter("*"))
+    kinds = {k.decode().split(":")[1] for k in keys}
+    assert {"msg", "stream", "lane", "active"} <= kinds
+    for key in keys:
+        assert redis_client.ttl(key) > 0, key
+    wecom.until_finished(first["stream"]["id"])
+
+
+def test_crashing_dify_client_still_finishes_the_stream(app: Flask, wecom: InProcessWeCom,
+                                                        settings: Settings) -> None:
+    class Broken:
+        def chat(self, *args: object, **kwargs: object) -> object:
+            raise RuntimeError("bug in a dependency")
+
+    app.extensions["wecom_dify"].producer.dify = Broken()
+    first = wecom.send(text_message("anything"))
+    assert first is not None
+    assert contents(wecom.until_finished(first["stream"]["id"]))[-1] == settings.msg_dify_failed
+
+
+def test_lone_surrogate_delta_does_not_kill_the_stream(wecom: InProcessWeCom, dify: DifySimulator) -> None:
+    dify.script("emoji", Script(deltas=["ok ", "\ud83e", " end"], flavour="old"))
+    first = wecom.send(text_message("emoji"))
+    assert first is not None
+    assert contents(wecom.until_finished(first["stream"]["id"]))[-1] == "ok \ufffd end"
+    second = wecom.send(text_message("next"))  # the ticker survived
+    assert second is not None
+    assert contents(wecom.until_finished(second["stream"]["id"]))[-1] == "echo: next"
+
+
+def test_claim_replayed_after_a_lost_reply_still_answers(app: Flask, wecom: InProcessWeCom,
+                                                         dify: DifySimulator, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tests.test_stream_store import LoseReplies
+
+    app.extensions["wecom_dify"].store.write("warm", 1, "")  # scripts loaded: the claim goes as EVALSHA
+    loser = LoseReplies(monkeypatch, "EVALSHA")
+    first = wecom.send(text_message("replayed claim"))
+    assert loser.lost == 1
+    assert first is not None and first["stream"]["finish"] is False
+    assert contents(wecom.until_finished(first["stream"]["id"]))[-1] == "echo: replayed claim"
+    assert len(dify.chat_requests()) == 1
+
+
+@pytest.mark.parametrize("payload", [
+    {"msgid": "\ud800", "msgtype": "text", "text": {"content": "x"}, "from": {"userid": "u"}},
+    {"msgid": "m", "msgtype": "text", "text": {"content": "x"}, "from": {"userid": "\ud800"}},
+    {"msgid": "m2", "msgtype": "stream", "stream": {"id": "\ud800"}},
+    {"msgid": "m3", "msgtype": "text", "text": {"content": "x"}, "from": {"userid": "u"}, "chattype": "group",
+     "chatid": "c" * 5000},
+])
+def test_hostile_ids_never_500(client: FlaskClient, signer: WeComSigner, payload: dict[str, object]) -> None:
+    req = signer.callback(json.dumps(payload))
+    assert client.post("/wecom/callback?" + req.query_string, data=req.body).status_code < 500
+
+
+def test_deeply_nested_plaintext_is_400(client: FlaskClient, signer: WeComSigner) -> None:
+    req = signer.callback("[" * 60000 + "]" * 60000)
+    assert client.post("/wecom/callback?" + req.query_string, data=req.body).status_code == 400
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=20),
+    lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3), max_leaves=8)
+
+
+@hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(field=st.sampled_from(["msgid", "from", "text", "chatid", "chattype", "stream", "msgtype", "response_url"]),
+       value=json_values, msgtype=st.sampled_from(["text", "stream"]))
+def test_signed_callbacks_with_fuzzed_fields_never_500(client: FlaskClient, signer: WeComSigner, field: str,
+                                                       value: object, msgtype: str) -> None:
+    payload = text_message("hi")
+    payload["msgtype"] = msgtype
+    payload["stream"] = {"id": "0" * 32}
+    payload[field] = value
+    req = signer.callback(payload)
+    assert client.post("/wecom/callback?" + req.query_string, data=req.body).status_code < 500
+
+
+@hsettings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(body=st.binary(max_size=300) | st.text(max_size=300).map(str.encode),
+       sig=st.text(max_size=50), ts=st.text(max_size=12), nonce=st.text(max_size=12))
+def test_fuzzed_post_bodies_and_queries_never_500(client: FlaskClient, body: bytes, sig: str, ts: str,
+                                                  nonce: str) -> None:
+    from urllib.parse import urlencode
+
+    resp = client.post("/wecom/callback?" + urlencode({"msg_signature": sig, "timestamp": ts, "nonce": nonce}),
+                       data=body, content_type="application/json")
+    assert resp.status_code < 500

@@ -30,7 +30,7 @@ def no_retry_store(redis_url: str, redis_client: redis.Redis) -> StreamStore:
 def test_lost_reply_is_replayed_exactly_before_newer_text(no_retry_store: StreamStore,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
     store = no_retry_store
-    store.claim("m", "s", {})
+    store.claim("m", "s", "owner", {})
     writer = StreamWriter(store, "s")
     writer.add("第一段")
     store.write("warm", 1, "")  # load the script so the next write goes out as EVALSHA
@@ -47,7 +47,7 @@ def test_lost_reply_is_replayed_exactly_before_newer_text(no_retry_store: Stream
 def test_write_that_never_reached_redis_is_kept(redis_server, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
     client = redis.Redis.from_url(redis_server.url, retry=Retry(NoBackoff(), 0), socket_timeout=0.5)
     store = StreamStore(client, KEYS)
-    store.claim("m", "s", {})
+    store.claim("m", "s", "owner", {})
     writer = StreamWriter(store, "s")
     writer.add("kept")
     redis_server.proc.send_signal(19)  # SIGSTOP: Redis stops answering
@@ -82,4 +82,4 @@ def test_producer_abandons_dify_when_its_stream_vanishes(settings: Settings, red
     frames = wecom.until_finished(second["stream"]["id"], timeout=10)
     assert frames[-1]["stream"]["content"] == "echo: quick"
     assert time.monotonic() - started < 5  # far less than the ~20 s the endless answer needed
-    app.extensions["wecom_dify"].producer.shutdown()
+    app.extensions["wecom_dify"].producer.drain(5)

@@ -52,7 +52,8 @@ def test_polls_alternating_between_replicas(replicas: list[Replica], wecom: WeCo
     assert texts[-1] == answer
     for earlier, later in zip(texts, texts[1:], strict=False):
         assert later.startswith(earlier)
-    assert len(frames) > 3  # it really streamed across several polls
+    streamed = {t for t, f in zip(texts, frames, strict=True) if t and not f["stream"]["finish"]}
+    assert len(streamed) >= 2  # partial answers really reached polls before the end
     sid = frames[0]["stream"]["id"]
     assert {f["stream"]["id"] for f in frames} == {sid}
     again = wecom.send(b.url, payload)  # WeCom re-delivers the message to the other replica

@@ -74,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     Settings.from_env(env, dotenv=None)  # fail fast, naming the variable, before gunicorn starts
     print(f"WECOM_TOKEN={env['WECOM_TOKEN']}\nWECOM_ENCODING_AES_KEY={env['WECOM_ENCODING_AES_KEY']}")
     print(f"callback URL: http://<this host>:{args.port}/wecom/callback  (local: http://127.0.0.1:{args.port}/wecom/callback)")
-    cmd = [sys.executable, "-m", "gunicorn", "app:create_app()", "--bind", f"{args.host}:{args.port}",
-           "--worker-class", "gthread", "--workers", "2", "--threads", "8"]
+    cmd = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:create_app()",
+           "--bind", f"{args.host}:{args.port}"]
     proc = subprocess.Popen(cmd, env=env)
 
     def forward(signum: int, _frame: object) -> None:

@@ -16,6 +16,14 @@ def utf8_prefix(text: str, max_bytes: int) -> str:
     return data[:max_bytes].decode("utf-8", "ignore")
 
 
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def clean(text: str) -> str:
+    """Replace lone surrogates (which UTF-8 cannot carry, e.g. from ASCII-escaped JSON) with U+FFFD."""
+    return _SURROGATE.sub("\ufffd", text)
+
+
 def utf8_len(text: str) -> int:
     """Length of ``text`` in UTF-8 bytes."""
     return len(text.encode("utf-8"))

@@ -57,7 +57,7 @@ def receive() -> Response:
         return reject(exc)
     try:
         msg = json.loads(plaintext)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         msg = None
     if not isinstance(msg, dict):
         log.warning("callback plaintext is not a JSON object")

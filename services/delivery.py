@@ -1,0 +1,123 @@
+"""Active replies through a message's ``response_url`` (wecom-protocol.md §3).
+
+The URL arrives inside the (authenticated) callback, but it is still an outbound target chosen by
+the message: only hosts in ``WECOM_RESPONSE_URL_HOSTS`` are called, over https (plain http only
+for loopback test servers). A URL works once, so a request that may have reached WeCom is never
+repeated: only connection failures and 5xx answers are retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import requests
+
+from config import Settings
+from services.frames import MAX_CONTENT_BYTES, fit
+from services.stream_store import StreamStore
+
+log = logging.getLogger(__name__)
+
+LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+class ResponseURL:
+    """Send one markdown message to a ``response_url``."""
+
+    def __init__(self, hosts: list[str], *, timeout: float = 5.0, retries: int = 2,
+                 session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+        self.hosts = {h.strip().lower() for h in hosts if h.strip()}
+        self.timeout = timeout
+        self.retries = retries
+        self.session = session or requests.Session()
+        self.sleep = sleep
+        self.outcomes: Counter[str] = Counter()
+
+    def allowed(self, url: str) -> bool:
+        """True when ``url`` may be called: an allowlisted host over https (http only on loopback)."""
+        try:
+            parts = urlsplit(url)
+            host = (parts.hostname or "").lower()
+            port = parts.port
+        except ValueError:
+            return False
+        if host not in self.hosts and f"{host}:{port}" not in self.hosts:
+            return False
+        return parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK)
+
+    def send(self, url: str, text: str, truncated_note: str) -> bool:
+        """POST ``text`` as one markdown message (cut to 20480 bytes with ``truncated_note``)."""
+        if not self.allowed(url):
+            self._count("refused")
+            log.warning("response_url host not allowed")
+            return False
+        content = text
+        if len(text.encode("utf-8")) > MAX_CONTENT_BYTES:
+            content = fit(text, truncated_note)[0]
+        body = {"msgtype": "markdown", "markdown": {"content": content}}
+        for attempt in range(self.retries + 1):
+            try:
+                resp = self.session.post(url, json=body, timeout=(self.timeout, self.timeout))
+            except requests.ConnectionError:
+                outcome = "connection_error"
+            except requests.RequestException:
+                self._count("unknown")  # it may have arrived: never send twice
+                log.warning("response_url delivery outcome unknown")
+                return False
+            else:
+                with resp:
+                    if resp.status_code < 300 and _errcode(resp) == 0:
+                        self._count("delivered")
+                        return True
+                    outcome = f"http_{resp.status_code}"
+                    if resp.status_code < 500:
+                        break
+            if attempt < self.retries:
+                self.sleep(0.5 * 2**attempt)
+        self._count("failed")
+        log.warning("response_url delivery failed", extra={"outcome": outcome})
+        return False
+
+    def _count(self, outcome: str) -> None:
+        self.outcomes[outcome] += 1
+
+
+def _errcode(resp: requests.Response) -> int:
+    """WeCom answers ``{"errcode":0,"errmsg":"ok"}``; a body without errcode counts as success."""
+    try:
+        body = resp.json()
+    except ValueError:
+        return 0
+    code = body.get("errcode", 0) if isinstance(body, dict) else 0
+    return code if isinstance(code, int) else 0
+
+
+def send_rest(store: StreamStore, delivery: ResponseURL, sid: str, url: str, note: str, settings: Settings) -> None:
+    """After an answer ended, send through ``url`` what its stream could not show, at most once.
+
+    A stream closed by the window gets the whole answer; one that outgrew a frame (closed by a
+    poll, or here when the finished text plus ``note`` does not fit) gets the rest after what it
+    showed. Nothing is sent for a stream that showed everything.
+    """
+    if not delivery.allowed(url):
+        return
+    snap = store.snapshot(sid)
+    if snap is None or snap.status == "interrupted":
+        return
+    reason, shown = snap.meta.get("closed", ""), int(snap.meta.get("shown", 0) or 0)
+    if snap.final is None:
+        if fit(snap.text, note)[1] == len(snap.text):
+            return  # the last frame shows the whole answer
+        closure = store.close(sid, "overflow", *fit(snap.text, settings.msg_overflow))
+        if closure is None:
+            return
+        reason, shown = closure.reason, closure.shown
+    rest = snap.text if reason == "window" else snap.text[shown:]
+    if note:
+        rest = f"{rest}\n\n{note}" if rest else note
+    if rest and store.mark_delivered(sid):
+        delivery.send(url, rest, settings.msg_truncated)
