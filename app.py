@@ -7,19 +7,21 @@ from werkzeug.exceptions import HTTPException
 
 from config import Settings, load_settings
 from services.bridge import Bridge
-from services.routes import callback, health
+from services.routes import callback, health, metrics
 from utils.logging import configure_logging
 
 
 def create_app(config: Settings | None = None) -> Flask:
     """Build the Flask app from ``config`` (default: the environment and ``.env``)."""
     settings = config if config is not None else load_settings()
-    configure_logging(settings.log_level)
+    # the token is a stable per-deployment secret: hashed user ids are stable but not reversible
+    configure_logging(settings.log_level, settings.log_user_ids, salt=settings.wecom_token)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
     Bridge.build(settings).init_app(app)
     app.register_blueprint(callback.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(metrics.bp)
     app.register_error_handler(HTTPException, _http_error)
     return app
 

@@ -14,8 +14,15 @@ Why these values:
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import tempfile
 from typing import Any
+
+# Metrics from every worker are aggregated through files in this directory (prometheus-client's
+# multiprocess mode). It must be set before a worker imports the app, and start empty.
+if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="wecom-dify-metrics-")
 
 bind = os.environ.get("GUNICORN_BIND", "0.0.0.0:8000")
 worker_class = "gthread"
@@ -26,7 +33,33 @@ keepalive = 5
 max_requests = 0
 drain_seconds = float(os.environ.get("SHUTDOWN_DRAIN_SECONDS", "20"))
 graceful_timeout = int(drain_seconds) + 5
+control_socket_disable = True  # unused; the default path is per-user, shared by every master on a host
 accesslog = None  # one JSON line per event comes from the app; request lines add nothing but volume
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"json": {"()": "utils.logging.JsonFormatter"}},
+    "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
+    "root": {"level": "INFO", "handlers": []},  # the app adds its own JSON handler to the root logger
+    "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
+                "gunicorn.access": {"level": "INFO", "handlers": ["stdout"], "propagate": False}},
+}
+
+
+def on_starting(server: Any) -> None:
+    """Start with an empty metrics directory (stale files from a previous run would be summed)."""
+    path = os.environ["PROMETHEUS_MULTIPROC_DIR"]
+    os.makedirs(path, exist_ok=True)
+    for name in os.listdir(path):
+        target = os.path.join(path, name)
+        shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's live gauges from the aggregate."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)  # type: ignore[no-untyped-call]
 
 
 def _bridge(worker: Any) -> Any:

@@ -46,6 +46,8 @@ class Settings:
     wecom_timestamp_window_seconds: int = _env("WECOM_TIMESTAMP_WINDOW_SECONDS", 3600)
     max_request_bytes: int = _env("MAX_REQUEST_BYTES", 262144)
     log_level: str = _env("LOG_LEVEL", "INFO")
+    log_user_ids: str = _env("LOG_USER_IDS", "hash")
+    log_content: bool = _env("LOG_CONTENT", False)
     redis_url: str = _env("REDIS_URL", "redis://127.0.0.1:6379/0")
     redis_socket_timeout: float = _env("REDIS_SOCKET_TIMEOUT", 0.4)
     redis_key_prefix: str = _env("REDIS_KEY_PREFIX", "wecomdify:")
@@ -251,6 +253,7 @@ def _validate(s: Settings) -> None:
     _require(0 <= s.shutdown_drain_seconds <= 600, "shutdown_drain_seconds", "must be between 0 and 600")
     _require(s.response_url_timeout > 0, "response_url_timeout", "must be > 0 seconds")
     _require(bool(s.response_url_hosts), "wecom_response_url_hosts", "needs at least one host")
+    _require(s.log_user_ids in {"hash", "mask", "plain"}, "log_user_ids", "must be 'hash', 'mask' or 'plain'")
     _require(s.auth_mode in {"none", "mysql"}, "auth_mode", "must be 'none' or 'mysql'")
     _require(s.dify_auth_source in {"app_key", "user_token"}, "dify_auth_source",
              "must be 'app_key' or 'user_token'")

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import requests
 
 from config import Settings
+from services import metrics
 from services.frames import MAX_CONTENT_BYTES, fit
 from services.stream_store import StreamStore
 
@@ -35,7 +35,6 @@ class ResponseURL:
         self.retries = retries
         self.session = session or requests.Session()
         self.sleep = sleep
-        self.outcomes: Counter[str] = Counter()
 
     def allowed(self, url: str) -> bool:
         """True when ``url`` may be called: an allowlisted host over https (http only on loopback)."""
@@ -83,7 +82,7 @@ class ResponseURL:
         return False
 
     def _count(self, outcome: str) -> None:
-        self.outcomes[outcome] += 1
+        metrics.RESPONSE_URL.labels(outcome).inc()
 
 
 def _errcode(resp: requests.Response) -> int:

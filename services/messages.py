@@ -12,15 +12,18 @@ import uuid
 from typing import Any
 
 from config import Settings
+from services import metrics
 from services.errors import StoreUnavailable
 from services.frames import MAX_CONTENT_BYTES, Notes, decide, stream_frame
 from services.producer import Job, Producer
 from services.stream_store import StreamStore
+from utils.logging import user_ref
 from utils.text import clean, strip_mention
 
 log = logging.getLogger(__name__)
 
 Reply = dict[str, Any] | None
+Outcome = tuple[Reply, str]
 SID = re.compile(r"[0-9a-f]{32}")
 MAX_ID_LEN = 256
 
@@ -39,17 +42,17 @@ class MessageHandler:
             window_no_followup=settings.msg_window_no_followup, overflow=settings.msg_overflow,
             overflow_no_followup=settings.msg_overflow_no_followup)
 
-    def handle(self, msg: dict[str, Any]) -> Reply:
-        """Dispatch on ``msgtype``."""
+    def handle(self, msg: dict[str, Any]) -> Outcome:
+        """Dispatch on ``msgtype``; return the reply and an outcome label for the metrics."""
         msgtype = msg.get("msgtype")
         if msgtype == "text":
             return self.on_text(msg)
         if msgtype == "stream":
             return self.on_refresh(msg)
         log.info("callback ignored", extra={"msgtype": _str(msgtype)[:32]})
-        return None
+        return None, "ignored"
 
-    def on_text(self, msg: dict[str, Any]) -> Reply:
+    def on_text(self, msg: dict[str, Any]) -> Outcome:
         """Start answering a text message (once per msgid) and reply with its stream."""
         msgid, user = _str(msg.get("msgid")), _str(_dict(msg.get("from")).get("userid"))
         raw = _dict(msg.get("text")).get("content")
@@ -57,7 +60,7 @@ class MessageHandler:
         chat = _str(msg.get("chatid")) if msg.get("chattype") == "group" else ""
         if not msgid or not user or max(len(msgid), len(user), len(chat)) > MAX_ID_LEN:
             log.warning("text callback without a usable msgid, userid or chatid")
-            return None
+            return None, "invalid"
         query = strip_mention(content, self.settings.bot_names) if chat else content.strip()
         response_url = _str(msg.get("response_url"))
         followup = bool(response_url) and self.producer.delivery.allowed(response_url)
@@ -69,55 +72,68 @@ class MessageHandler:
             # as the existing one. That is still our first delivery, not a re-delivery.
             created, sid = created or winner == sid, winner
             if not created:
-                log.info("duplicate delivery", extra={"msgid": msgid, "sid": sid})
-                return self._frame(sid)
+                metrics.DUPLICATES.inc()
+                log.info("duplicate delivery", extra={"msgid": msgid, "sid": sid, "user": user_ref(user)})
+                return self._frame(sid), "duplicate"
             scope = self._scope(user, chat)
             if query.lower() in self.settings.stop_words:
-                return self._stop(sid, scope)
+                return self._stop(sid, scope), "stop"
             if not query:
                 self.store.set_status(sid, "done", self.settings.msg_empty_query)
-                return self._frame(sid)
+                return self._frame(sid), "empty"
             job = Job(sid=sid, msgid=msgid, query=query, dify_user=self._dify_user(user, chat), scope=scope,
                       wecom_user=user, response_url=response_url if followup else "")
             if not self.producer.submit(job):
-                log.warning("producer pool full", extra={"sid": sid})
+                metrics.POOL_REJECTED.inc()
+                log.warning("producer pool full", extra={"sid": sid, "msgid": msgid})
                 self.store.set_status(sid, "failed", self.settings.msg_busy)
-                return self._frame(sid)
+                return self._frame(sid), "busy"
         except StoreUnavailable:
             log.error("redis unavailable on new message", extra={"msgid": msgid})
-            return stream_frame(sid, self.settings.msg_busy, True)
-        log.info("stream started", extra={"msgid": msgid, "sid": sid})
-        return stream_frame(sid, "", False)
+            return stream_frame(sid, self.settings.msg_busy, True), "redis_unavailable"
+        extra = {"msgid": msgid, "sid": sid, "user": user_ref(user), "chat": user_ref(chat) if chat else ""}
+        if self.settings.log_content:
+            extra["content"] = query
+        log.info("stream started", extra=extra)
+        return stream_frame(sid, "", False), "started"
 
-    def on_refresh(self, msg: dict[str, Any]) -> Reply:
+    def on_refresh(self, msg: dict[str, Any]) -> Outcome:
         """Answer a stream refresh with the cumulative content so far."""
         sid = _str(_dict(msg.get("stream")).get("id"))
         if not sid:
-            return None
+            return None, "invalid"
         if not SID.fullmatch(sid):  # not one of ours: never touches Redis
-            return stream_frame(sid[:MAX_ID_LEN], self.settings.msg_expired, True)
+            return stream_frame(sid[:MAX_ID_LEN], self.settings.msg_expired, True), "expired"
         try:
-            return self._frame(sid)
+            frame = self._frame(sid, poll=True)
         except StoreUnavailable:
             log.error("redis unavailable on refresh", extra={"sid": sid})
-            return stream_frame(sid, self.settings.msg_busy, True)
+            return stream_frame(sid, self.settings.msg_busy, True), "redis_unavailable"
+        return frame, "final" if frame["stream"]["finish"] else "partial"
 
-    def _frame(self, sid: str) -> dict[str, Any]:
+    def _frame(self, sid: str, poll: bool = False) -> dict[str, Any]:
         for _ in range(2):
-            snap = self.store.snapshot(sid, max_bytes=MAX_CONTENT_BYTES)
+            snap = self.store.snapshot(sid, max_bytes=MAX_CONTENT_BYTES, poll=poll)
             if snap is None:
+                if poll:
+                    metrics.STREAMS_ENDED.labels("expired").inc()
                 return stream_frame(sid, self.settings.msg_expired, True)
+            if poll and (snap.finished or snap.final is not None or not snap.owner_alive):
+                metrics.POLLS_PER_STREAM.observe(int(snap.meta.get("polls", 1)))
+            poll = False  # count the poll once, even when we look twice
             d = decide(snap, now_ms=self.store.now_ms(), window_ms=int(self.settings.stream_window_seconds * 1000),
                        queued_after_ms=int(self.settings.queued_note_after_seconds * 1000), notes=self.notes)
             if d.action == "close":
                 closure = self.store.close(sid, d.reason, d.content, d.shown)
                 if closure is None:
                     return stream_frame(sid, self.settings.msg_expired, True)
+                metrics.STREAMS_ENDED.labels(closure.reason).inc()
                 log.info("stream closed early", extra={"sid": sid, "reason": closure.reason})
                 return stream_frame(sid, closure.final, True)
             if d.action == "interrupt" and not self.store.interrupt_orphan(sid, self.settings.msg_interrupted):
                 continue  # its producer finished or renewed meanwhile: look again
             if d.action == "interrupt":
+                metrics.STREAMS_ENDED.labels("interrupted").inc()
                 log.warning("stream interrupted: producer lease lapsed", extra={"sid": sid})
             return stream_frame(sid, d.content, d.finish)
         return stream_frame(sid, d.content, d.finish)
@@ -133,6 +149,7 @@ class MessageHandler:
             task_id = snap.meta.get("task_id") if snap else None
             if snap and task_id:
                 self.producer.stop_dify(task_id, snap.meta.get("dify_user", ""))
+            metrics.STREAMS_ENDED.labels("stopped").inc()
             log.info("answer stopped by the user", extra={"sid": active})
         return stream_frame(sid, ack, True)
 

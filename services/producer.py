@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from config import Settings
+from services import metrics
 from services.delivery import ResponseURL, send_rest
 from services.dify_service import ConversationDropped, Delta, DifyClient, Finished, Replace, Started
 from services.errors import (
@@ -74,11 +75,13 @@ class Producer:
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
         self.draining = False
+        metrics.POOL_CAPACITY.set(self.pool.capacity)
 
     def submit(self, job: Job) -> bool:
         """Admit ``job``; False when the pool and its backlog are full or shutting down."""
         if not self.pool.admit():
             return False
+        metrics.POOL_ADMITTED.inc()
         with self._lock:
             self._jobs[job.sid] = job
             if self._ticker is None:
@@ -158,12 +161,16 @@ class Producer:
         active = self.store.keys.active(job.scope)
         self.store.put_lease(active, job.sid, int(self.settings.stream_window_seconds * 1000) + 60_000)
         conversation = self.store.get_conversation(job.scope, self.settings.conversation_idle_seconds)
+        first_text = True
         try:
             for event in self._events(job, conversation):
                 if job.writer.lost or job.cancel.is_set():  # finished elsewhere (/stop, interrupt): let go
                     log.info("stream no longer ours, abandoning answer", extra={"sid": job.sid})
                     return self._end(job)
                 if isinstance(event, Delta):
+                    if first_text:
+                        first_text = False
+                        metrics.FIRST_TEXT_SECONDS.observe(max(0.0, self.clock() - job.created))
                     job.writer.add(event.text)
                 elif isinstance(event, Replace):
                     job.writer.replace(event.text)
@@ -176,6 +183,7 @@ class Producer:
                 elif isinstance(event, Finished):
                     conversation = event.conversation_id or conversation
         except DifyError as exc:
+            metrics.DIFY_ERRORS.labels(exc.code).inc()
             log.warning("dify failed", extra={"sid": job.sid, "code": exc.code})
             return self._end(job, "failed", self._dify_message(exc))
         except (UserNotAuthorized, AuthUnavailable):
@@ -225,6 +233,9 @@ class Producer:
             if job.ended:
                 return
             job.ended = True
+        if status:
+            metrics.STREAM_SECONDS.labels(status).observe(max(0.0, self.clock() - job.created))
+            metrics.STREAMS_ENDED.labels("refused" if note == self.settings.msg_unauthorized else status).inc()
         try:
             if status and self._settle(job, status, note) and job.response_url:
                 send_rest(self.store, self.delivery, job.sid, job.response_url, note, self.settings)
@@ -240,6 +251,7 @@ class Producer:
                 except StoreUnavailable:
                     pass  # it lapses on its own
             self.pool.release()
+            metrics.POOL_ADMITTED.dec()
 
     def _settle(self, job: Job, status: str, note: str, attempts: int = 0) -> bool:
         """Flush and set the final status, retrying Redis with backoff until the job's deadline."""
@@ -264,6 +276,7 @@ class Producer:
         renew_every = self.settings.producer_lease_seconds / 3
         last_renew = 0.0
         while not self._stop.wait(FLUSH_INTERVAL):
+            metrics.POOL_BUSY.set(self.pool.busy)
             with self._lock:
                 jobs = list(self._jobs.values())
             for job in jobs:

@@ -102,3 +102,16 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return 0 end
 redis.call('HSET', KEYS[1], 'status', 'interrupted', 'note', ARGV[2], 'updated', ARGV[1])
 return 1
 """
+
+SNAPSHOT = """
+-- KEYS[1] = stream text, KEYS[2] = stream meta, KEYS[3] = stream owner
+-- ARGV[1] = bytes of text to return (-1 = all), ARGV[2] = '1' to count this read as a poll
+-- Returns {text, text bytes, meta (flat field/value list), owner exists} or nil when the stream is gone.
+-- The poll counter is only touched while the stream exists, so nothing is created without a TTL.
+if redis.call('EXISTS', KEYS[2]) == 0 or redis.call('EXISTS', KEYS[1]) == 0 then return nil end
+if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[2], 'polls', 1) end
+local limit = tonumber(ARGV[1])
+local text
+if limit < 0 then text = redis.call('GET', KEYS[1]) else text = redis.call('GETRANGE', KEYS[1], 0, limit - 1) end
+return {text, redis.call('STRLEN', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('EXISTS', KEYS[3])}
+"""

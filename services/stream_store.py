@@ -90,6 +90,7 @@ class StreamStore:
         self._fields = client.register_script(scripts.SET_FIELDS)
         self._close = client.register_script(scripts.CLOSE_STREAM)
         self._interrupt = client.register_script(scripts.INTERRUPT_ORPHAN)
+        self._snapshot = client.register_script(scripts.SNAPSHOT)
         self._renew = client.register_script(scripts.RENEW_LEASE)
         self._release = client.register_script(scripts.RELEASE_LEASE)
 
@@ -126,26 +127,17 @@ class StreamStore:
         with store_errors():
             return int(self._fields(keys=[self.keys.stream_meta(sid)], args=args)) == 1
 
-    def snapshot(self, sid: str, max_bytes: int | None = None) -> Snapshot | None:
-        """Read text (its first ``max_bytes`` at most), size, meta and owner in one MULTI round trip."""
-        text_key = self.keys.stream_text(sid)
+    def snapshot(self, sid: str, max_bytes: int | None = None, *, poll: bool = False) -> Snapshot | None:
+        """Read text (its first ``max_bytes`` at most), size, meta and owner in one atomic round trip."""
+        keys = [self.keys.stream_text(sid), self.keys.stream_meta(sid), self.keys.stream_owner(sid)]
         with store_errors():
-            pipe = self.redis.pipeline(transaction=True)
-            if max_bytes is None:
-                pipe.get(text_key)
-            else:
-                pipe.getrange(text_key, 0, max_bytes - 1)
-            pipe.strlen(text_key)
-            pipe.hgetall(self.keys.stream_meta(sid))
-            pipe.exists(self.keys.stream_owner(sid))
-            raw, size, meta_raw, owner = pipe.execute()
-        if not meta_raw or raw is None:
+            result = self._snapshot(keys=keys, args=[-1 if max_bytes is None else max_bytes, int(poll)])
+        if not result:
             return None
-        meta = {_text(k): _text(v) for k, v in meta_raw.items()}
+        raw, size, flat, owner = result
+        meta = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
         # GETRANGE may cut the last character: drop an incomplete tail, never the middle.
         text = raw.decode("utf-8", "ignore") if max_bytes is not None and size > max_bytes else _text(raw)
-        if size and not meta:
-            return None
         return Snapshot(text=text, text_bytes=int(size), status=meta.get("status", ""),
                         note=meta.get("note", ""), created_ms=int(meta.get("created", 0)),
                         seq=int(meta.get("seq", 0)), owner_alive=bool(owner), meta=meta)

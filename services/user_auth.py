@@ -18,6 +18,7 @@ from typing import Any
 
 import redis
 
+from services import metrics
 from services.auth_api import AuthAPI
 from services.errors import AuthUnavailable, UserNotAuthorized
 from services.keys import AUTH_LOCK_MS, Keys
@@ -68,7 +69,20 @@ class Authenticator:
         """Return the user's identity; raises UserNotAuthorized, AuthUnavailable or StoreUnavailable."""
         identity = self._cached(userid)
         if identity is not None:
+            metrics.AUTH.labels("hit").inc()
             return identity
+        try:
+            identity = self._single_flight(userid)
+        except UserNotAuthorized:
+            metrics.AUTH.labels("refused").inc()
+            raise
+        except AuthUnavailable:
+            metrics.AUTH.labels("unavailable").inc()
+            raise
+        metrics.AUTH.labels("miss").inc()
+        return identity
+
+    def _single_flight(self, userid: str) -> Identity:
         lock, token = self.keys.auth_lock(userid), uuid.uuid4().hex
         deadline = self.clock() + self.wait_seconds
         while True:

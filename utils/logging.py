@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
 import json
 import logging
 import sys
@@ -9,6 +11,17 @@ import time
 from typing import Any
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
+_user_mode = "hash"
+_user_salt = b""
+
+
+def user_ref(userid: str) -> str:
+    """How a WeCom user (or chat) id appears in logs: hashed (default), masked or plain."""
+    if not userid or _user_mode == "plain":
+        return userid
+    if _user_mode == "mask":
+        return userid[:2] + "***" + (userid[-2:] if len(userid) > 6 else "")
+    return "u_" + hmac.new(_user_salt, userid.encode("utf-8", "replace"), hashlib.sha256).hexdigest()[:16]
 
 
 class JsonFormatter(logging.Formatter):
@@ -31,8 +44,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
-def configure_logging(level: str) -> None:
-    """Send the root logger to stdout as JSON lines at ``level`` (idempotent)."""
+def configure_logging(level: str, user_ids: str = "hash", salt: str = "") -> None:
+    """Send the root logger to stdout as JSON lines at ``level`` (idempotent); set how user ids appear."""
+    global _user_mode, _user_salt
+    _user_mode, _user_salt = user_ids, salt.encode()
     root = logging.getLogger()
     root.setLevel(level.upper())
     if not any(getattr(h, "_wecom_dify", False) for h in root.handlers):

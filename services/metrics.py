@@ -1,0 +1,57 @@
+"""Prometheus metrics (``/metrics``), correct across gunicorn workers.
+
+With ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn.conf.py sets it before workers import this module)
+each worker writes its samples to files there and ``/metrics`` aggregates all of them; without it
+(tests, a single process) the default in-process registry is used.
+"""
+
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+
+NS = "wecom_dify"
+FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+SLOW = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 330, 600, 1800)
+
+CALLBACKS = Counter(f"{NS}_callbacks_total", "WeCom callbacks by msgtype and outcome", ["msgtype", "outcome"])
+CALLBACK_SECONDS = Histogram(f"{NS}_callback_seconds", "Time to answer a WeCom callback (server side)",
+                             ["msgtype"], buckets=FAST)
+FIRST_TEXT_SECONDS = Histogram(f"{NS}_first_text_seconds", "From the user's message to the first Dify text",
+                               buckets=SLOW)
+STREAM_SECONDS = Histogram(f"{NS}_stream_seconds", "From the user's message to the end of the answer",
+                           ["status"], buckets=SLOW)
+POLLS_PER_STREAM = Histogram(f"{NS}_polls_per_stream", "Stream refreshes WeCom sent before the last frame",
+                             buckets=(1, 2, 5, 10, 20, 50, 100, 200, 400))
+DUPLICATES = Counter(f"{NS}_duplicate_deliveries_total", "Re-delivered message callbacks (same msgid)")
+STREAMS_ENDED = Counter(f"{NS}_streams_ended_total",
+                        "Streams by how they ended for WeCom: done, failed, stopped, refused, interrupted, "
+                        "expired, window (closed early, answer follows), overflow (rest follows)", ["reason"])
+DIFY_ERRORS = Counter(f"{NS}_dify_errors_total", "Dify failures by error code", ["code"])
+RESPONSE_URL = Counter(f"{NS}_response_url_total", "response_url deliveries by outcome", ["outcome"])
+AUTH = Counter(f"{NS}_auth_total", "User authentication: hit, miss (refreshed), refused, unavailable", ["result"])
+POOL_BUSY = Gauge(f"{NS}_producer_threads_busy", "Producer threads running an answer",
+                  multiprocess_mode="livesum")
+POOL_ADMITTED = Gauge(f"{NS}_producer_jobs", "Answers admitted (running, queued or waiting for their lane)",
+                      multiprocess_mode="livesum")
+POOL_CAPACITY = Gauge(f"{NS}_producer_capacity", "Producer threads plus backlog", multiprocess_mode="livesum")
+POOL_REJECTED = Counter(f"{NS}_producer_rejected_total", "Messages refused because the pool was full")
+
+
+def render() -> tuple[bytes, str]:
+    """Return the exposition text and its content type."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return generate_latest(registry), CONTENT_TYPE_LATEST
+    return generate_latest(REGISTRY), CONTENT_TYPE_LATEST
