@@ -4,11 +4,12 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint typecheck pytest clean venv
+.PHONY: run test lint typecheck pytest bench clean venv
 
-$(STAMP): requirements.txt requirements-dev.txt
+# requirements-bench.txt = dev tools + the peer package the benchmark compares against (small).
+$(STAMP): requirements.txt requirements-dev.txt requirements-bench.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -26,6 +27,12 @@ pytest: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 test: lint typecheck pytest
+
+# Loopback only, bounded (about 3-4 minutes on 2 cores). Installs wrk when it can (root + apt).
+bench: $(STAMP)
+	command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		(apt-get update -qq && apt-get install -y -qq wrk) || echo "wrk not installed: using the Python load generator"; }
+	$(BIN)/python -m bench.run --json bench/results.json
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -42,7 +42,8 @@ logconfig_dict = {
     "handlers": {"stdout": {"class": "logging.StreamHandler", "formatter": "json", "stream": "ext://sys.stdout"}},
     "root": {"level": "INFO", "handlers": []},  # the app adds its own JSON handler to the root logger
     "loggers": {"gunicorn.error": {"level": "INFO", "handlers": ["stdout"], "propagate": False},
-                "gunicorn.access": {"level": "INFO", "handlers": ["stdout"], "propagate": False}},
+                # a logconfig_dict turns gunicorn's access log on; keep it off (see accesslog)
+                "gunicorn.access": {"level": "CRITICAL", "handlers": [], "propagate": False}},
 }
 
 

@@ -49,7 +49,8 @@ class Bridge:
             socket_timeout=settings.redis_socket_timeout,
             socket_connect_timeout=settings.redis_socket_timeout,
             retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
-            health_check_interval=30,
+            # no health_check_interval: its PING would add its own timeout and retry to a callback
+            # on a hung Redis; a dead pooled connection fails fast and is retried once anyway
         )
         keys = Keys(settings.redis_key_prefix, settings.auth_redis_wechatid_key, settings.auth_redis_token_key)
         store = StreamStore(client, keys, stream_ttl=settings.stream_ttl_seconds,
@@ -61,8 +62,10 @@ class Bridge:
                                        settings.mysql_connect_timeout, settings.mysql_read_timeout))
             api = AuthAPI(settings.auth_service_url, settings.auth_service_secret,
                           timeout=settings.auth_service_timeout)
+            budget = (settings.mysql_connect_timeout + settings.mysql_read_timeout
+                      + (api.retries + 1) * 2 * settings.auth_service_timeout)
             auth = Authenticator(store, users, api, token_ttl=settings.auth_token_ttl_seconds,
-                                 negative_ttl=settings.auth_negative_ttl_seconds)
+                                 negative_ttl=settings.auth_negative_ttl_seconds, refresh_budget=budget)
         if dify is None:
             dify = DifyClient(
                 settings.dify_base_url, settings.dify_api_key,

@@ -17,6 +17,7 @@ import requests
 
 from config import Settings
 from services import metrics
+from services.errors import StoreUnavailable
 from services.frames import MAX_CONTENT_BYTES, fit
 from services.stream_store import StreamStore
 
@@ -60,7 +61,8 @@ class ResponseURL:
         body = {"msgtype": "markdown", "markdown": {"content": content}}
         for attempt in range(self.retries + 1):
             try:
-                resp = self.session.post(url, json=body, timeout=(self.timeout, self.timeout))
+                resp = self.session.post(url, json=body, timeout=(self.timeout, self.timeout),
+                                         allow_redirects=False)
             except requests.ConnectionError:
                 outcome = "connection_error"
             except requests.RequestException:
@@ -98,25 +100,46 @@ def _errcode(resp: requests.Response) -> int:
 def send_rest(store: StreamStore, delivery: ResponseURL, sid: str, url: str, note: str, settings: Settings) -> None:
     """After an answer ended, send through ``url`` what its stream could not show, at most once.
 
-    A stream closed by the window gets the whole answer; one that outgrew a frame (closed by a
-    poll, or here when the finished text plus ``note`` does not fit) gets the rest after what it
-    showed. Nothing is sent for a stream that showed everything.
+    A stream closed by the window gets the whole answer (or, when that is longer than one message,
+    the part after what it showed); one that outgrew a frame gets the rest after what it showed (it
+    is closed here when the finished text plus ``note`` does not fit). A stream that showed
+    everything gets nothing; an interrupted one only if it had promised a follow-up.
     """
     if not delivery.allowed(url):
         return
     snap = store.snapshot(sid)
-    if snap is None or snap.status == "interrupted":
+    if snap is None:
         return
     reason, shown = snap.meta.get("closed", ""), int(snap.meta.get("shown", 0) or 0)
     if snap.final is None:
-        if fit(snap.text, note)[1] == len(snap.text):
-            return  # the last frame shows the whole answer
-        closure = store.close(sid, "overflow", *fit(snap.text, settings.msg_overflow))
+        if snap.status == "interrupted" or fit(snap.text, note)[1] == len(snap.text):
+            return  # the last frame shows the whole answer (or says it was interrupted)
+        closure = store.close(sid, "overflow", *fit(snap.text, settings.msg_overflow), finished_ok=True)
         if closure is None:
             return
         reason, shown = closure.reason, closure.shown
-    rest = snap.text if reason == "window" else snap.text[shown:]
+    whole = reason == "window" and len(snap.text.encode("utf-8")) <= MAX_CONTENT_BYTES
+    rest = snap.text if whole else snap.text[shown:]
     if note:
         rest = f"{rest}\n\n{note}" if rest else note
     if rest and store.mark_delivered(sid):
         delivery.send(url, rest, settings.msg_truncated)
+
+
+def follow_up(store: StreamStore, delivery: ResponseURL, settings: Settings, sid: str, url: str, note: str, *,
+              degraded: bool, text: str) -> None:
+    """Send an ended answer's follow-up: ``send_rest``, or the whole ``text`` after Redis trouble.
+
+    A producer that lost Redis along the way may have had its stream ended by a poll answering
+    "busy", so it sends its whole answer from memory instead (still at most once whenever Redis can
+    tell whether a follow-up already went out).
+    """
+    try:
+        if not degraded:
+            send_rest(store, delivery, sid, url, note, settings)
+            return
+        claimed = store.mark_delivered(sid)
+    except StoreUnavailable:
+        claimed = True  # nobody can have delivered it without Redis either
+    if claimed:
+        delivery.send(url, f"{text}\n\n{note}" if note and text else text or note, settings.msg_truncated)

@@ -16,6 +16,9 @@ from utils.text import utf8_len, utf8_prefix
 MAX_CONTENT_BYTES = 20480
 """WeCom's limit on ``stream.content`` and on a ``response_url`` markdown message, in UTF-8 bytes."""
 
+NOTE_ROOM = 256
+"""Bytes kept free for the note of a closing frame (the default notes are under 100 bytes)."""
+
 
 @dataclass(frozen=True)
 class Notes:
@@ -69,7 +72,7 @@ def decide(snap: Snapshot, *, now_ms: int, window_ms: int, queued_after_ms: int,
         return Decision(fit(snap.text, notes.interrupted)[0], True, action="interrupt")
     if now_ms - snap.created_ms >= window_ms:
         return _close("window", snap.text, notes.window if followup else notes.window_no_followup)
-    if snap.text_bytes > MAX_CONTENT_BYTES - 512:  # leave room for the note of the closing frame
+    if snap.text_bytes > MAX_CONTENT_BYTES - NOTE_ROOM:  # leave room for the note of the closing frame
         return _close("overflow", snap.text, notes.overflow if followup else notes.overflow_no_followup)
     if not snap.text and snap.status in notes.progress:
         if snap.status == "waiting" or now_ms - snap.created_ms >= queued_after_ms:

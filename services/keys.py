@@ -11,11 +11,9 @@ re-deliveries and a late ``response_url`` delivery (the URL lives 1 h)."""
 OWNER_LEASE_MS = 15_000
 """Producer lease on a stream (``PRODUCER_LEASE_SECONDS``), renewed every third of it while it works."""
 
-AUTH_LOCK_MS = 10_000
-"""Single-flight token refresh: one producer (on any replica) refreshes; the lock lapses after a crash."""
-
-LANE_LEASE_MS = 30_000
-"""Per-conversation lane lock: renewed while its producer works; lapses 30 s after a crash."""
+# The auth refresh lock lives as long as the slowest refresh its timeouts allow (user_auth.py), and
+# a conversation lane twice the producer lease (producer.py): both are renewed or released by their
+# holder and lapse on their own after a crash.
 
 
 @dataclass(frozen=True)

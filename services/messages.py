@@ -65,9 +65,15 @@ class MessageHandler:
         response_url = _str(msg.get("response_url"))
         followup = bool(response_url) and self.producer.delivery.allowed(response_url)
         sid = uuid.uuid4().hex  # 32 hex digits: unguessable, and what SID accepts
+        scope = self._scope(user, chat)
+        stop, answer = query.lower() in self.settings.stop_words, bool(query)
+        job = Job(sid=sid, msgid=msgid, query=query, dify_user=self._dify_user(user, chat), scope=scope,
+                  wecom_user=user, response_url=response_url if followup else "")
+        lane = self.producer.lanes.claim_args(job) if answer and not stop else None
         try:
-            created, winner = self.store.claim(msgid, sid, self.producer.token,
-                                               {"user": user, "chat": chat, "followup": "1" if followup else "0"})
+            created, winner, job.has_lane = self.store.claim(
+                msgid, sid, self.producer.token, {"user": user, "chat": chat, "followup": "1" if followup else "0"},
+                lane=lane)
             # redis-py may re-run the claim after a lost reply; it then reports our own fresh sid
             # as the existing one. That is still our first delivery, not a re-delivery.
             created, sid = created or winner == sid, winner
@@ -75,15 +81,14 @@ class MessageHandler:
                 metrics.DUPLICATES.inc()
                 log.info("duplicate delivery", extra={"msgid": msgid, "sid": sid, "user": user_ref(user)})
                 return self._frame(sid), "duplicate"
-            scope = self._scope(user, chat)
-            if query.lower() in self.settings.stop_words:
+            if stop:
                 return self._stop(sid, scope), "stop"
-            if not query:
+            if not answer:
                 self.store.set_status(sid, "done", self.settings.msg_empty_query)
                 return self._frame(sid), "empty"
-            job = Job(sid=sid, msgid=msgid, query=query, dify_user=self._dify_user(user, chat), scope=scope,
-                      wecom_user=user, response_url=response_url if followup else "")
             if not self.producer.submit(job):
+                if job.has_lane:
+                    self.producer.lanes.release(job)
                 metrics.POOL_REJECTED.inc()
                 log.warning("producer pool full", extra={"sid": sid, "msgid": msgid})
                 self.store.set_status(sid, "failed", self.settings.msg_busy)
@@ -112,7 +117,7 @@ class MessageHandler:
         return frame, "final" if frame["stream"]["finish"] else "partial"
 
     def _frame(self, sid: str, poll: bool = False) -> dict[str, Any]:
-        for _ in range(2):
+        for _ in range(3):
             snap = self.store.snapshot(sid, max_bytes=MAX_CONTENT_BYTES, poll=poll)
             if snap is None:
                 if poll:
@@ -124,9 +129,9 @@ class MessageHandler:
             d = decide(snap, now_ms=self.store.now_ms(), window_ms=int(self.settings.stream_window_seconds * 1000),
                        queued_after_ms=int(self.settings.queued_note_after_seconds * 1000), notes=self.notes)
             if d.action == "close":
-                closure = self.store.close(sid, d.reason, d.content, d.shown)
+                closure = self.store.close(sid, d.reason, d.content, d.shown, finished_ok=snap.finished)
                 if closure is None:
-                    return stream_frame(sid, self.settings.msg_expired, True)
+                    continue  # the answer finished (or vanished) meanwhile: look again
                 metrics.STREAMS_ENDED.labels(closure.reason).inc()
                 log.info("stream closed early", extra={"sid": sid, "reason": closure.reason})
                 return stream_frame(sid, closure.final, True)
@@ -136,7 +141,7 @@ class MessageHandler:
                 metrics.STREAMS_ENDED.labels("interrupted").inc()
                 log.warning("stream interrupted: producer lease lapsed", extra={"sid": sid})
             return stream_frame(sid, d.content, d.finish)
-        return stream_frame(sid, d.content, d.finish)
+        return stream_frame(sid, snap.text if snap else "", False)  # changing under us: finish on a later poll
 
     def _stop(self, sid: str, scope: str) -> dict[str, Any]:
         """Finish the conversation's running answer and ask Dify to stop generating it."""

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 from config import Settings
 from services import metrics
-from services.delivery import ResponseURL, send_rest
+from services.delivery import ResponseURL, follow_up
 from services.dify_service import ConversationDropped, Delta, DifyClient, Finished, Replace, Started
 from services.errors import (
     AuthUnavailable,
@@ -28,7 +28,7 @@ from services.errors import (
     StoreUnavailable,
     UserNotAuthorized,
 )
-from services.keys import LANE_LEASE_MS
+from services.lanes import Lanes
 from services.pool import WorkerPool
 from services.stream_store import StreamStore
 from services.stream_writer import StreamWriter
@@ -36,7 +36,7 @@ from services.user_auth import Authenticator, Identity
 
 log = logging.getLogger(__name__)
 
-FLUSH_INTERVAL = 0.05
+FLUSH_INTERVAL = 0.1  # bounded staleness of the Redis copy; WeCom polls about once a second
 RESPONSE_URL_LIFE = 3300.0  # seconds: a job older than this can no longer reach the user
 
 
@@ -57,6 +57,8 @@ class Job:
     writer: StreamWriter | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     ended: bool = False
+    has_lane: bool = False
+    degraded: bool = False  # Redis failed us during this job: polls may have ended the stream early
 
 
 class Producer:
@@ -70,7 +72,8 @@ class Producer:
         self.token = uuid.uuid4().hex  # this process's name on the stream leases it holds
         self.pool = WorkerPool(settings.producer_threads, settings.producer_threads + settings.producer_backlog)
         self._jobs: dict[str, Job] = {}
-        self._parked: list[Job] = []
+        # the lane outlives a missed renewal or two, and renewals follow the producer lease
+        self.lanes: Lanes[Job] = Lanes(store, int(max(2 * settings.producer_lease_seconds, 4) * 1000))
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -103,9 +106,7 @@ class Producer:
     def drain(self, budget: float) -> None:
         """Stop taking work, let running answers finish within ``budget`` s, interrupt the rest."""
         self.begin_shutdown()
-        with self._lock:
-            parked, self._parked = self._parked, []
-        for job in parked:
+        for job in self.lanes.take_all():
             self._end(job, "interrupted", self.settings.msg_interrupted)
         if not self.pool.wait_idle(budget):
             with self._lock:
@@ -113,7 +114,8 @@ class Producer:
             log.warning("drain budget exhausted", extra={"interrupted": len(left)})
             for job in left:
                 job.cancel.set()
-                self._settle(job, "interrupted", self.settings.msg_interrupted, attempts=1)
+                if self._settle(job, "interrupted", self.settings.msg_interrupted, attempts=1):
+                    self._follow_up(job, self.settings.msg_interrupted)
         self._stop.set()
 
     # -- the job ---------------------------------------------------------------------------------
@@ -125,11 +127,10 @@ class Producer:
                 if not self.store.set_status(job.sid, "authenticating"):
                     return self._end(job)
                 job.identity = self.auth.authenticate(job.wecom_user)
-            if not self.store.acquire_lease(self.store.keys.lane(job.scope), job.lane_token, LANE_LEASE_MS):
+            if not self.lanes.acquire(job):
                 if not self.store.set_status(job.sid, "waiting"):
                     return self._end(job)
-                with self._lock:
-                    self._parked.append(job)  # the ticker resumes it when the lane frees
+                self.lanes.park(job)  # the ticker resumes it when the lane frees
                 return None
             self._answer(job)
         except UserNotAuthorized:
@@ -176,9 +177,10 @@ class Producer:
                     job.writer.replace(event.text)
                 elif isinstance(event, Started):
                     conversation = event.conversation_id or conversation
-                    self.store.set_fields(job.sid, {"task_id": event.task_id, "dify_user": job.dify_user})
+                    self._best_effort(job, self.store.set_fields, job.sid,
+                                      {"task_id": event.task_id, "dify_user": job.dify_user})
                 elif isinstance(event, ConversationDropped):
-                    self.store.drop_conversation(job.scope)
+                    self._best_effort(job, self.store.drop_conversation, job.scope)
                     conversation = None
                 elif isinstance(event, Finished):
                     conversation = event.conversation_id or conversation
@@ -186,13 +188,24 @@ class Producer:
             metrics.DIFY_ERRORS.labels(exc.code).inc()
             log.warning("dify failed", extra={"sid": job.sid, "code": exc.code})
             return self._end(job, "failed", self._dify_message(exc))
-        except (UserNotAuthorized, AuthUnavailable):
+        except UserNotAuthorized:  # refused while refreshing a token the backend rejected
+            return self._end(job, "done", self.settings.msg_unauthorized)
+        except AuthUnavailable:
             return self._end(job, "failed", self.settings.msg_auth_unavailable)
         finally:
-            self.store.release_lease(active, job.sid)
+            self._best_effort(job, self.store.release_lease, active, job.sid)  # else it lapses on its own
         if conversation:
-            self.store.set_conversation(job.scope, conversation, self.settings.conversation_idle_seconds)
+            self._best_effort(job, self.store.set_conversation, job.scope, conversation,
+                              self.settings.conversation_idle_seconds)
         return self._end(job, "done", "")
+
+    def _best_effort(self, job: Job, step: Callable[..., object], *args: object) -> None:
+        """Run a Redis step the answer does not depend on; if Redis is away, note it and go on."""
+        try:
+            step(*args)
+        except StoreUnavailable:
+            job.degraded = True
+            log.warning("redis step skipped", extra={"sid": job.sid, "step": getattr(step, "__name__", "?")})
 
     def _events(self, job: Job, conversation: str | None):  # type: ignore[no-untyped-def]
         """Yield Dify's events; a user token the backend rejects (401) is refreshed and retried once."""
@@ -237,21 +250,23 @@ class Producer:
             metrics.STREAM_SECONDS.labels(status).observe(max(0.0, self.clock() - job.created))
             metrics.STREAMS_ENDED.labels("refused" if note == self.settings.msg_unauthorized else status).inc()
         try:
-            if status and self._settle(job, status, note) and job.response_url:
-                send_rest(self.store, self.delivery, job.sid, job.response_url, note, self.settings)
-        except StoreUnavailable:
-            log.warning("could not finish stream: redis unavailable", extra={"sid": job.sid})
+            if status and self._settle(job, status, note):
+                self._follow_up(job, note)
         finally:
             with self._lock:
                 self._jobs.pop(job.sid, None)
-            for key, token in ((self.store.keys.lane(job.scope), job.lane_token),
-                               (self.store.keys.stream_owner(job.sid), self.token)):
-                try:
-                    self.store.release_lease(key, token)
-                except StoreUnavailable:
-                    pass  # it lapses on its own
+            try:
+                self.lanes.release(job)
+                self.store.release_lease(self.store.keys.stream_owner(job.sid), self.token)
+            except StoreUnavailable:
+                pass  # the leases lapse on their own
             self.pool.release()
             metrics.POOL_ADMITTED.dec()
+
+    def _follow_up(self, job: Job, note: str) -> None:
+        if job.response_url:
+            follow_up(self.store, self.delivery, self.settings, job.sid, job.response_url, note,
+                      degraded=job.degraded, text=job.writer.text if job.writer else "")
 
     def _settle(self, job: Job, status: str, note: str, attempts: int = 0) -> bool:
         """Flush and set the final status, retrying Redis with backoff until the job's deadline."""
@@ -265,6 +280,7 @@ class Producer:
                 self.store.set_status(job.sid, status, note)
                 return True
             except StoreUnavailable:
+                job.degraded = True
                 if (attempts and tries >= attempts) or self.clock() + delay > deadline:
                     log.error("giving up on stream: redis unavailable", extra={"sid": job.sid})
                     return False
@@ -273,7 +289,7 @@ class Producer:
 
     # -- the ticker ------------------------------------------------------------------------------
     def _tick_loop(self) -> None:
-        renew_every = self.settings.producer_lease_seconds / 3
+        renew_every = min(self.settings.producer_lease_seconds, self.lanes.lease_ms / 1000) / 3
         last_renew = 0.0
         while not self._stop.wait(FLUSH_INTERVAL):
             metrics.POOL_BUSY.set(self.pool.busy)
@@ -284,9 +300,13 @@ class Producer:
                     try:
                         job.writer.flush()
                     except Exception as exc:  # noqa: BLE001 - the ticker must survive anything
+                        job.degraded = True
                         log.warning("flush failed", extra={"sid": job.sid, "error": type(exc).__name__})
             try:
-                self._resume_parked()
+                self.lanes.resume(self.clock(), RESPONSE_URL_LIFE,
+                                  ready=lambda j: self.pool.run(functools.partial(self._resume, j)),
+                                  expired=lambda j: self.pool.run(
+                                      functools.partial(self._end, j, "failed", self.settings.msg_dify_timeout)))
                 if time.monotonic() - last_renew >= renew_every:
                     last_renew = time.monotonic()
                     self._renew(jobs)
@@ -294,21 +314,10 @@ class Producer:
                 log.warning("ticker step failed", extra={"error": type(exc).__name__})
 
     def _renew(self, jobs: list[Job]) -> None:
-        self.store.renew_owners([j.sid for j in jobs], self.token)
-        for job in jobs:
-            if job.writer is not None:  # running: it holds its lane
-                self.store.renew_lease(self.store.keys.lane(job.scope), job.lane_token, LANE_LEASE_MS)
-
-    def _resume_parked(self) -> None:
-        with self._lock:
-            parked, self._parked = self._parked, []
-        keep = []
-        for job in parked:
-            if self.clock() - job.created > RESPONSE_URL_LIFE:
-                self.pool.run(functools.partial(self._end, job, "failed", self.settings.msg_dify_timeout))
-            elif self.store.acquire_lease(self.store.keys.lane(job.scope), job.lane_token, LANE_LEASE_MS):
-                self.pool.run(functools.partial(self._resume, job))
-            else:
-                keep.append(job)
-        with self._lock:
-            self._parked = keep + self._parked
+        try:
+            self.store.renew_owners([j.sid for j in jobs], self.token)
+            self.lanes.renew(jobs)
+        except StoreUnavailable:
+            for job in jobs:
+                job.degraded = True
+            raise

@@ -3,20 +3,29 @@
 from __future__ import annotations
 
 CLAIM_MESSAGE = """
--- KEYS[1] = msg dedupe key, KEYS[2] = stream meta, KEYS[3] = stream text, KEYS[4] = stream owner
+-- KEYS[1] = msg dedupe key, KEYS[2] = stream meta, KEYS[3] = stream text, KEYS[4] = stream owner,
+-- KEYS[5] = the conversation's lane (optional: only for messages that will call Dify)
 -- ARGV[1] = new stream id, ARGV[2] = dedupe ttl (s), ARGV[3] = stream ttl (s), ARGV[4] = now (ms)
--- ARGV[5] = owner token, ARGV[6] = owner lease (ms), ARGV[7..] = extra meta field/value pairs
--- Returns {1, sid} for the first delivery, {0, existing sid} for a re-delivery.
+-- ARGV[5] = owner token, ARGV[6] = owner lease (ms), ARGV[7] = lane token, ARGV[8] = lane lease (ms),
+-- ARGV[9..] = extra meta field/value pairs
+-- Taking the lane here, in the callback, makes messages of one conversation run in arrival order.
+-- Returns {1, sid, lane taken (1|0)} for the first delivery, {0, existing sid, lane ours (1|0)} for a
+-- re-delivery; a replay after a lost reply thus still learns that it took the lane.
 local existing = redis.call('GET', KEYS[1])
-if existing then return {0, existing} end
+if existing then
+  if KEYS[5] and redis.call('GET', KEYS[5]) == ARGV[7] then return {0, existing, 1} end
+  return {0, existing, 0}
+end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[6])
 local meta = {'status', 'queued', 'seq', 0, 'created', ARGV[4], 'updated', ARGV[4]}
-for i = 7, #ARGV do meta[#meta + 1] = ARGV[i] end
+for i = 9, #ARGV do meta[#meta + 1] = ARGV[i] end
 redis.call('HSET', KEYS[2], unpack(meta))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[3], '', 'EX', ARGV[3])
-return {1, ARGV[1]}
+local lane = 0
+if KEYS[5] and redis.call('SET', KEYS[5], ARGV[7], 'NX', 'PX', ARGV[8]) then lane = 1 end
+return {1, ARGV[1], lane}
 """
 
 WRITE_TEXT = """
@@ -79,14 +88,18 @@ return 1
 CLOSE_STREAM = """
 -- KEYS[1] = stream meta
 -- ARGV[1] = reason ('window' | 'overflow'), ARGV[2] = final frame content, ARGV[3] = characters of
--- the answer that content shows, ARGV[4] = now (ms)
--- Fixes the last frame WeCom will see; the first close wins and later calls get its values.
--- Returns {1 | 0, final, shown, reason}, or {-1} when the stream is gone.
+-- the answer that content shows, ARGV[4] = now (ms), ARGV[5] = '1' if a finished answer may be closed
+-- Fixes the last frame WeCom will see; the first close wins and later calls get its values. A poll
+-- closes only a live answer: if the answer finished meanwhile it gets {2} and must decide again
+-- (otherwise it could promise a follow-up the finished producer already decided not to send).
+-- Returns {1 | 0, final, shown, reason}, {2} (finished, not closed), or {-1} when the stream is gone.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 local final = redis.call('HGET', KEYS[1], 'final')
 if final then
   return {0, final, redis.call('HGET', KEYS[1], 'shown'), redis.call('HGET', KEYS[1], 'closed')}
 end
+local status = redis.call('HGET', KEYS[1], 'status')
+if ARGV[5] ~= '1' and (status == 'done' or status == 'failed' or status == 'interrupted') then return {2} end
 redis.call('HSET', KEYS[1], 'closed', ARGV[1], 'final', ARGV[2], 'shown', ARGV[3], 'closed_at', ARGV[4])
 return {1, ARGV[2], ARGV[3], ARGV[1]}
 """
@@ -105,13 +118,30 @@ return 1
 
 SNAPSHOT = """
 -- KEYS[1] = stream text, KEYS[2] = stream meta, KEYS[3] = stream owner
--- ARGV[1] = bytes of text to return (-1 = all), ARGV[2] = '1' to count this read as a poll
--- Returns {text, text bytes, meta (flat field/value list), owner exists} or nil when the stream is gone.
+-- ARGV[1] = bytes of text to return (-1 = all; with a limit, none once the stream has a final frame),
+-- ARGV[2] = '1' to count this read as a poll,
+-- ARGV[3..] = the meta fields wanted
+-- Returns {text, text bytes, owner exists, field values...} or nil when the stream is gone.
 -- The poll counter is only touched while the stream exists, so nothing is created without a TTL.
 if redis.call('EXISTS', KEYS[2]) == 0 or redis.call('EXISTS', KEYS[1]) == 0 then return nil end
 if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[2], 'polls', 1) end
 local limit = tonumber(ARGV[1])
-local text
-if limit < 0 then text = redis.call('GET', KEYS[1]) else text = redis.call('GETRANGE', KEYS[1], 0, limit - 1) end
-return {text, redis.call('STRLEN', KEYS[1]), redis.call('HGETALL', KEYS[2]), redis.call('EXISTS', KEYS[3])}
+local text = ''
+if limit < 0 then
+  text = redis.call('GET', KEYS[1])
+elseif redis.call('HEXISTS', KEYS[2], 'final') == 0 then  -- a closed stream is answered from 'final'
+  text = redis.call('GETRANGE', KEYS[1], 0, limit - 1)
+end
+local out = {text, redis.call('STRLEN', KEYS[1]), redis.call('EXISTS', KEYS[3])}
+local values = redis.call('HMGET', KEYS[2], unpack(ARGV, 3))
+for i = 1, #values do out[#out + 1] = values[i] end
+return out
+"""
+
+MARK_DELIVERED = """
+-- KEYS[1] = stream meta; ARGV[1] = now (ms)
+-- Claims the one response_url delivery of a stream. 1 = claimed now, 0 = claimed before or gone
+-- (HSETNX alone would recreate an expired hash without a TTL).
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+return redis.call('HSETNX', KEYS[1], 'delivered', ARGV[1])
 """

@@ -16,6 +16,9 @@ from services.errors import StoreUnavailable
 from services.keys import OWNER_LEASE_MS, STREAM_TTL, Keys
 
 TERMINAL = frozenset({"done", "failed", "interrupted"})
+META_FIELDS = ("status", "note", "created", "seq", "final", "shown", "closed", "followup", "polls", "task_id",
+               "dify_user", "delivered", "user", "chat")
+"""Every meta field any reader uses; snapshots fetch exactly these (HMGET, not HGETALL)."""
 
 
 class WriteResult(enum.IntEnum):
@@ -91,6 +94,7 @@ class StreamStore:
         self._close = client.register_script(scripts.CLOSE_STREAM)
         self._interrupt = client.register_script(scripts.INTERRUPT_ORPHAN)
         self._snapshot = client.register_script(scripts.SNAPSHOT)
+        self._mark = client.register_script(scripts.MARK_DELIVERED)
         self._renew = client.register_script(scripts.RENEW_LEASE)
         self._release = client.register_script(scripts.RELEASE_LEASE)
 
@@ -98,16 +102,24 @@ class StreamStore:
         """Current time in milliseconds from the injected clock."""
         return int(self.clock() * 1000)
 
-    def claim(self, msgid: str, sid: str, owner: str, meta: dict[str, str]) -> tuple[bool, str]:
-        """Record ``sid`` (owned by ``owner``) as the answer to ``msgid`` unless a delivery already did."""
+    def claim(self, msgid: str, sid: str, owner: str, meta: dict[str, str], *,
+              lane: tuple[str, str, int] | None = None) -> tuple[bool, str, bool]:
+        """Record ``sid`` (owned by ``owner``) as the answer to ``msgid`` unless a delivery already did.
+
+        With ``lane`` = (key, token, lease ms) the conversation's lane is taken too if it is free.
+        Returns (created, sid that answers msgid, lane taken).
+        """
         keys = [self.keys.msg(msgid), self.keys.stream_meta(sid), self.keys.stream_text(sid),
                 self.keys.stream_owner(sid)]
-        args: list[Any] = [sid, self.stream_ttl, self.stream_ttl, self.now_ms(), owner, self.owner_lease_ms]
+        args: list[Any] = [sid, self.stream_ttl, self.stream_ttl, self.now_ms(), owner, self.owner_lease_ms, "", 0]
+        if lane is not None:
+            keys.append(lane[0])
+            args[6:8] = [lane[1], lane[2]]
         for name, value in meta.items():
             args += [name, value]
         with store_errors():
-            created, winner = self._claim(keys=keys, args=args)
-        return bool(created), _text(winner)
+            created, winner, laned = self._claim(keys=keys, args=args)
+        return bool(created), _text(winner), bool(laned)
 
     def write(self, sid: str, seq: int, text: str, *, replace: bool = False) -> WriteResult:
         """Append (or replace with) ``text`` as write number ``seq`` of the stream."""
@@ -131,11 +143,11 @@ class StreamStore:
         """Read text (its first ``max_bytes`` at most), size, meta and owner in one atomic round trip."""
         keys = [self.keys.stream_text(sid), self.keys.stream_meta(sid), self.keys.stream_owner(sid)]
         with store_errors():
-            result = self._snapshot(keys=keys, args=[-1 if max_bytes is None else max_bytes, int(poll)])
+            result = self._snapshot(keys=keys, args=[-1 if max_bytes is None else max_bytes, int(poll), *META_FIELDS])
         if not result:
             return None
-        raw, size, flat, owner = result
-        meta = {_text(flat[i]): _text(flat[i + 1]) for i in range(0, len(flat), 2)}
+        raw, size, owner, *values = result
+        meta = {name: _text(v) for name, v in zip(META_FIELDS, values, strict=True) if v is not None}
         # GETRANGE may cut the last character: drop an incomplete tail, never the middle.
         text = raw.decode("utf-8", "ignore") if max_bytes is not None and size > max_bytes else _text(raw)
         return Snapshot(text=text, text_bytes=int(size), status=meta.get("status", ""),
@@ -148,11 +160,15 @@ class StreamStore:
             raw = self.redis.get(self.keys.stream_text(sid))
         return None if raw is None else _text(raw)
 
-    def close(self, sid: str, reason: str, final: str, shown: int) -> Closure | None:
-        """Fix the last frame WeCom sees; the first close wins. None when the stream is gone."""
+    def close(self, sid: str, reason: str, final: str, shown: int, *, finished_ok: bool = False) -> Closure | None:
+        """Fix the last frame WeCom sees; the first close wins.
+
+        None when the stream is gone, or (unless ``finished_ok``) when its answer already finished.
+        """
         with store_errors():
-            result = self._close(keys=[self.keys.stream_meta(sid)], args=[reason, final, shown, self.now_ms()])
-        if int(result[0]) == -1:
+            result = self._close(keys=[self.keys.stream_meta(sid)],
+                                 args=[reason, final, shown, self.now_ms(), int(finished_ok)])
+        if int(result[0]) in (-1, 2):
             return None
         return Closure(final=_text(result[1]), shown=int(result[2]), reason=_text(result[3]))
 
@@ -163,9 +179,9 @@ class StreamStore:
                                        args=[self.now_ms(), note])) == 1
 
     def mark_delivered(self, sid: str) -> bool:
-        """Claim the one ``response_url`` delivery of a stream; False if it was claimed before."""
+        """Claim the one ``response_url`` delivery of a stream; False if claimed before or gone."""
         with store_errors():
-            return bool(self.redis.hsetnx(self.keys.stream_meta(sid), "delivered", self.now_ms()))
+            return int(self._mark(keys=[self.keys.stream_meta(sid)], args=[self.now_ms()])) == 1
 
     def renew_owners(self, sids: list[str], owner: str) -> int:
         """Extend this producer's leases on ``sids`` (one pipelined round trip); return how many held."""

@@ -26,6 +26,7 @@ class StreamWriter:
         self._pending: list[str] = []
         self._replace: str | None = None
         self._inflight: tuple[str, bool] | None = None
+        self._all: list[str] = []  # the whole answer, for a follow-up when Redis lost it
         self._buffer_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self.lost = False
@@ -35,6 +36,7 @@ class StreamWriter:
         text = clean(text)
         with self._buffer_lock:
             self._pending.append(text)
+            self._all.append(text)
 
     def replace(self, text: str) -> None:
         """Queue an overwrite of the whole answer with ``text``."""
@@ -42,6 +44,13 @@ class StreamWriter:
         with self._buffer_lock:
             self._replace = text
             self._pending.clear()
+            self._all = [text]
+
+    @property
+    def text(self) -> str:
+        """The whole answer received so far (whatever reached Redis)."""
+        with self._buffer_lock:
+            return "".join(self._all)
 
     def flush(self) -> None:
         """Write what is buffered; raises StoreUnavailable, keeping the write for the next flush."""

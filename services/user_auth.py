@@ -21,7 +21,7 @@ import redis
 from services import metrics
 from services.auth_api import AuthAPI
 from services.errors import AuthUnavailable, UserNotAuthorized
-from services.keys import AUTH_LOCK_MS, Keys
+from services.keys import Keys
 from services.stream_store import StreamStore, store_errors
 from services.user_db import UserDB
 
@@ -52,7 +52,7 @@ class Authenticator:
     """Resolve identities with a Redis cache, single-flight refreshes and negative caching."""
 
     def __init__(self, store: StreamStore, db: UserDB, api: AuthAPI, *, token_ttl: int, negative_ttl: int,
-                 wait_seconds: float = 15.0, clock: Callable[[], float] = time.monotonic,
+                 refresh_budget: float = 15.0, clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], None] = time.sleep) -> None:
         self.store = store
         self.redis: redis.Redis = store.redis
@@ -61,7 +61,10 @@ class Authenticator:
         self.api = api
         self.token_ttl = token_ttl
         self.negative_ttl = negative_ttl
-        self.wait_seconds = wait_seconds
+        # the lock must outlive the slowest refresh (MySQL + auth API timeouts and retries), or a
+        # second replica would refresh too; waiters give up a little after it would have lapsed
+        self.lock_ms = int((refresh_budget + 2) * 1000)
+        self.wait_seconds = refresh_budget + 5
         self.clock = clock
         self.sleep = sleep
 
@@ -87,7 +90,7 @@ class Authenticator:
         deadline = self.clock() + self.wait_seconds
         while True:
             self._raise_if_refused(userid)
-            if self.store.acquire_lease(lock, token, AUTH_LOCK_MS):
+            if self.store.acquire_lease(lock, token, self.lock_ms):
                 try:
                     return self._cached(userid) or self._refresh(userid)
                 finally:
@@ -100,9 +103,14 @@ class Authenticator:
                 raise AuthUnavailable("timed out waiting for another replica's token refresh")
 
     def invalidate(self, identity: Identity) -> None:
-        """Forget a token that the backend rejected, so the next call refreshes it."""
+        """Forget a token that the backend rejected, so the next call refreshes it.
+
+        The user's key is removed only while it still holds that token: a late 401 on another
+        replica must not throw away a token that was refreshed meanwhile.
+        """
+        self.store.release_lease(self.keys.auth_wechatid(identity.userid), identity.token)
         with store_errors():
-            self.redis.delete(self.keys.auth_wechatid(identity.userid), self.keys.auth_token(identity.token))
+            self.redis.delete(self.keys.auth_token(identity.token))
 
     def _cached(self, userid: str) -> Identity | None:
         with store_errors():

@@ -18,15 +18,16 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Replica:
-    """One gunicorn master (gthread workers) serving ``app:create_app()`` on a free port."""
+    """One gunicorn master (gthread workers, the repo's gunicorn.conf.py) serving ``app`` on a free port."""
 
     def __init__(self, env: dict[str, str], *, workers: int = 1, threads: int = 8,
-                 args: tuple[str, ...] = ()) -> None:
+                 args: tuple[str, ...] = (), app: str = "app:create_app()") -> None:
         self.port = free_port()
         self.env = {**os.environ, **env}
         self.workers = workers
         self.threads = threads
         self.args = args
+        self.app = app
         self.log = tempfile.NamedTemporaryFile(prefix="replica-", suffix=".log", delete=False)  # noqa: SIM115
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -37,7 +38,7 @@ class Replica:
 
     def start(self, timeout: float = 30.0) -> Replica:
         """Start gunicorn and wait until ``/livez`` answers."""
-        cmd = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:create_app()",
+        cmd = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", self.app,
                "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers), "--threads", str(self.threads),
                *self.args]
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
@@ -50,8 +51,11 @@ class Replica:
                 if requests.get(f"{self.url}/livez", timeout=0.5).status_code == 200:
                     return self
             except requests.RequestException:
-                time.sleep(0.1)
-        raise TimeoutError(f"replica did not become live:\n{self.output()}")
+                pass
+            time.sleep(0.1)
+        output = self.output()
+        self.stop()  # never leave a half-started server behind
+        raise TimeoutError(f"replica did not become live:\n{output}")
 
     def signal(self, sig: signal.Signals) -> None:
         """Send ``sig`` to the gunicorn master."""
@@ -68,6 +72,12 @@ class Replica:
         """Stop the master (SIGTERM, then SIGKILL) and its workers."""
         terminate(self.proc, timeout=20)
         self.log.close()
+
+    def worker_pids(self) -> list[int]:
+        """The worker processes of this master."""
+        assert self.proc is not None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        return [int(pid) for pid in children]
 
     def output(self) -> str:
         """Everything the replica printed so far."""

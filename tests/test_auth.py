@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterator
 
 import pymysql
@@ -214,3 +215,65 @@ def test_users_tool(mysql_params: MySQLParams, monkeypatch: pytest.MonkeyPatch,
     out = capsys.readouterr().out
     assert "applied: 001_wecom_users" in out and "nothing (up to date)" in out
     assert "wangwu\tww003\t王五\tdisabled" in out
+
+
+def test_progress_is_shown_while_authenticating(auth_settings: Settings, redis_client: redis.Redis,
+                                                signer: WeComSigner, auth_server: AuthServer) -> None:
+    auth_server.delay = 1.5
+    app = create_app(auth_settings.replace(queued_note_after_seconds=0.2))
+    wecom = InProcessWeCom(app.test_client(), signer)
+    first = wecom.send(text_message("slow auth"))
+    assert first is not None
+    time.sleep(0.6)
+    assert wecom.poll(first["stream"]["id"])["stream"] == {
+        "id": first["stream"]["id"], "finish": False, "content": auth_settings.msg_authenticating}
+    assert contents(wecom.until_finished(first["stream"]["id"]))[-1] == "echo: slow auth"
+    app.extensions["wecom_dify"].producer.drain(5)
+
+
+def test_every_key_has_a_ttl_with_auth_on(wecom: InProcessWeCom, redis_client: redis.Redis,
+                                          auth_settings: Settings) -> None:
+    ask(wecom, "hi")                      # refresh: shared keys written
+    ask(wecom, "who am i", "stranger")    # refusal: negative cache
+    keys = {k.decode() for k in redis_client.scan_iter("*")}
+    assert "authorization:wechatid:zhangsan" in keys
+    assert Keys(auth_settings.redis_key_prefix).auth_unknown("stranger") in keys
+    assert Keys(auth_settings.redis_key_prefix).auth_lock("zhangsan") not in keys  # released after use
+    for key in keys:
+        assert redis_client.ttl(key) > 0, key
+
+
+@pytest.mark.parametrize("down", ["api", "mysql"])
+def test_failure_paths_log_no_secret(auth_settings: Settings, redis_client: redis.Redis, signer: WeComSigner,
+                                     auth_server: AuthServer, caplog: pytest.LogCaptureFixture,
+                                     capsys: pytest.CaptureFixture[str], down: str) -> None:
+    caplog.set_level(logging.DEBUG)
+    if down == "api":
+        auth_server.stop()
+        changes: dict[str, object] = {}
+    else:
+        changes = {"mysql_port": 1, "mysql_password": "db-password-do-not-log"}
+    app = create_app(auth_settings.replace(**changes))
+    assert ask(InProcessWeCom(app.test_client(), signer), "question 机密") == auth_settings.msg_auth_unavailable
+    logged = caplog.text + "".join(str(vars(r)) for r in caplog.records) + "".join(capsys.readouterr())
+    for needle in (SECRET, "db-password-do-not-log", "question", "机密"):
+        assert needle not in logged
+    app.extensions["wecom_dify"].producer.drain(5)
+
+
+def test_users_tool_enable(mysql_params: MySQLParams, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from tools import users
+
+    monkeypatch.chdir(tmp_path)
+    for name, value in {"MYSQL_HOST": mysql_params.host, "MYSQL_PORT": str(mysql_params.port),
+                        "MYSQL_USER": mysql_params.user, "MYSQL_PASSWORD": mysql_params.password,
+                        "MYSQL_DATABASE": "tool_enable"}.items():
+        monkeypatch.setenv(name, value)
+    assert users.main(["migrate"]) == 0
+    assert users.main(["add", "zhaoliu", "zl004"]) == 0
+    assert users.main(["disable", "zhaoliu"]) == 0
+    assert users.main(["enable", "zhaoliu"]) == 0
+    db = UserDB(MySQLConfig(mysql_params.host, mysql_params.port, mysql_params.user, mysql_params.password,
+                            "tool_enable"))
+    record = db.find("zhaoliu")
+    assert record is not None and record.enabled

@@ -179,7 +179,7 @@ def test_orphaned_stream_is_interrupted_once(make_app, signer: WeComSigner, redi
                                              settings: Settings) -> None:
     app = make_app()
     store = app.extensions["wecom_dify"].store
-    created, sid = store.claim("orphan-msg", "a" * 32, "dead-producer", {"followup": "0"})
+    created, sid, _ = store.claim("orphan-msg", "a" * 32, "dead-producer", {"followup": "0"})
     assert created
     store.set_status(sid, "running")
     store.write(sid, 1, "半截回答")
@@ -188,6 +188,7 @@ def test_orphaned_stream_is_interrupted_once(make_app, signer: WeComSigner, redi
     redis_client.delete(Keys(settings.redis_key_prefix).stream_owner(sid))  # the lease lapses
     expected = "半截回答\n\n" + settings.msg_interrupted
     assert wecom.poll(sid)["stream"] == {"id": sid, "finish": True, "content": expected}
+    assert redis_client.hget(Keys(settings.redis_key_prefix).stream_meta(sid), "status") == b"interrupted"
     assert wecom.poll(sid)["stream"] == {"id": sid, "finish": True, "content": expected}  # once
 
 

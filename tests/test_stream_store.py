@@ -22,8 +22,8 @@ def store(redis_client: redis.Redis) -> StreamStore:
 
 
 def test_first_delivery_wins_and_every_key_has_a_ttl(store: StreamStore, redis_client: redis.Redis) -> None:
-    assert store.claim("m1", "sidA", "owner", {"user": "u"}) == (True, "sidA")
-    assert store.claim("m1", "sidB", "owner", {"user": "u"}) == (False, "sidA")
+    assert store.claim("m1", "sidA", "owner", {"user": "u"}) == (True, "sidA", False)
+    assert store.claim("m1", "sidB", "owner", {"user": "u"}) == (False, "sidA", False)
     assert not redis_client.exists(KEYS.stream_meta("sidB"))
     for key in redis_client.scan_iter("t:*"):
         assert redis_client.ttl(key) > 0, key
@@ -113,12 +113,12 @@ def test_claim_retry_after_lost_reply_keeps_one_stream(retrying_store: StreamSto
                                                        redis_client: redis.Redis) -> None:
     retrying_store.write("warm", 1, "")  # loads the scripts so the claim goes out as EVALSHA
     loser = LoseReplies(monkeypatch, "EVALSHA")
-    created, sid = retrying_store.claim("m", "s1", "owner", {})
+    created, sid, _ = retrying_store.claim("m", "s1", "owner", {})
     assert loser.lost == 1
     assert sid == "s1"
     assert created is False  # the replay looks like a re-delivery of our own sid: the caller must
     # treat `winner == sid` as created (services/messages.py does; see the handler-level test)
-    assert retrying_store.claim("m", "s2", "owner", {}) == (False, "s1")
+    assert retrying_store.claim("m", "s2", "owner", {}) == (False, "s1", False)
     assert len(list(redis_client.scan_iter(KEYS.stream_meta("*")))) == 1
 
 
@@ -142,3 +142,11 @@ def test_conversation_idle_expiry_is_refreshed_on_use(store: StreamStore, redis_
     assert redis_client.ttl(KEYS.conversation("u:1")) > 50
     store.drop_conversation("u:1")
     assert store.get_conversation("u:1", 100) is None
+
+
+def test_claim_takes_the_lane_only_if_free_and_only_once(store: StreamStore, redis_client: redis.Redis) -> None:
+    lane = KEYS.lane("u:1")
+    assert store.claim("a", "sa", "owner", {}, lane=(lane, "tok-a", 5000)) == (True, "sa", True)
+    assert store.claim("b", "sb", "owner", {}, lane=(lane, "tok-b", 5000)) == (True, "sb", False)
+    assert store.claim("a", "sx", "owner", {}, lane=(lane, "tok-x", 5000)) == (False, "sa", False)
+    assert redis_client.get(lane) == b"tok-a" and 0 < redis_client.pttl(lane) <= 5000

@@ -50,6 +50,8 @@ def configure_logging(level: str, user_ids: str = "hash", salt: str = "") -> Non
     _user_mode, _user_salt = user_ids, salt.encode()
     root = logging.getLogger()
     root.setLevel(level.upper())
+    # urllib3's DEBUG lines carry full URLs, and a response_url's query is a one-time credential
+    logging.getLogger("urllib3").setLevel(max(logging.INFO, root.level))
     if not any(getattr(h, "_wecom_dify", False) for h in root.handlers):
         handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(JsonFormatter())
