@@ -116,27 +116,6 @@ redis.call('HSET', KEYS[1], 'status', 'interrupted', 'note', ARGV[2], 'updated',
 return 1
 """
 
-SNAPSHOT = """
--- KEYS[1] = stream text, KEYS[2] = stream meta, KEYS[3] = stream owner
--- ARGV[1] = bytes of text to return (-1 = all; with a limit, none once the stream has a final frame),
--- ARGV[2] = '1' to count this read as a poll,
--- ARGV[3..] = the meta fields wanted
--- Returns {text, text bytes, owner exists, field values...} or nil when the stream is gone.
--- The poll counter is only touched while the stream exists, so nothing is created without a TTL.
-if redis.call('EXISTS', KEYS[2]) == 0 or redis.call('EXISTS', KEYS[1]) == 0 then return nil end
-if ARGV[2] == '1' then redis.call('HINCRBY', KEYS[2], 'polls', 1) end
-local limit = tonumber(ARGV[1])
-local text = ''
-if limit < 0 then
-  text = redis.call('GET', KEYS[1])
-elseif redis.call('HEXISTS', KEYS[2], 'final') == 0 then  -- a closed stream is answered from 'final'
-  text = redis.call('GETRANGE', KEYS[1], 0, limit - 1)
-end
-local out = {text, redis.call('STRLEN', KEYS[1]), redis.call('EXISTS', KEYS[3])}
-local values = redis.call('HMGET', KEYS[2], unpack(ARGV, 3))
-for i = 1, #values do out[#out + 1] = values[i] end
-return out
-"""
 
 MARK_DELIVERED = """
 -- KEYS[1] = stream meta; ARGV[1] = now (ms)
