@@ -296,9 +296,10 @@ class Producer:
             with self._lock:
                 jobs = list(self._jobs.values())
             for job in jobs:
-                if job.writer is not None:
+                writer = job.writer  # only running jobs have one: queued ones cost nothing here
+                if writer is not None and writer.dirty:
                     try:
-                        job.writer.flush()
+                        writer.flush()
                     except Exception as exc:  # noqa: BLE001 - the ticker must survive anything
                         job.degraded = True
                         log.warning("flush failed", extra={"sid": job.sid, "error": type(exc).__name__})

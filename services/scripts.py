@@ -71,6 +71,19 @@ end
 return 0
 """
 
+RENEW_LEASES = """
+-- KEYS = lease keys; ARGV[1] = owner token, ARGV[2] = lease (ms)
+-- Extends every listed lease the caller still owns, in one call; returns how many it extended.
+local n = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[1] then
+    redis.call('PEXPIRE', KEYS[i], ARGV[2])
+    n = n + 1
+  end
+end
+return n
+"""
+
 RELEASE_LEASE = """
 -- KEYS[1] = lease key; ARGV[1] = owner token. Deletes the lease only if the caller owns it.
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end

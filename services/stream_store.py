@@ -95,6 +95,7 @@ class StreamStore:
         self._interrupt = client.register_script(scripts.INTERRUPT_ORPHAN)
         self._mark = client.register_script(scripts.MARK_DELIVERED)
         self._renew = client.register_script(scripts.RENEW_LEASE)
+        self._renew_many = client.register_script(scripts.RENEW_LEASES)
         self._release = client.register_script(scripts.RELEASE_LEASE)
 
     def now_ms(self) -> int:
@@ -225,14 +226,13 @@ class StreamStore:
             return int(self._mark(keys=[self.keys.stream_meta(sid)], args=[self.now_ms()])) == 1
 
     def renew_owners(self, sids: list[str], owner: str) -> int:
-        """Extend this producer's leases on ``sids`` (one pipelined round trip); return how many held."""
-        if not sids:
-            return 0
+        """Extend this producer's leases on ``sids`` (one script call per 1000); return how many held."""
+        held = 0
         with store_errors():
-            pipe = self.redis.pipeline(transaction=False)
-            for sid in sids:
-                self._renew(keys=[self.keys.stream_owner(sid)], args=[owner, self.owner_lease_ms], client=pipe)
-            return sum(int(r) for r in pipe.execute())
+            for i in range(0, len(sids), 1000):
+                keys = [self.keys.stream_owner(sid) for sid in sids[i:i + 1000]]
+                held += int(self._renew_many(keys=keys, args=[owner, self.owner_lease_ms]))
+        return held
 
     def get_conversation(self, scope: str, idle_seconds: int) -> str | None:
         """Return the stored Dify conversation id of ``scope``, refreshing its idle expiry."""

@@ -47,6 +47,11 @@ class StreamWriter:
             self._all = [text]
 
     @property
+    def dirty(self) -> bool:
+        """True when something waits to be written (a cheap check without taking a lock)."""
+        return bool(self._pending) or self._replace is not None or self._inflight is not None
+
+    @property
     def text(self) -> str:
         """The whole answer received so far (whatever reached Redis)."""
         with self._buffer_lock:

@@ -150,3 +150,12 @@ def test_claim_takes_the_lane_only_if_free_and_only_once(store: StreamStore, red
     assert store.claim("b", "sb", "owner", {}, lane=(lane, "tok-b", 5000)) == (True, "sb", False)
     assert store.claim("a", "sx", "owner", {}, lane=(lane, "tok-x", 5000)) == (False, "sa", False)
     assert redis_client.get(lane) == b"tok-a" and 0 < redis_client.pttl(lane) <= 5000
+
+
+def test_renew_owners_extends_only_our_leases(store: StreamStore, redis_client: redis.Redis) -> None:
+    for sid, owner in (("a", "me"), ("b", "me"), ("c", "someone-else")):
+        redis_client.set(KEYS.stream_owner(sid), owner, px=1000)
+    assert store.renew_owners(["a", "b", "c", "missing"], "me") == 2
+    assert redis_client.pttl(KEYS.stream_owner("a")) > 5000 and redis_client.pttl(KEYS.stream_owner("b")) > 5000
+    assert redis_client.pttl(KEYS.stream_owner("c")) <= 1000
+    assert not redis_client.exists(KEYS.stream_owner("missing"))
