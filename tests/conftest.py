@@ -13,6 +13,7 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from config import Settings
+from tests.response_server import ResponseServer
 from tests.servers import MariaDBServer, RedisServer
 from tools.dify_sim import DifySimulator
 from tools.wecom_client import WeComSigner
@@ -126,3 +127,11 @@ def client(app: Flask) -> FlaskClient:
 def signer() -> WeComSigner:
     """Signs and encrypts callbacks exactly as WeCom does for this bot."""
     return WeComSigner(TOKEN, AES_KEY, "")
+
+
+@pytest.fixture
+def responses() -> Iterator[ResponseServer]:
+    """A local stand-in for WeCom's response_url endpoint."""
+    server = ResponseServer()
+    yield server
+    server.close()

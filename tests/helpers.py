@@ -56,3 +56,13 @@ def assert_prefix_chain(frames: list[dict[str, Any]]) -> None:
     texts = contents(frames)
     for a, b in zip(texts, texts[1:], strict=False):
         assert b.startswith(a), (a, b)
+
+
+def wait_for(predicate: Any, timeout: float = 15.0, interval: float = 0.05) -> None:
+    """Poll ``predicate`` until it is true; fail after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError("condition not reached in time")

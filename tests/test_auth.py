@@ -197,15 +197,19 @@ def test_readyz_reports_mysql(auth_settings: Settings, redis_client: redis.Redis
     assert down.status_code == 503 and down.get_json()["checks"]["mysql"].startswith("unavailable")
 
 
+def users_env(monkeypatch: pytest.MonkeyPatch, params: MySQLParams, database: str) -> None:
+    """Point tools.users at the test server (through the environment, as an operator would)."""
+    for name, value in {"MYSQL_HOST": params.host, "MYSQL_PORT": str(params.port), "MYSQL_USER": params.user,
+                        "MYSQL_PASSWORD": params.password, "MYSQL_DATABASE": database}.items():
+        monkeypatch.setenv(name, value)
+
+
 def test_users_tool(mysql_params: MySQLParams, monkeypatch: pytest.MonkeyPatch,
                     capsys: pytest.CaptureFixture[str], tmp_path) -> None:  # type: ignore[no-untyped-def]
     from tools import users
 
     monkeypatch.chdir(tmp_path)
-    for name, value in {"MYSQL_HOST": mysql_params.host, "MYSQL_PORT": str(mysql_params.port),
-                        "MYSQL_USER": mysql_params.user, "MYSQL_PASSWORD": mysql_params.password,
-                        "MYSQL_DATABASE": "tool_test"}.items():
-        monkeypatch.setenv(name, value)
+    users_env(monkeypatch, mysql_params, "tool_test")
     assert users.main(["migrate"]) == 0
     assert users.main(["migrate"]) == 0
     assert users.main(["add", "wangwu", "ww003", "--name", "王五"]) == 0
@@ -265,10 +269,7 @@ def test_users_tool_enable(mysql_params: MySQLParams, monkeypatch: pytest.Monkey
     from tools import users
 
     monkeypatch.chdir(tmp_path)
-    for name, value in {"MYSQL_HOST": mysql_params.host, "MYSQL_PORT": str(mysql_params.port),
-                        "MYSQL_USER": mysql_params.user, "MYSQL_PASSWORD": mysql_params.password,
-                        "MYSQL_DATABASE": "tool_enable"}.items():
-        monkeypatch.setenv(name, value)
+    users_env(monkeypatch, mysql_params, "tool_enable")
     assert users.main(["migrate"]) == 0
     assert users.main(["add", "zhaoliu", "zl004"]) == 0
     assert users.main(["disable", "zhaoliu"]) == 0

@@ -16,18 +16,11 @@ from config import Settings
 from services.delivery import ResponseURL, send_rest
 from services.keys import Keys
 from services.stream_store import StreamStore
-from tests.helpers import InProcessWeCom, contents
+from tests.helpers import InProcessWeCom, contents, wait_for
 from tests.response_server import ResponseServer
 from tests.servers import RedisServer, free_port
 from tools.dify_sim import DifySimulator, Script
 from tools.wecom_client import WeComSigner, text_message
-
-
-@pytest.fixture
-def responses() -> Iterator[ResponseServer]:
-    server = ResponseServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture
@@ -42,15 +35,6 @@ def build(apps: list[Flask], settings: Settings, **changes: object) -> Flask:
     app = create_app(settings.replace(**{"wecom_response_url_hosts": "127.0.0.1", **changes}))
     apps.append(app)
     return app
-
-
-def wait_for(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def test_answer_longer_than_its_leases_finishes_intact(apps: list[Flask], settings: Settings,

@@ -12,7 +12,7 @@ from flask import Flask
 from app import create_app
 from config import Settings
 from services.keys import Keys
-from tests.helpers import InProcessWeCom, assert_prefix_chain, contents
+from tests.helpers import InProcessWeCom, assert_prefix_chain, contents, wait_for
 from tests.response_server import ResponseServer
 from tests.servers import RedisServer
 from tools.dify_sim import DifySimulator, Script
@@ -21,11 +21,6 @@ from tools.wecom_client import WeComSigner, text_message
 LIMIT = 20480
 
 
-@pytest.fixture
-def responses() -> Iterator[ResponseServer]:
-    server = ResponseServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture
@@ -44,15 +39,6 @@ def make_app(settings: Settings, redis_client: redis.Redis) -> Iterator:  # type
 
 def wecom_for(app: Flask, signer: WeComSigner) -> InProcessWeCom:
     return InProcessWeCom(app.test_client(), signer)
-
-
-def wait_for(predicate, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.05)
-    raise AssertionError("condition not reached")
 
 
 def test_window_closes_the_stream_and_the_answer_follows_once(make_app, signer: WeComSigner,  # type: ignore[no-untyped-def]

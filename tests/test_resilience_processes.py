@@ -12,6 +12,7 @@ import requests
 
 from config import Settings
 from tests.conftest import AES_KEY, TOKEN
+from tests.helpers import wait_for
 from tests.procs import Replica
 from tests.response_server import ResponseServer
 from tests.servers import RedisServer
@@ -25,11 +26,6 @@ DEFAULTS = Settings(wecom_token=TOKEN, wecom_encoding_aes_key=AES_KEY, dify_base
                     dify_api_key="k")
 
 
-@pytest.fixture
-def responses() -> Iterator[ResponseServer]:
-    server = ResponseServer()
-    yield server
-    server.close()
 
 
 @pytest.fixture
@@ -55,15 +51,6 @@ def wecom() -> WeComClient:
     return WeComClient(WeComSigner(TOKEN, AES_KEY), timeout=5)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError("condition not reached in time")
-
-
 def test_window_finishes_in_time_and_the_answer_arrives_once(start_pair, wecom: WeComClient,  # type: ignore[no-untyped-def]
                                                              dify: DifySimulator, responses: ResponseServer,
                                                              redis_url: str, redis_client: redis.Redis) -> None:
@@ -75,7 +62,7 @@ def test_window_finishes_in_time_and_the_answer_arrives_once(start_pair, wecom: 
     assert frames[-1]["stream"]["finish"] is True
     assert time.monotonic() - started < 4.5  # closed at the 3 s window, well before the answer is done
     assert frames[-1]["stream"]["content"].endswith(DEFAULTS.msg_window)
-    wait_until(lambda: bool(responses.contents()))
+    wait_for(lambda: bool(responses.contents()))
     time.sleep(1.0)
     assert responses.contents() == [answer]
 
@@ -94,7 +81,7 @@ def test_fifty_thousand_byte_answer(start_pair, wecom: WeComClient, dify: DifySi
     final = frames[-1]["stream"]["content"]
     assert final.endswith(DEFAULTS.msg_overflow)
     shown = final[: -len(DEFAULTS.msg_overflow)].rstrip("\n")
-    wait_until(lambda: bool(responses.contents()))
+    wait_for(lambda: bool(responses.contents()))
     time.sleep(1.0)
     [rest] = responses.contents()
     assert len(rest.encode()) <= LIMIT
@@ -109,7 +96,7 @@ def test_sigkill_of_the_producer_replica(start_pair, wecom: WeComClient, dify: D
     first = wecom.send(a.url, text_message("long"))
     assert first is not None
     sid = first["stream"]["id"]
-    wait_until(lambda: len(wecom.poll(b.url, sid)["stream"]["content"]) > 20)
+    wait_for(lambda: len(wecom.poll(b.url, sid)["stream"]["content"]) > 20)
     a.kill_all()
     killed = time.monotonic()
     frames = []
@@ -138,7 +125,7 @@ def test_sigterm_mid_stream(start_pair, wecom: WeComClient, dify: DifySimulator,
     first = wecom.send(a.url, text_message("q"))
     assert first is not None
     sid = first["stream"]["id"]
-    wait_until(lambda: wecom.poll(b.url, sid)["stream"]["content"] != "")
+    wait_for(lambda: wecom.poll(b.url, sid)["stream"]["content"] != "")
     a.signal(signal.SIGTERM)
     sent = time.monotonic()
     assert a.proc is not None
@@ -160,7 +147,7 @@ def test_redis_stopped_mid_stream_and_restarted(start_pair, wecom: WeComClient, 
     first = wecom.send(a.url, text_message("long"))
     assert first is not None
     sid = first["stream"]["id"]
-    wait_until(lambda: wecom.poll(b.url, sid)["stream"]["content"] != "")
+    wait_for(lambda: wecom.poll(b.url, sid)["stream"]["content"] != "")
     redis_server.stop()
     for i in range(6):  # polls and new messages while Redis is down, on both replicas
         url = (a.url, b.url)[i % 2]
@@ -174,7 +161,7 @@ def test_redis_stopped_mid_stream_and_restarted(start_pair, wecom: WeComClient, 
     assert wecom.poll(b.url, sid)["stream"]["content"] == DEFAULTS.msg_expired
     frames = wecom.converse([a.url, b.url], text_message("after"), interval=0.1)
     assert frames[-1]["stream"] == {"id": frames[0]["stream"]["id"], "finish": True, "content": "echo: after"}
-    wait_until(lambda: requests.get(f"{a.url}/readyz", timeout=5).status_code == 200)
+    wait_for(lambda: requests.get(f"{a.url}/readyz", timeout=5).status_code == 200)
 
 
 def test_every_key_has_a_ttl_after_full_conversations(start_pair, wecom: WeComClient, dify: DifySimulator,  # type: ignore[no-untyped-def]
@@ -190,7 +177,7 @@ def test_every_key_has_a_ttl_after_full_conversations(start_pair, wecom: WeComCl
     wecom.converse(urls, text_message("slow", userid="u3", response_url=responses.url()), interval=0.3)
     wecom.converse(urls, text_message("long", userid="u4", response_url=responses.url()), interval=0.1)
     wecom.converse(urls, text_message("/stop", userid="u5"), interval=0.1)
-    wait_until(lambda: len(responses.contents()) == 2)
+    wait_for(lambda: len(responses.contents()) == 2)
     time.sleep(0.5)
     keys = list(redis_client.scan_iter("*"))
     assert len(keys) > 15
