@@ -12,12 +12,10 @@ import os
 from collections.abc import Callable, Mapping
 from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlsplit
 
 from crypto import IllegalAesKeyError, decode_aes_key
-
-T = TypeVar("T")
 
 
 class ConfigError(ValueError):

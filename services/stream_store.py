@@ -196,12 +196,6 @@ class StreamStore:
                     pool.release(conn)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def read_text(self, sid: str) -> str | None:
-        """The whole answer text, or None when the stream is gone."""
-        with store_errors():
-            raw = self.redis.get(self.keys.stream_text(sid))
-        return None if raw is None else _text(raw)
-
     def close(self, sid: str, reason: str, final: str, shown: int, *, finished_ok: bool = False) -> Closure | None:
         """Fix the last frame WeCom sees; the first close wins.
 
