@@ -1,13 +1,13 @@
 """gunicorn settings for the bridge: ``gunicorn 'app:create_app()'`` picks this file up from the cwd.
 
 Why these values:
-- gthread workers: requests are short (callbacks, polls); the long work (Dify streams) runs in the
-  app's own producer threads, which this server never sees.
-- ``max_requests = 0``: never recycle a worker. A recycled worker takes the producer threads of
-  its live streams with it (gunicorn only waits for in-flight HTTP requests, not app threads), and
-  those users would see "interrupted". Memory is bounded by the producer pool instead.
+- gthread workers: requests are short (callbacks, polls); the long work (Dify streams) runs on the
+  app's own answer engine (one event loop thread per worker), which this server never sees.
+- ``max_requests = 0``: never recycle a worker. A recycled worker takes its engine's live streams
+  with it (gunicorn only waits for in-flight HTTP requests, not app threads), and those users
+  would see "interrupted". Memory is bounded by ``ENGINE_CAPACITY`` instead.
 - ``graceful_timeout = SHUTDOWN_DRAIN_SECONDS + 5``: after SIGTERM the worker stops accepting,
-  finishes in-flight requests, then ``worker_exit`` drains the producers for at most the drain
+  finishes in-flight requests, then ``worker_exit`` drains the engine for at most the drain
   budget and marks what is left interrupted. The master SIGKILLs only after that.
 """
 
@@ -18,6 +18,8 @@ import shutil
 import signal
 import tempfile
 from typing import Any
+
+from config import load_settings
 
 # Metrics from every worker are aggregated through files in this directory (prometheus-client's
 # multiprocess mode). It must be set before a worker imports the app, and start empty.
@@ -31,7 +33,10 @@ threads = int(os.environ.get("GUNICORN_THREADS", "8"))
 timeout = int(os.environ.get("GUNICORN_TIMEOUT", "30"))
 keepalive = 5
 max_requests = 0
-drain_seconds = float(os.environ.get("SHUTDOWN_DRAIN_SECONDS", "20"))
+# The drain budget comes from the app's own validated settings (environment, then .env), so a bad
+# value stops the master at once with an error naming the variable, and the workers drain with the
+# same number the master waits for.
+drain_seconds = load_settings().shutdown_drain_seconds
 graceful_timeout = int(drain_seconds) + 5
 control_socket_disable = True  # unused; the default path is per-user, shared by every master on a host
 accesslog = None  # one JSON line per event comes from the app; request lines add nothing but volume
@@ -70,14 +75,15 @@ def _bridge(worker: Any) -> Any:
 
 
 def post_worker_init(worker: Any) -> None:
-    """On SIGTERM, fail /readyz and refuse new work at once, then let gunicorn stop as usual."""
+    """Start the answer engine; on SIGTERM, fail /readyz and refuse new work at once, then stop as usual."""
     bridge = _bridge(worker)
     if bridge is None:
         return
+    bridge.engine.start()
     original = worker.handle_exit
 
     def handle_exit(sig: int, frame: Any) -> None:
-        bridge.producer.begin_shutdown()
+        bridge.engine.begin_shutdown()
         original(sig, frame)
 
     signal.signal(signal.SIGTERM, handle_exit)
@@ -87,4 +93,4 @@ def worker_exit(server: Any, worker: Any) -> None:
     """Let running answers finish within the drain budget; mark the rest interrupted."""
     bridge = _bridge(worker)
     if bridge is not None:
-        bridge.producer.drain(drain_seconds)
+        bridge.engine.drain(bridge.settings.shutdown_drain_seconds)

@@ -58,8 +58,7 @@ class Settings:
     conversation_scope: str = _env("CONVERSATION_SCOPE", "user")
     conversation_idle_seconds: int = _env("CONVERSATION_IDLE_SECONDS", 1800)
     wecom_bot_names: str = _env("WECOM_BOT_NAMES", "")
-    producer_threads: int = _env("PRODUCER_THREADS", 16)
-    producer_backlog: int = _env("PRODUCER_BACKLOG", 200)
+    engine_capacity: int = _env("ENGINE_CAPACITY", 512)
     stream_ttl_seconds: int = _env("STREAM_TTL_SECONDS", 7200)
     queued_note_after_seconds: float = _env("QUEUED_NOTE_AFTER_SECONDS", 1.0)
     msg_queued: str = _env("MSG_QUEUED", "排队中，请稍候…")
@@ -241,8 +240,7 @@ def _validate(s: Settings) -> None:
     _require(0 <= s.dify_max_retries <= 10, "dify_max_retries", "must be between 0 and 10")
     _require(s.conversation_scope in {"user", "chat"}, "conversation_scope", "must be 'user' or 'chat'")
     _require(s.conversation_idle_seconds > 0, "conversation_idle_seconds", "must be > 0")
-    _require(1 <= s.producer_threads <= 512, "producer_threads", "must be between 1 and 512")
-    _require(s.producer_backlog >= 0, "producer_backlog", "must be >= 0")
+    _require(1 <= s.engine_capacity <= 20000, "engine_capacity", "must be between 1 and 20000 answers per worker")
     _require(s.stream_ttl_seconds >= 600, "stream_ttl_seconds",
              "must be >= 600 (streams must outlive WeCom's 6-minute polling window)")
     _require(3 <= s.stream_window_seconds <= 355, "stream_window_seconds",

@@ -1,1 +1,1 @@
-"""Services: Redis stream store, Dify client, producer pool and the pieces they share."""
+"""Services: Redis stream store, Dify client, the answer engine and the pieces they share."""

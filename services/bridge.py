@@ -13,10 +13,10 @@ from config import Settings
 from crypto import WeComCrypto
 from services.auth_api import AuthAPI
 from services.delivery import ResponseURL
-from services.dify_service import DifyClient
+from services.dify import DifyClient
+from services.engine import Engine
 from services.keys import Keys
 from services.messages import MessageHandler
-from services.producer import Producer
 from services.stream_store import StreamStore
 from services.user_auth import Authenticator
 from services.user_db import MySQLConfig, UserDB
@@ -32,13 +32,13 @@ class Bridge:
     crypto: WeComCrypto
     redis: redis.Redis
     store: StreamStore
-    producer: Producer
+    engine: Engine
     handler: MessageHandler
     users: UserDB | None = None
 
     @classmethod
     def build(cls, settings: Settings, *, dify: DifyClient | None = None) -> Bridge:
-        """Create the clients (lazily connecting) and the producer pool (lazily started)."""
+        """Create the clients (lazily connecting) and the engine (started by the first message or post_fork)."""
         crypto = WeComCrypto(settings.wecom_token, settings.wecom_encoding_aes_key,
                              settings.wecom_receive_id,
                              timestamp_window=settings.wecom_timestamp_window_seconds or None)
@@ -72,11 +72,11 @@ class Bridge:
                 response_mode="blocking" if settings.dify_response_mode == "blocking" else "streaming",
                 connect_timeout=settings.dify_connect_timeout, read_timeout=settings.dify_read_timeout,
                 total_timeout=settings.dify_total_timeout, idle_timeout=settings.dify_idle_timeout,
-                max_retries=settings.dify_max_retries)
+                max_retries=settings.dify_max_retries, max_connections=settings.engine_capacity)
         delivery = ResponseURL(settings.response_url_hosts, timeout=settings.response_url_timeout)
-        producer = Producer(store, dify, settings, delivery, auth=auth)
-        handler = MessageHandler(settings, store, producer)
-        return cls(settings=settings, crypto=crypto, redis=client, store=store, producer=producer,
+        engine = Engine(store, dify, settings, delivery, auth=auth)
+        handler = MessageHandler(settings, store, engine, delivery)
+        return cls(settings=settings, crypto=crypto, redis=client, store=store, engine=engine,
                    handler=handler, users=users)
 
     def init_app(self, app: Flask) -> None:

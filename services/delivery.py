@@ -17,7 +17,6 @@ import requests
 
 from config import Settings
 from services import metrics
-from services.errors import StoreUnavailable
 from services.frames import MAX_CONTENT_BYTES, fit
 from services.stream_store import StreamStore
 
@@ -125,21 +124,3 @@ def send_rest(store: StreamStore, delivery: ResponseURL, sid: str, url: str, not
     if rest and store.mark_delivered(sid):
         delivery.send(url, rest, settings.msg_truncated)
 
-
-def follow_up(store: StreamStore, delivery: ResponseURL, settings: Settings, sid: str, url: str, note: str, *,
-              degraded: bool, text: str) -> None:
-    """Send an ended answer's follow-up: ``send_rest``, or the whole ``text`` after Redis trouble.
-
-    A producer that lost Redis along the way may have had its stream ended by a poll answering
-    "busy", so it sends its whole answer from memory instead (still at most once whenever Redis can
-    tell whether a follow-up already went out).
-    """
-    try:
-        if not degraded:
-            send_rest(store, delivery, sid, url, note, settings)
-            return
-        claimed = store.mark_delivered(sid)
-    except StoreUnavailable:
-        claimed = True  # nobody can have delivered it without Redis either
-    if claimed:
-        delivery.send(url, f"{text}\n\n{note}" if note and text else text or note, settings.msg_truncated)

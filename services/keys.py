@@ -11,9 +11,9 @@ re-deliveries and a late ``response_url`` delivery (the URL lives 1 h)."""
 OWNER_LEASE_MS = 15_000
 """Producer lease on a stream (``PRODUCER_LEASE_SECONDS``), renewed every third of it while it works."""
 
-# The auth refresh lock lives as long as the slowest refresh its timeouts allow (user_auth.py), and
-# a conversation lane twice the producer lease (producer.py): both are renewed or released by their
-# holder and lapse on their own after a crash.
+# The auth refresh lock lives as long as the slowest refresh its timeouts allow (user_auth.py); it is
+# released by its holder and lapses on its own after a crash. A conversation's ticket queue lives as
+# long as a stream and is refreshed with every ticket.
 
 
 @dataclass(frozen=True)
@@ -72,6 +72,6 @@ class Keys:
         """Dify conversation id of a user or chat; expires after the idle period."""
         return f"{self.prefix}conv:{scope}"
 
-    def lane(self, scope: str) -> str:
-        """Lock serialising the messages of one conversation across replicas."""
-        return f"{self.prefix}lane:{scope}"
+    def queue(self, scope: str) -> str:
+        """Ticket queue (a list of stream ids) running one conversation's answers in arrival order."""
+        return f"{self.prefix}queue:{scope}"

@@ -1,6 +1,6 @@
 """Handle decrypted AI-bot callbacks: new text messages, stream refreshes, everything else.
 
-Handlers touch only Redis (usually one round trip) and the in-process producer queue; they never
+Handlers touch only Redis (usually one round trip) and hand new messages to the engine; they never
 wait on Dify, MySQL or any other network service.
 """
 
@@ -13,9 +13,10 @@ from typing import Any
 
 from config import Settings
 from services import metrics
+from services.delivery import ResponseURL
+from services.engine import Engine, Job
 from services.errors import StoreUnavailable
 from services.frames import MAX_CONTENT_BYTES, Notes, decide, stream_frame
-from services.producer import Job, Producer
 from services.stream_store import StreamStore
 from utils.logging import user_ref
 from utils.text import clean, strip_mention
@@ -31,10 +32,11 @@ MAX_ID_LEN = 256
 class MessageHandler:
     """Turn one decrypted callback into the plaintext reply (None = empty body)."""
 
-    def __init__(self, settings: Settings, store: StreamStore, producer: Producer) -> None:
+    def __init__(self, settings: Settings, store: StreamStore, engine: Engine, delivery: ResponseURL) -> None:
         self.settings = settings
         self.store = store
-        self.producer = producer
+        self.engine = engine
+        self.delivery = delivery
         self.notes = Notes(
             progress={"queued": settings.msg_queued, "waiting": settings.msg_waiting_previous,
                       "authenticating": settings.msg_authenticating},
@@ -63,44 +65,38 @@ class MessageHandler:
             return None, "invalid"
         query = strip_mention(content, self.settings.bot_names) if chat else content.strip()
         response_url = _str(msg.get("response_url"))
-        followup = bool(response_url) and self.producer.delivery.allowed(response_url)
-        sid = uuid.uuid4().hex  # 32 hex digits: unguessable, and what SID accepts
-        scope = self._scope(user, chat)
-        stop, answer = query.lower() in self.settings.stop_words, bool(query)
-        job = Job(sid=sid, msgid=msgid, query=query, dify_user=self._dify_user(user, chat), scope=scope,
-                  wecom_user=user, response_url=response_url if followup else "")
-        lane = self.producer.lanes.claim_args(job) if answer and not stop else None
+        followup = bool(response_url) and self.delivery.allowed(response_url)
+        job = Job(sid=uuid.uuid4().hex,  # 32 hex digits: unguessable, and what SID accepts
+                  msgid=msgid, query=query, dify_user=self._dify_user(user, chat), scope=self._scope(user, chat),
+                  wecom_user=user, chat=chat, response_url=response_url if followup else "")
         try:
-            created, winner, job.has_lane = self.store.claim(
-                msgid, sid, self.producer.token, {"user": user, "chat": chat, "followup": "1" if followup else "0"},
-                lane=lane)
-            # redis-py may re-run the claim after a lost reply; it then reports our own fresh sid
-            # as the existing one. That is still our first delivery, not a re-delivery.
-            created, sid = created or winner == sid, winner
-            if not created:
-                metrics.DUPLICATES.inc()
-                log.info("duplicate delivery", extra={"msgid": msgid, "sid": sid, "user": user_ref(user)})
-                return self._frame(sid), "duplicate"
-            if stop:
-                return self._stop(sid, scope), "stop"
-            if not answer:
-                self.store.set_status(sid, "done", self.settings.msg_empty_query)
-                return self._frame(sid), "empty"
-            if not self.producer.submit(job):
-                if job.has_lane:
-                    self.producer.lanes.release(job)
-                metrics.POOL_REJECTED.inc()
-                log.warning("producer pool full", extra={"sid": sid, "msgid": msgid})
-                self.store.set_status(sid, "failed", self.settings.msg_busy)
-                return self._frame(sid), "busy"
+            if query.lower() in self.settings.stop_words:
+                admission = self.engine.stop(job)
+            elif not query:
+                admission = self.engine.answer_now(job, self.settings.msg_empty_query)
+            else:
+                admission = self.engine.admit(job)
         except StoreUnavailable:
             log.error("redis unavailable on new message", extra={"msgid": msgid})
-            return stream_frame(sid, self.settings.msg_busy, True), "redis_unavailable"
+            return stream_frame(job.sid, self.settings.msg_busy, True), "redis_unavailable"
+        sid = admission.sid
+        if admission.outcome == "duplicate":
+            metrics.DUPLICATES.inc()
+            log.info("duplicate delivery", extra={"msgid": msgid, "sid": sid, "user": user_ref(user)})
+            return self._frame_or_busy(sid), "duplicate"
+        if admission.outcome != "started":
+            return stream_frame(sid, admission.text or self.settings.msg_busy, True), admission.outcome
         extra = {"msgid": msgid, "sid": sid, "user": user_ref(user), "chat": user_ref(chat) if chat else ""}
         if self.settings.log_content:
             extra["content"] = query
         log.info("stream started", extra=extra)
         return stream_frame(sid, "", False), "started"
+
+    def _frame_or_busy(self, sid: str) -> dict[str, Any]:
+        try:
+            return self._frame(sid)
+        except StoreUnavailable:
+            return stream_frame(sid, self.settings.msg_busy, True)
 
     def on_refresh(self, msg: dict[str, Any]) -> Outcome:
         """Answer a stream refresh with the cumulative content so far."""
@@ -125,6 +121,11 @@ class MessageHandler:
                 return stream_frame(sid, self.settings.msg_expired, True)
             if poll and (snap.finished or snap.final is not None or not snap.owner_alive):
                 metrics.POLLS_PER_STREAM.observe(int(snap.meta.get("polls", 1)))
+            if poll and snap.finished and snap.meta.get("followup") == "1" and "seen" not in snap.meta:
+                try:  # its answer's follow-up needs to know whether WeCom got the last frame
+                    self.store.mark_seen(sid)
+                except StoreUnavailable:
+                    pass  # the answer is shown; the follow-up may then repeat it, never lose it
             poll = False  # count the poll once, even when we look twice
             d = decide(snap, now_ms=self.store.now_ms(), window_ms=int(self.settings.stream_window_seconds * 1000),
                        queued_after_ms=int(self.settings.queued_note_after_seconds * 1000), notes=self.notes)
@@ -142,21 +143,6 @@ class MessageHandler:
                 log.warning("stream interrupted: producer lease lapsed", extra={"sid": sid})
             return stream_frame(sid, d.content, d.finish)
         return stream_frame(sid, snap.text if snap else "", False)  # changing under us: finish on a later poll
-
-    def _stop(self, sid: str, scope: str) -> dict[str, Any]:
-        """Finish the conversation's running answer and ask Dify to stop generating it."""
-        active = self.store.get_value(self.store.keys.active(scope))
-        stopped = active is not None and self.store.set_status(active, "done", self.settings.msg_stopped)
-        ack = self.settings.msg_stop_ack if stopped else self.settings.msg_nothing_to_stop
-        self.store.set_status(sid, "done", ack)
-        if stopped and active is not None:
-            snap = self.store.snapshot(active, max_bytes=1)
-            task_id = snap.meta.get("task_id") if snap else None
-            if snap and task_id:
-                self.producer.stop_dify(task_id, snap.meta.get("dify_user", ""))
-            metrics.STREAMS_ENDED.labels("stopped").inc()
-            log.info("answer stopped by the user", extra={"sid": active})
-        return stream_frame(sid, ack, True)
 
     def _scope(self, user: str, chat: str) -> str:
         if not chat:

@@ -40,13 +40,15 @@ STREAMS_ENDED = Counter(f"{NS}_streams_ended_total",
 DIFY_ERRORS = Counter(f"{NS}_dify_errors_total", "Dify failures by error code", ["code"])
 RESPONSE_URL = Counter(f"{NS}_response_url_total", "response_url deliveries by outcome", ["outcome"])
 AUTH = Counter(f"{NS}_auth_total", "User authentication: hit, miss (refreshed), refused, unavailable", ["result"])
-POOL_BUSY = Gauge(f"{NS}_producer_threads_busy", "Producer threads running an answer",
-                  multiprocess_mode="livesum")
-POOL_ADMITTED = Gauge(f"{NS}_producer_jobs", "Answers admitted (running, queued or waiting for their lane)",
-                      multiprocess_mode="livesum")
-POOL_CAPACITY = Gauge(f"{NS}_producer_capacity", "Producer threads plus backlog", multiprocess_mode="livesum")
-POOL_REJECTED = Counter(f"{NS}_producer_rejected_total", "Messages refused because the pool was full")
-
+ENGINE_JOBS = Gauge(f"{NS}_engine_jobs", "Answers admitted (authenticating, waiting for their turn or running)",
+                    multiprocess_mode="livesum")
+ENGINE_CAPACITY = Gauge(f"{NS}_engine_capacity", "Answers the engines may hold at once (ENGINE_CAPACITY per worker)",
+                        multiprocess_mode="livesum")
+ENGINE_REJECTED = Counter(f"{NS}_engine_rejected_total", "Messages refused because the engine was at capacity")
+ENGINE_JOBS_TRACKED = Gauge(f"{NS}_engine_leases", "Owner leases the keeper renewed at its last renewal",
+                            multiprocess_mode="livesum")
+KEEPER_ERRORS = Counter(f"{NS}_keeper_errors_total",
+                        "Unexpected errors in the lease keeper (each logged with its traceback, rate-limited)")
 
 def render() -> tuple[bytes, str]:
     """Return the exposition text and its content type."""

@@ -4,28 +4,55 @@ from __future__ import annotations
 
 CLAIM_MESSAGE = """
 -- KEYS[1] = msg dedupe key, KEYS[2] = stream meta, KEYS[3] = stream text, KEYS[4] = stream owner,
--- KEYS[5] = the conversation's lane (optional: only for messages that will call Dify)
+-- KEYS[5] = the conversation's ticket queue (optional: only for messages that will call Dify)
 -- ARGV[1] = new stream id, ARGV[2] = dedupe ttl (s), ARGV[3] = stream ttl (s), ARGV[4] = now (ms)
--- ARGV[5] = owner token, ARGV[6] = owner lease (ms), ARGV[7] = lane token, ARGV[8] = lane lease (ms),
--- ARGV[9..] = extra meta field/value pairs
--- Taking the lane here, in the callback, makes messages of one conversation run in arrival order.
--- Returns {1, sid, lane taken (1|0)} for the first delivery, {0, existing sid, lane ours (1|0)} for a
--- re-delivery; a replay after a lost reply thus still learns that it took the lane.
+-- ARGV[5] = owner token, ARGV[6] = owner lease (ms), ARGV[7..] = extra meta field/value pairs
+-- Taking a ticket here, in the callback, makes messages of one conversation run in arrival order.
+-- Returns {1, sid, 1 if first in its queue} for the first delivery, {0, existing sid, 1 if that one is
+-- first in its queue} for a re-delivery; a replay after a lost reply thus still learns its turn.
 local existing = redis.call('GET', KEYS[1])
 if existing then
-  if KEYS[5] and redis.call('GET', KEYS[5]) == ARGV[7] then return {0, existing, 1} end
+  if KEYS[5] and redis.call('LINDEX', KEYS[5], 0) == existing then return {0, existing, 1} end
   return {0, existing, 0}
 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 redis.call('SET', KEYS[4], ARGV[5], 'PX', ARGV[6])
 local meta = {'status', 'queued', 'seq', 0, 'created', ARGV[4], 'updated', ARGV[4]}
-for i = 9, #ARGV do meta[#meta + 1] = ARGV[i] end
+for i = 7, #ARGV do meta[#meta + 1] = ARGV[i] end
 redis.call('HSET', KEYS[2], unpack(meta))
 redis.call('EXPIRE', KEYS[2], ARGV[3])
 redis.call('SET', KEYS[3], '', 'EX', ARGV[3])
-local lane = 0
-if KEYS[5] and redis.call('SET', KEYS[5], ARGV[7], 'NX', 'PX', ARGV[8]) then lane = 1 end
-return {1, ARGV[1], lane}
+local first = 0
+if KEYS[5] then
+  redis.call('RPUSH', KEYS[5], ARGV[1])
+  redis.call('EXPIRE', KEYS[5], ARGV[3])
+  if redis.call('LINDEX', KEYS[5], 0) == ARGV[1] then first = 1 end
+end
+return {1, ARGV[1], first}
+"""
+
+QUEUE_TURN = """
+-- KEYS[1] = a conversation's ticket queue, KEYS[2] = meta and KEYS[3] = owner lease of the stream the
+-- caller saw at its head; ARGV[1] = that head's sid, ARGV[2] = the caller's sid, ARGV[3] = ttl (s)
+-- A head whose stream is gone or whose owner let go (finished, or its replica died and the lease
+-- lapsed) is removed. Returns 1 when the caller is at the head now, 0 when it must wait, and -1 when
+-- the head changed since the caller looked (look again). A caller missing from the queue (Redis lost
+-- it) queues again at the back.
+local head = redis.call('LINDEX', KEYS[1], 0)
+if head == ARGV[2] then return 1 end
+if head and head ~= ARGV[1] then return -1 end
+if head and (redis.call('EXISTS', KEYS[2]) == 0 or redis.call('EXISTS', KEYS[3]) == 0) then
+  redis.call('LPOP', KEYS[1])
+  head = redis.call('LINDEX', KEYS[1], 0)
+  if head == ARGV[2] then return 1 end
+  if head then return -1 end
+end
+if not redis.call('LPOS', KEYS[1], ARGV[2]) then
+  redis.call('RPUSH', KEYS[1], ARGV[2])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  if not head then return 1 end
+end
+return 0
 """
 
 WRITE_TEXT = """
@@ -71,17 +98,22 @@ end
 return 0
 """
 
-RENEW_LEASES = """
--- KEYS = lease keys; ARGV[1] = owner token, ARGV[2] = lease (ms)
--- Extends every listed lease the caller still owns, in one call; returns how many it extended.
-local n = 0
-for i = 1, #KEYS do
+RENEW_OWNERS = """
+-- KEYS = stream owner lease and stream meta, in pairs; ARGV[1] = owner token, ARGV[2] = lease (ms)
+-- Extends every listed owner lease the caller still holds, in one call, and reports each stream:
+-- 1 held and live, 2 held but finished by someone else (e.g. /stop), 0 no longer ours.
+local out = {}
+for i = 1, #KEYS, 2 do
+  local state = 0
   if redis.call('GET', KEYS[i]) == ARGV[1] then
     redis.call('PEXPIRE', KEYS[i], ARGV[2])
-    n = n + 1
+    local status = redis.call('HGET', KEYS[i + 1], 'status')
+    state = 1
+    if status == 'done' or status == 'failed' or status == 'interrupted' then state = 2 end
   end
+  out[#out + 1] = state
 end
-return n
+return out
 """
 
 RELEASE_LEASE = """

@@ -17,8 +17,24 @@ from services.keys import OWNER_LEASE_MS, STREAM_TTL, Keys
 
 TERMINAL = frozenset({"done", "failed", "interrupted"})
 META_FIELDS = ("status", "note", "created", "seq", "final", "shown", "closed", "followup", "task_id",
-               "dify_user", "delivered", "user", "chat")
+               "dify_user", "delivered", "user", "chat", "seen")
 """Every meta field any reader uses; snapshots fetch exactly these (HMGET, not HGETALL)."""
+
+
+class Turn(enum.IntEnum):
+    """Outcome of asking a conversation's ticket queue for a turn (the QUEUE_TURN script)."""
+
+    MINE = 1
+    WAIT = 0
+    LOOK_AGAIN = -1
+
+
+class Lease(enum.IntEnum):
+    """What renewing an owner lease found (the RENEW_OWNERS script)."""
+
+    LOST = 0
+    HELD = 1
+    FINISHED = 2  # still ours, but someone else finished the stream (e.g. /stop)
 
 
 class WriteResult(enum.IntEnum):
@@ -87,6 +103,7 @@ class StreamStore:
         self.stream_ttl = stream_ttl
         self.owner_lease_ms = owner_lease_ms
         self.clock = clock
+        self.failed_at = float("-inf")  # clock() of the last Redis failure any caller of this store saw
         self._claim = client.register_script(scripts.CLAIM_MESSAGE)
         self._write = client.register_script(scripts.WRITE_TEXT)
         self._status = client.register_script(scripts.SET_STATUS)
@@ -95,29 +112,39 @@ class StreamStore:
         self._interrupt = client.register_script(scripts.INTERRUPT_ORPHAN)
         self._mark = client.register_script(scripts.MARK_DELIVERED)
         self._renew = client.register_script(scripts.RENEW_LEASE)
-        self._renew_many = client.register_script(scripts.RENEW_LEASES)
+        self._renew_owners = client.register_script(scripts.RENEW_OWNERS)
+        self._turn = client.register_script(scripts.QUEUE_TURN)
         self._release = client.register_script(scripts.RELEASE_LEASE)
+
+    @contextmanager
+    def _errors(self) -> Iterator[None]:
+        """``store_errors``, also noting when Redis last failed this process (``failed_at``)."""
+        try:
+            with store_errors():
+                yield
+        except StoreUnavailable:
+            self.failed_at = self.clock()
+            raise
 
     def now_ms(self) -> int:
         """Current time in milliseconds from the injected clock."""
         return int(self.clock() * 1000)
 
     def claim(self, msgid: str, sid: str, owner: str, meta: dict[str, str], *,
-              lane: tuple[str, str, int] | None = None) -> tuple[bool, str, bool]:
+              scope: str | None = None) -> tuple[bool, str, bool]:
         """Record ``sid`` (owned by ``owner``) as the answer to ``msgid`` unless a delivery already did.
 
-        With ``lane`` = (key, token, lease ms) the conversation's lane is taken too if it is free.
-        Returns (created, sid that answers msgid, lane taken).
+        With ``scope`` the stream also takes a ticket in that conversation's queue.
+        Returns (created, sid that answers msgid, first in its queue).
         """
         keys = [self.keys.msg(msgid), self.keys.stream_meta(sid), self.keys.stream_text(sid),
                 self.keys.stream_owner(sid)]
-        args: list[Any] = [sid, self.stream_ttl, self.stream_ttl, self.now_ms(), owner, self.owner_lease_ms, "", 0]
-        if lane is not None:
-            keys.append(lane[0])
-            args[6:8] = [lane[1], lane[2]]
+        if scope is not None:
+            keys.append(self.keys.queue(scope))
+        args: list[Any] = [sid, self.stream_ttl, self.stream_ttl, self.now_ms(), owner, self.owner_lease_ms]
         for name, value in meta.items():
             args += [name, value]
-        with store_errors():
+        with self._errors():
             created, winner, laned = self._claim(keys=keys, args=args)
         return bool(created), _text(winner), bool(laned)
 
@@ -125,18 +152,35 @@ class StreamStore:
         """Append (or replace with) ``text`` as write number ``seq`` of the stream."""
         keys = [self.keys.stream_meta(sid), self.keys.stream_text(sid)]
         args = [seq, "replace" if replace else "append", text, self.now_ms()]
-        with store_errors():
+        with self._errors():
             return WriteResult(int(self._write(keys=keys, args=args)))
+
+    def write_many(self, writes: list[tuple[str, int, str, bool]]) -> list[WriteResult]:
+        """Apply (sid, seq, text, replace) writes in one pipelined round trip; results in order.
+
+        A write Redis refused with an error counts as ``MISSING``; a failed round trip raises
+        ``StoreUnavailable`` and, since every write is sequence-checked, may simply be sent again.
+        """
+        if not writes:
+            return []
+        with self._errors():
+            pipe = self.redis.pipeline(transaction=False)
+            now = self.now_ms()
+            for sid, seq, text, replace in writes:
+                self._write(keys=[self.keys.stream_meta(sid), self.keys.stream_text(sid)],
+                            args=[seq, "replace" if replace else "append", text, now], client=pipe)
+            replies = pipe.execute(raise_on_error=False)
+        return [WriteResult(int(r)) if isinstance(r, int) else WriteResult.MISSING for r in replies]
 
     def set_status(self, sid: str, status: str, note: str = "") -> bool:
         """Move a live stream to ``status``; False if it already finished or is gone."""
-        with store_errors():
+        with self._errors():
             return int(self._status(keys=[self.keys.stream_meta(sid)], args=[status, self.now_ms(), note])) == 1
 
     def set_fields(self, sid: str, fields: dict[str, str]) -> bool:
         """Set meta fields of an existing stream (never recreates an expired one)."""
         args: list[Any] = [x for item in fields.items() for x in item]
-        with store_errors():
+        with self._errors():
             return int(self._fields(keys=[self.keys.stream_meta(sid)], args=args)) == 1
 
     def snapshot(self, sid: str, max_bytes: int | None = None, *, poll: bool = False) -> Snapshot | None:
@@ -186,10 +230,12 @@ class StreamStore:
                 if conn is not None:
                     conn.disconnect()  # type: ignore[no-untyped-call]
                 if attempt or isinstance(exc, redis.TimeoutError | TimeoutError):
+                    self.failed_at = self.clock()
                     raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
             except redis.RedisError as exc:
                 if conn is not None:  # replies may be left unread: never reuse this connection
                     conn.disconnect()  # type: ignore[no-untyped-call]
+                self.failed_at = self.clock()
                 raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
             finally:
                 if conn is not None:
@@ -201,7 +247,7 @@ class StreamStore:
 
         None when the stream is gone, or (unless ``finished_ok``) when its answer already finished.
         """
-        with store_errors():
+        with self._errors():
             result = self._close(keys=[self.keys.stream_meta(sid)],
                                  args=[reason, final, shown, self.now_ms(), int(finished_ok)])
         if int(result[0]) in (-1, 2):
@@ -210,62 +256,98 @@ class StreamStore:
 
     def interrupt_orphan(self, sid: str, note: str) -> bool:
         """Finish a stream whose producer lease lapsed; True if this call did it."""
-        with store_errors():
+        with self._errors():
             return int(self._interrupt(keys=[self.keys.stream_meta(sid), self.keys.stream_owner(sid)],
                                        args=[self.now_ms(), note])) == 1
 
     def mark_delivered(self, sid: str) -> bool:
         """Claim the one ``response_url`` delivery of a stream; False if claimed before or gone."""
-        with store_errors():
+        with self._errors():
             return int(self._mark(keys=[self.keys.stream_meta(sid)], args=[self.now_ms()])) == 1
 
-    def renew_owners(self, sids: list[str], owner: str) -> int:
-        """Extend this producer's leases on ``sids`` (one script call per 1000); return how many held."""
-        held = 0
-        with store_errors():
-            for i in range(0, len(sids), 1000):
-                keys = [self.keys.stream_owner(sid) for sid in sids[i:i + 1000]]
-                held += int(self._renew_many(keys=keys, args=[owner, self.owner_lease_ms]))
-        return held
+    def renew_owners(self, sids: list[str], owner: str) -> list[Lease]:
+        """Extend ``owner``'s leases on ``sids`` (one script call per 500) and say what each found."""
+        found: list[Lease] = []
+        with self._errors():
+            for i in range(0, len(sids), 500):
+                keys = [k for sid in sids[i:i + 500] for k in (self.keys.stream_owner(sid), self.keys.stream_meta(sid))]
+                found += [Lease(int(x)) for x in self._renew_owners(keys=keys, args=[owner, self.owner_lease_ms])]
+        return found
+
+    def queue_heads(self, scopes: list[str]) -> list[str | None]:
+        """The stream at the head of each conversation's ticket queue, in one round trip."""
+        with self._errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for scope in scopes:
+                pipe.lindex(self.keys.queue(scope), 0)
+            raw = pipe.execute()
+        return [_text(v) if v is not None else None for v in raw]
+
+    def queue_turn(self, scope: str, sid: str, head: str | None) -> Turn:
+        """Ask for ``sid``'s turn, removing ``head`` (as last seen) if its answer is over."""
+        return self.queue_turns([(scope, sid, head)])[0]
+
+    def queue_turns(self, asks: list[tuple[str, str, str | None]]) -> list[Turn]:
+        """``queue_turn`` for many (scope, sid, head) at once, in one pipelined round trip."""
+        if not asks:
+            return []
+        with self._errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for scope, sid, head in asks:
+                seen = head or ""
+                keys = [self.keys.queue(scope), self.keys.stream_meta(seen), self.keys.stream_owner(seen)]
+                self._turn(keys=keys, args=[seen, sid, self.stream_ttl], client=pipe)
+            replies = pipe.execute()
+        return [Turn(int(r)) for r in replies]
+
+    def queue_leave(self, scope: str, sid: str) -> None:
+        """Take ``sid`` out of its conversation's queue (the next answer may start)."""
+        with self._errors():
+            self.redis.lrem(self.keys.queue(scope), 1, sid)
+
+    def mark_seen(self, sid: str) -> None:
+        """Record that a poll showed WeCom the stream's last frame (once; never recreates the stream)."""
+        with self._errors():
+            self._fields(keys=[self.keys.stream_meta(sid)], args=["seen", self.now_ms()])
 
     def get_conversation(self, scope: str, idle_seconds: int) -> str | None:
         """Return the stored Dify conversation id of ``scope``, refreshing its idle expiry."""
-        with store_errors():
+        with self._errors():
             value = self.redis.getex(self.keys.conversation(scope), ex=idle_seconds)
         return _text(value) if value else None
 
     def set_conversation(self, scope: str, conversation_id: str, idle_seconds: int) -> None:
         """Remember ``conversation_id`` for ``scope`` until it has been idle for ``idle_seconds``."""
-        with store_errors():
+        with self._errors():
             self.redis.set(self.keys.conversation(scope), conversation_id, ex=idle_seconds)
 
     def drop_conversation(self, scope: str) -> None:
         """Forget the conversation of ``scope`` (Dify no longer knows it)."""
-        with store_errors():
+        with self._errors():
             self.redis.delete(self.keys.conversation(scope))
 
     def get_value(self, key: str) -> str | None:
         """GET one key (used for the ``active`` pointer)."""
-        with store_errors():
+        with self._errors():
             value = self.redis.get(key)
         return _text(value) if value is not None else None
 
     def acquire_lease(self, key: str, token: str, lease_ms: int) -> bool:
         """Take the lease ``key`` for ``token`` if nobody holds it."""
-        with store_errors():
+        with self._errors():
             return bool(self.redis.set(key, token, nx=True, px=lease_ms))
 
     def put_lease(self, key: str, token: str, lease_ms: int) -> None:
         """Set ``key`` to ``token`` for ``lease_ms`` unconditionally (e.g. the active-stream pointer)."""
-        with store_errors():
+        with self._errors():
             self.redis.set(key, token, px=lease_ms)
 
     def renew_lease(self, key: str, token: str, lease_ms: int) -> bool:
         """Extend a lease the caller still owns."""
-        with store_errors():
+        with self._errors():
             return int(self._renew(keys=[key], args=[token, lease_ms])) == 1
 
     def release_lease(self, key: str, token: str) -> None:
         """Release a lease the caller owns (no-op otherwise)."""
-        with store_errors():
+        with self._errors():
             self._release(keys=[key], args=[token])

@@ -10,13 +10,17 @@ from utils.text import clean
 
 log = logging.getLogger(__name__)
 
+Write = tuple[str, int, str, bool]
+"""(sid, seq, text, replace): one sequence-checked write, as ``StreamStore.write_many`` takes it."""
+
 
 class StreamWriter:
     """Buffers one stream's deltas and writes them with increasing sequence numbers.
 
     A write that failed (Redis unreachable, reply lost) is retried byte for byte under the same
     sequence number before anything newer, so a write the server did apply is recognised as a
-    replay and never doubled or mixed with later text.
+    replay and never doubled or mixed with later text. Writes go out one at a time per stream:
+    either batched with other streams' (``take``/``settle``) or alone (``flush``).
     """
 
     def __init__(self, store: StreamStore, sid: str) -> None:
@@ -49,31 +53,57 @@ class StreamWriter:
     @property
     def dirty(self) -> bool:
         """True when something waits to be written (a cheap check without taking a lock)."""
-        return bool(self._pending) or self._replace is not None or self._inflight is not None
+        return not self.lost and (bool(self._pending) or self._replace is not None or self._inflight is not None)
 
     @property
     def text(self) -> str:
         """The whole answer received so far (whatever reached Redis)."""
         with self._buffer_lock:
-            return "".join(self._all)
+            if len(self._all) > 1:
+                self._all = ["".join(self._all)]
+            return self._all[0] if self._all else ""
+
+    def take(self) -> Write | None:
+        """Claim the next write for a batch (None if clean or being written); ``settle`` must follow."""
+        if not self._flush_lock.acquire(blocking=False):
+            return None
+        write = self._next()
+        if write is None:
+            self._flush_lock.release()
+        return write
+
+    def settle(self, result: WriteResult | None) -> None:
+        """Record the outcome of the write ``take`` returned (None: it failed and will be sent again)."""
+        try:
+            if result is not None:
+                self._done(result)
+        finally:
+            self._flush_lock.release()
 
     def flush(self) -> None:
-        """Write what is buffered; raises StoreUnavailable, keeping the write for the next flush."""
+        """Write everything buffered now; raises StoreUnavailable, keeping the write for the next try."""
         with self._flush_lock:
-            while True:
-                if self._inflight is None:
-                    self._inflight = self._take()
-                if self._inflight is None:
-                    return
-                text, is_replace = self._inflight
-                result = self.store.write(self.sid, self.seq + 1, text, replace=is_replace)
-                self._inflight = None
-                if result in (WriteResult.APPLIED, WriteResult.REPLAYED):
-                    self.seq += 1
-                else:
-                    self.lost = True
-                    log.warning("stream write refused", extra={"sid": self.sid, "result": result.name})
-                    return
+            while (write := self._next()) is not None:
+                _, seq, text, replace = write
+                self._done(self.store.write(self.sid, seq, text, replace=replace))
+
+    def _next(self) -> Write | None:
+        if self.lost:
+            return None
+        if self._inflight is None:
+            self._inflight = self._take()
+        if self._inflight is None:
+            return None
+        text, is_replace = self._inflight
+        return self.sid, self.seq + 1, text, is_replace
+
+    def _done(self, result: WriteResult) -> None:
+        self._inflight = None
+        if result in (WriteResult.APPLIED, WriteResult.REPLAYED):
+            self.seq += 1
+        else:
+            self.lost = True
+            log.warning("stream write refused", extra={"sid": self.sid, "result": result.name})
 
     def _take(self) -> tuple[str, bool] | None:
         with self._buffer_lock:

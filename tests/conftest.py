@@ -111,10 +111,10 @@ def settings(redis_url: str, dify: DifySimulator) -> Settings:
 
 @pytest.fixture
 def app(settings: Settings, redis_client: redis.Redis) -> Iterator[Flask]:
-    """A fresh app per test, on a flushed Redis; its producer pool is shut down afterwards."""
+    """A fresh app per test, on a flushed Redis; its engine is drained afterwards."""
     application = create_app(settings)
     yield application
-    application.extensions["wecom_dify"].producer.drain(5)
+    application.extensions["wecom_dify"].engine.drain(5)
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from services.user_db import MySQLConfig, UserDB
 from tests.auth_server import AuthServer
 from tests.conftest import MySQLParams
 from tests.helpers import InProcessWeCom, contents
-from tools.dify_sim import DifySimulator
+from tools.dify_sim import DifySimulator, Script
 from tools.wecom_client import WeComSigner, text_message
 
 SECRET = "svc-secret-do-not-log"
@@ -67,7 +67,7 @@ def auth_settings(settings: Settings, users: UserDB, auth_server: AuthServer) ->
 def auth_app(auth_settings: Settings, redis_client: redis.Redis) -> Iterator[Flask]:
     app = create_app(auth_settings)
     yield app
-    app.extensions["wecom_dify"].producer.drain(5)
+    app.extensions["wecom_dify"].engine.drain(5)
 
 
 @pytest.fixture
@@ -145,11 +145,38 @@ def test_token_rejected_by_dify_is_refreshed_once(auth_settings: Settings, redis
         app = create_app(auth_settings.replace(dify_auth_source="user_token", dify_base_url=gateway.url))
         seed_cache(redis_client, "zhangsan", "revoked-token", {"name": "张三"})
         assert ask(InProcessWeCom(app.test_client(), signer), "hi") == "echo: hi"
-        app.extensions["wecom_dify"].producer.drain(5)
+        app.extensions["wecom_dify"].engine.drain(5)
         stale, fresh = gateway.requests
         assert stale.headers["authorization"] == "Bearer revoked-token"
         assert fresh.headers["authorization"] == "Bearer tok-zs001-1"
     assert len(auth_server.calls) == 1
+
+
+def test_stop_calls_dify_with_the_users_own_token(auth_settings: Settings, redis_client: redis.Redis,
+                                                 signer: WeComSigner) -> None:
+    with DifySimulator(api_keys={"user-token-zs"}) as gateway:  # the app key would be refused
+        gateway.script("long", Script(answer="长" * 400, delta_size=2, delay=0.02))
+        app = create_app(auth_settings.replace(dify_auth_source="user_token", dify_base_url=gateway.url))
+        seed_cache(redis_client, "zhangsan", "user-token-zs", {"name": "张三"})
+        wecom = InProcessWeCom(app.test_client(), signer)
+        first = wecom.send(text_message("long"))
+        assert first is not None
+        sid = first["stream"]["id"]
+        deadline = time.monotonic() + 10
+        while not wecom.poll(sid)["stream"]["content"]:
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        ack = wecom.send(text_message("/stop"))
+        assert ack is not None and ack["stream"]["content"] == auth_settings.msg_stop_ack
+        while not gateway.stop_requests():
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        [stop] = gateway.stop_requests()
+        assert stop.headers["authorization"] == "Bearer user-token-zs"  # not the app key
+        assert stop.json == {"user": "wecom:zhangsan"}
+        final = wecom.until_finished(sid)[-1]["stream"]["content"]
+        assert final.endswith(auth_settings.msg_stopped) and len(final) < 400
+        app.extensions["wecom_dify"].engine.drain(5)
 
 
 @pytest.mark.parametrize("userid", ["stranger", "lisi"])  # unknown, disabled
@@ -232,7 +259,7 @@ def test_progress_is_shown_while_authenticating(auth_settings: Settings, redis_c
     assert wecom.poll(first["stream"]["id"])["stream"] == {
         "id": first["stream"]["id"], "finish": False, "content": auth_settings.msg_authenticating}
     assert contents(wecom.until_finished(first["stream"]["id"]))[-1] == "echo: slow auth"
-    app.extensions["wecom_dify"].producer.drain(5)
+    app.extensions["wecom_dify"].engine.drain(5)
 
 
 def test_every_key_has_a_ttl_with_auth_on(wecom: InProcessWeCom, redis_client: redis.Redis,
@@ -262,7 +289,7 @@ def test_failure_paths_log_no_secret(auth_settings: Settings, redis_client: redi
     logged = caplog.text + "".join(str(vars(r)) for r in caplog.records) + "".join(capsys.readouterr())
     for needle in (SECRET, "db-password-do-not-log", "question", "机密"):
         assert needle not in logged
-    app.extensions["wecom_dify"].producer.drain(5)
+    app.extensions["wecom_dify"].engine.drain(5)
 
 
 def test_users_tool_enable(mysql_params: MySQLParams, monkeypatch: pytest.MonkeyPatch, tmp_path) -> None:  # type: ignore[no-untyped-def]

@@ -99,5 +99,5 @@ def test_mysql_stopped_then_back(private_mariadb: MariaDBServer, settings: Setti
         assert ask(wecom, "after restart") == "echo: after restart"
         assert app.test_client().get("/readyz").status_code == 200
     finally:
-        app.extensions["wecom_dify"].producer.drain(5)
+        app.extensions["wecom_dify"].engine.drain(5)
         auth.stop()

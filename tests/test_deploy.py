@@ -78,15 +78,38 @@ def test_deployment_shape() -> None:
     assert env["PROMETHEUS_MULTIPROC_DIR"].startswith("/tmp/")
 
 
-def test_shutdown_timing_relations() -> None:
+def test_shutdown_timing_relations(monkeypatch: pytest.MonkeyPatch) -> None:
     pod = by_kind("Deployment")["spec"]["template"]["spec"]
     pre_stop = int(container()["lifecycle"]["preStop"]["exec"]["command"][-1])
-    drain = float(by_kind("ConfigMap")["data"]["SHUTDOWN_DRAIN_SECONDS"])
-    gunicorn = runpy.run_path(str(ROOT / "gunicorn.conf.py"), init_globals={})
+    config = by_kind("ConfigMap")["data"]
+    drain = float(config["SHUTDOWN_DRAIN_SECONDS"])
+    secrets = {"WECOM_TOKEN": "token", "WECOM_ENCODING_AES_KEY": "a" * 43, "DIFY_API_KEY": "app-key"}
+    for name, value in {**config, **secrets}.items():
+        monkeypatch.setenv(name, value)
+    gunicorn = runpy.run_path(str(ROOT / "gunicorn.conf.py"), init_globals={})  # the pod's own settings
+    assert gunicorn["drain_seconds"] == drain
     assert gunicorn["graceful_timeout"] >= drain  # gunicorn waits for the whole drain
     assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + 5
     assert pod["terminationGracePeriodSeconds"] >= pre_stop + gunicorn["graceful_timeout"]
     assert gunicorn["max_requests"] == 0 and gunicorn["worker_class"] == "gthread"
+
+
+def test_drain_budget_has_one_validated_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    from config import ConfigError
+
+    monkeypatch.chdir(tmp_path)  # gunicorn reads .env from the working directory, as the app does
+    (tmp_path / ".env").write_text(f"WECOM_TOKEN=token\nWECOM_ENCODING_AES_KEY={'a' * 43}\n"
+                                   "DIFY_BASE_URL=http://127.0.0.1:1/v1\nDIFY_API_KEY=k\nSHUTDOWN_DRAIN_SECONDS=7\n")
+    for name in ("WECOM_TOKEN", "WECOM_ENCODING_AES_KEY", "DIFY_BASE_URL", "DIFY_API_KEY", "SHUTDOWN_DRAIN_SECONDS"):
+        monkeypatch.delenv(name, raising=False)
+    gunicorn = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    assert (gunicorn["drain_seconds"], gunicorn["graceful_timeout"]) == (7.0, 12)  # a value only in .env counts
+    monkeypatch.setenv("SHUTDOWN_DRAIN_SECONDS", "soon")
+    with pytest.raises(ConfigError, match="SHUTDOWN_DRAIN_SECONDS"):
+        runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    monkeypatch.setenv("SHUTDOWN_DRAIN_SECONDS", "900")
+    with pytest.raises(ConfigError, match="SHUTDOWN_DRAIN_SECONDS"):
+        runpy.run_path(str(ROOT / "gunicorn.conf.py"))
 
 
 def test_selectors_and_targets_agree() -> None:

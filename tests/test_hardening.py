@@ -14,6 +14,7 @@ from flask import Flask
 from app import create_app
 from config import Settings
 from services.delivery import ResponseURL, send_rest
+from services.engine.answer import SEEN_GRACE
 from services.keys import Keys
 from services.stream_store import StreamStore
 from tests.helpers import InProcessWeCom, contents, wait_for
@@ -28,7 +29,7 @@ def apps() -> Iterator[list[Flask]]:
     made: list[Flask] = []
     yield made
     for app in made:
-        app.extensions["wecom_dify"].producer.drain(2)
+        app.extensions["wecom_dify"].engine.drain(2)
 
 
 def build(apps: list[Flask], settings: Settings, **changes: object) -> Flask:
@@ -40,7 +41,7 @@ def build(apps: list[Flask], settings: Settings, **changes: object) -> Flask:
 def test_answer_longer_than_its_leases_finishes_intact(apps: list[Flask], settings: Settings,
                                                        signer: WeComSigner, dify: DifySimulator,
                                                        redis_client: redis.Redis) -> None:
-    answer = "租约续期测试。" * 40  # ~6 s, three times the 2 s owner lease and past the 4 s lane lease
+    answer = "租约续期测试。" * 40  # ~6 s, three times the 2 s owner lease its ticket depends on
     dify.script("long", Script(answer=answer, delta_size=4, delay=0.1))
     dify.script("next", Script(answer="next"))
     wecom = InProcessWeCom(build(apps, settings, producer_lease_seconds=2.0).test_client(), signer)
@@ -50,7 +51,7 @@ def test_answer_longer_than_its_leases_finishes_intact(apps: list[Flask], settin
     assert contents(wecom.until_finished(first["stream"]["id"], interval=0.5))[-1] == answer
     assert contents(wecom.until_finished(second["stream"]["id"]))[-1] == "next"
     long_req, next_req = dify.chat_requests()
-    assert next_req.time >= long_req.time + 5  # the lane held: the second ran after the first ended
+    assert next_req.time >= long_req.time + 5  # the ticket held: the second ran after the first ended
 
 
 def test_orphan_is_recorded_as_interrupted(apps: list[Flask], settings: Settings, signer: WeComSigner,
@@ -72,21 +73,10 @@ def test_stop_releases_its_pool_slot_and_finished_answers_are_not_stopped(
     assert first is not None
     wait_for(lambda: wecom.poll(first["stream"]["id"])["stream"]["content"] != "")
     wecom.send(text_message("/stop", userid="s"))
-    pool = app.extensions["wecom_dify"].producer.pool
-    wait_for(lambda: pool.admitted == 0)
+    engine = app.extensions["wecom_dify"].engine
+    wait_for(lambda: engine.admitted == 0)
     again = wecom.send(text_message("/stop", userid="s"))  # the stopped answer is over: nothing runs
     assert again is not None and again["stream"]["content"] == settings.msg_nothing_to_stop
-
-
-def test_ending_a_job_twice_releases_once(apps: list[Flask], settings: Settings) -> None:
-    from services.producer import Job
-
-    producer = build(apps, settings).extensions["wecom_dify"].producer
-    assert producer.pool.admit()
-    job = Job(sid="c" * 32, msgid="m", query="q", dify_user="u", scope="u:x")
-    producer._end(job)
-    producer._end(job)
-    assert producer.pool.admitted == 0
 
 
 def test_finish_waits_out_a_redis_stall(apps: list[Flask], settings: Settings, signer: WeComSigner,
@@ -147,7 +137,7 @@ def test_drain_interrupts_parked_jobs_and_follows_up_closed_streams(
     time.sleep(3.2)
     closed = wecom.poll(a["stream"]["id"])["stream"]
     assert closed["finish"] and closed["content"].endswith(settings.msg_window)
-    app.extensions["wecom_dify"].producer.drain(0.1)
+    app.extensions["wecom_dify"].engine.drain(0.1)
     parked = wecom.poll(b["stream"]["id"])["stream"]
     assert parked == {"id": b["stream"]["id"], "finish": True, "content": settings.msg_interrupted}
     wait_for(lambda: responses.contents())
@@ -174,6 +164,25 @@ def test_follow_up_after_redis_trouble_sends_the_whole_answer_once(
     assert responses.contents() == [answer]
 
 
+def test_follow_up_after_redis_trouble_is_not_sent_when_polls_showed_the_answer(
+        apps: list[Flask], settings: Settings, signer: WeComSigner, redis_server: RedisServer,
+        dify: DifySimulator, responses: ResponseServer) -> None:
+    answer = "故障之后照常显示的回答" * 20
+    dify.script("blip", Script(answer=answer, delta_size=5, delay=0.05))  # ~2 s
+    app = build(apps, settings, redis_url=redis_server.url)
+    wecom = InProcessWeCom(app.test_client(), signer)
+    first = wecom.send(text_message("blip", response_url=responses.url()))
+    assert first is not None
+    time.sleep(0.3)
+    assert redis_server.proc is not None
+    redis_server.proc.send_signal(signal.SIGSTOP)  # the engine's writes fail meanwhile; no poll comes
+    time.sleep(1.2)
+    redis_server.proc.send_signal(signal.SIGCONT)
+    assert contents(wecom.until_finished(first["stream"]["id"]))[-1] == answer  # the user saw it all
+    time.sleep(SEEN_GRACE + 1.0)
+    assert responses.contents() == []  # so it is not sent a second time
+
+
 def test_response_url_is_used_once(apps: list[Flask], settings: Settings, responses: ResponseServer,
                                    redis_client: redis.Redis) -> None:
     app = build(apps, settings)
@@ -184,7 +193,7 @@ def test_response_url_is_used_once(apps: list[Flask], settings: Settings, respon
     store.close("e" * 32, "window", "部分", 1)
     store.set_status("e" * 32, "done")
     for _ in range(3):
-        send_rest(store, bridge.producer.delivery, "e" * 32, responses.url(), "", settings)
+        send_rest(store, bridge.engine.delivery, "e" * 32, responses.url(), "", settings)
     assert responses.contents() == ["全部回答"]
 
 
@@ -225,9 +234,12 @@ def test_interrupt_script_spares_a_live_owner(redis_client: redis.Redis) -> None
 
 def test_sigterm_hook_fails_readyz_and_refuses_work(apps: list[Flask], settings: Settings,
                                                     signer: WeComSigner) -> None:
+    import os
     import runpy
     from pathlib import Path
 
+    os.environ.update({"WECOM_TOKEN": settings.wecom_token, "WECOM_ENCODING_AES_KEY": settings.wecom_encoding_aes_key,
+                       "DIFY_BASE_URL": settings.dify_base_url, "DIFY_API_KEY": settings.dify_api_key})
     conf = runpy.run_path(str(Path(__file__).resolve().parent.parent / "gunicorn.conf.py"))
     app = build(apps, settings)
     called: list[int] = []
@@ -262,10 +274,22 @@ def test_single_flight_lock_outlives_a_slow_refresh(redis_client: redis.Redis) -
     assert auth.lock_ms >= 23_000 and auth.wait_seconds > 23
 
 
-def test_producer_threads_are_daemons(apps: list[Flask], settings: Settings, signer: WeComSigner) -> None:
+def test_threads_do_not_grow_with_answers(apps: list[Flask], settings: Settings, signer: WeComSigner,
+                                          dify: DifySimulator) -> None:
     wecom = InProcessWeCom(build(apps, settings).test_client(), signer)
-    first = wecom.send(text_message("threads"))
-    assert first is not None
-    wecom.until_finished(first["stream"]["id"])
-    producers = [t for t in threading.enumerate() if t.name.startswith("producer")]
-    assert producers and all(t.daemon for t in producers)  # a worker's exit never waits for Dify
+    dify.script("slow", Script(answer="慢慢来" * 10, delta_size=3, delay=0.1))  # ~1 s each
+
+    def engine_threads_while(answers: int) -> list[threading.Thread]:
+        replies = [wecom.send(text_message("slow", userid=f"t{answers}-{i}")) for i in range(answers)]
+        time.sleep(0.5)  # all of them are streaming now
+        threads = [t for t in threading.enumerate() if t.name.startswith("engine")]
+        for reply in replies:
+            assert reply is not None
+            assert contents(wecom.until_finished(reply["stream"]["id"]))[-1] == "慢慢来" * 10
+        return threads
+
+    few, many = engine_threads_while(4), engine_threads_while(80)
+    assert [t.name for t in many if t.name == "engine-loop"] == ["engine-loop"]  # one loop drives them all
+    assert len(many) <= 1 + 8 + 8, [t.name for t in many]  # the loop and two bounded executors
+    assert len(many) <= len(few) + 8  # executors fill up to their bound; nothing per answer
+    assert all(t.daemon for t in many if t.name == "engine-loop")  # a worker's exit never waits for Dify

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from app import create_app
 from config import Settings
 from services.keys import Keys
-from tests.helpers import InProcessWeCom, assert_prefix_chain, contents
+from tests.helpers import InProcessWeCom, assert_prefix_chain, contents, wait_for
 from tools.dify_sim import DifySimulator, Script
 from tools.wecom_client import WeComSigner, stream_refresh, text_message
 
@@ -128,7 +128,7 @@ def test_group_mention_is_stripped(settings: Settings, redis_client: redis.Redis
     assert first is not None
     wecom.until_finished(first["stream"]["id"])
     assert dify.chat_requests()[0].json["query"] == "/help me@example.com"
-    app.extensions["wecom_dify"].producer.drain(5)
+    app.extensions["wecom_dify"].engine.drain(5)
 
 
 def test_conversation_is_kept_per_user_and_expires_when_idle(wecom: InProcessWeCom, dify: DifySimulator,
@@ -165,7 +165,7 @@ def test_group_scope_chat_shares_one_conversation(settings: Settings, redis_clie
     a, b = dify.chat_requests()
     assert a.json["user"] == b.json["user"] == "wecom-group:room"
     assert b.json["conversation_id"]
-    app.extensions["wecom_dify"].producer.drain(5)
+    app.extensions["wecom_dify"].engine.drain(5)
 
 
 def test_stale_conversation_is_dropped_and_retried(wecom: InProcessWeCom, dify: DifySimulator,
@@ -228,7 +228,7 @@ def test_blocking_mode(settings: Settings, redis_client: redis.Redis, signer: We
     assert first is not None
     assert contents(wecom.until_finished(first["stream"]["id"]))[-1] == "echo: blocking please"
     assert dify.chat_requests()[0].json["response_mode"] == "blocking"
-    app.extensions["wecom_dify"].producer.drain(5)
+    app.extensions["wecom_dify"].engine.drain(5)
 
 
 def test_callback_does_not_wait_for_dify(wecom: InProcessWeCom, dify: DifySimulator) -> None:
@@ -239,22 +239,24 @@ def test_callback_does_not_wait_for_dify(wecom: InProcessWeCom, dify: DifySimula
     assert first is not None and first["stream"]["finish"] is False
 
 
-def test_full_pool_says_so_instead_of_dropping(settings: Settings, redis_client: redis.Redis,
-                                               signer: WeComSigner, dify: DifySimulator) -> None:
-    app = create_app(settings.replace(producer_threads=1, producer_backlog=1, queued_note_after_seconds=0.1))
+def test_full_engine_says_so_instead_of_dropping(settings: Settings, redis_client: redis.Redis,
+                                                 signer: WeComSigner, dify: DifySimulator) -> None:
+    app = create_app(settings.replace(engine_capacity=1, queued_note_after_seconds=0.1))
     wecom = InProcessWeCom(app.test_client(), signer)
     dify.script("hold", Script(answer="held", stall=1.0))
     a = wecom.send(text_message("hold", userid="u1"))
-    b = wecom.send(text_message("queued", userid="u2"))
-    c = wecom.send(text_message("rejected", userid="u3"))
-    assert a and b and c
-    time.sleep(0.3)
-    assert wecom.poll(b["stream"]["id"])["stream"] == {
-        "id": b["stream"]["id"], "finish": False, "content": settings.msg_queued}
-    rejected = wecom.poll(c["stream"]["id"])["stream"]
+    b = wecom.send(text_message("rejected", userid="u2"))
+    assert a and b
+    assert b["stream"]["finish"] is True and b["stream"]["content"] == settings.msg_busy
+    rejected = wecom.poll(b["stream"]["id"])["stream"]  # and the stream says so on every replica
     assert rejected["finish"] is True and rejected["content"] == settings.msg_busy
-    assert contents(wecom.until_finished(b["stream"]["id"]))[-1] == "echo: queued"
-    app.extensions["wecom_dify"].producer.drain(5)
+    assert contents(wecom.until_finished(a["stream"]["id"]))[-1] == "held"
+    engine = app.extensions["wecom_dify"].engine
+    wait_for(lambda: engine.admitted == 0)
+    c = wecom.send(text_message("admitted again", userid="u3"))  # the slot came back
+    assert c is not None
+    assert contents(wecom.until_finished(c["stream"]["id"]))[-1] == "echo: admitted again"
+    engine.drain(5)
 
 
 def test_empty_query_after_mention_is_answered_without_dify(wecom: InProcessWeCom, dify: DifySimulator,
@@ -297,7 +299,7 @@ def test_every_key_has_a_ttl_while_an_answer_runs(wecom: InProcessWeCom, dify: D
     time.sleep(0.5)
     keys = list(redis_client.scan_iter("*"))
     kinds = {k.decode().split(":")[1] for k in keys}
-    assert {"msg", "stream", "lane", "active"} <= kinds
+    assert {"msg", "stream", "queue", "active"} <= kinds
     for key in keys:
         assert redis_client.ttl(key) > 0, key
     wecom.until_finished(first["stream"]["id"])
@@ -309,7 +311,10 @@ def test_crashing_dify_client_still_finishes_the_stream(app: Flask, wecom: InPro
         def chat(self, *args: object, **kwargs: object) -> object:
             raise RuntimeError("bug in a dependency")
 
-    app.extensions["wecom_dify"].producer.dify = Broken()
+        async def close(self) -> None:
+            pass
+
+    app.extensions["wecom_dify"].engine.dify = Broken()
     first = wecom.send(text_message("anything"))
     assert first is not None
     assert contents(wecom.until_finished(first["stream"]["id"]))[-1] == settings.msg_dify_failed

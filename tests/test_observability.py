@@ -43,7 +43,7 @@ def delta(before: dict[str, float], after: dict[str, float], key: str) -> float:
 def replica(redis_url: str, redis_client: redis.Redis, dify: DifySimulator) -> Iterator[Replica]:
     responses = ResponseServer()
     r = Replica(replica_env(redis_url, dify, LOG_LEVEL="INFO", WECOM_RESPONSE_URL_HOSTS="127.0.0.1",
-                            PRODUCER_THREADS="4", PRODUCER_BACKLOG="6"), workers=2).start()
+                            ENGINE_CAPACITY="10"), workers=2).start()
     r.responses = responses  # type: ignore[attr-defined]
     yield r
     r.stop()
@@ -53,10 +53,10 @@ def replica(redis_url: str, redis_client: redis.Redis, dify: DifySimulator) -> I
 def test_metrics_move_by_the_right_amounts_across_two_workers(replica: Replica, dify: DifySimulator) -> None:
     url = replica.url
     deadline = time.monotonic() + 15
-    while scrape(url)["wecom_dify_producer_capacity"] != 2 * (4 + 6) and time.monotonic() < deadline:
+    while scrape(url).get("wecom_dify_engine_capacity") != 2 * 10 and time.monotonic() < deadline:
         time.sleep(0.2)  # until the second worker has booted
     before = scrape(url)
-    assert before["wecom_dify_producer_capacity"] == 2 * (4 + 6)  # one gauge file per worker, summed
+    assert before["wecom_dify_engine_capacity"] == 2 * 10  # one gauge file per worker, summed
     dify.script("你好", Script(answer="指标测试的回答。" * 20, delta_size=4, delay=0.01))
     dify.script("boom", Script(answer="坏掉", delta_size=1, error_after=1, error_code="completion_request_error"))
     client = WeComClient(WeComSigner(TOKEN, AES_KEY))  # one connection per request: both workers serve
@@ -90,7 +90,7 @@ def test_metrics_move_by_the_right_amounts_across_two_workers(replica: Replica, 
     assert d('wecom_dify_first_text_seconds_count') == 2
     assert d('wecom_dify_stream_seconds_count{status="done"}') == 1
     assert d('wecom_dify_polls_per_stream_count') == 2
-    assert after['wecom_dify_producer_jobs'] == 0  # everything admitted was released
+    assert after['wecom_dify_engine_jobs'] == 0  # everything admitted was released
 
 
 def test_logs_are_json_and_hold_no_secrets_or_message_text(replica: Replica, dify: DifySimulator) -> None:

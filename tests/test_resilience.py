@@ -34,7 +34,7 @@ def make_app(settings: Settings, redis_client: redis.Redis) -> Iterator:  # type
 
     yield build
     for app in apps:
-        app.extensions["wecom_dify"].producer.drain(5)
+        app.extensions["wecom_dify"].engine.drain(5)
 
 
 def wecom_for(app: Flask, signer: WeComSigner) -> InProcessWeCom:
@@ -98,7 +98,7 @@ def test_allowlist_refuses_other_hosts(make_app, signer: WeComSigner, dify: Dify
     assert final.endswith(settings.msg_window_no_followup)
     time.sleep(2)
     assert responses.received == []
-    delivery = app.extensions["wecom_dify"].producer.delivery
+    delivery = app.extensions["wecom_dify"].engine.delivery
     assert not delivery.allowed("https://evil.example/cgi-bin/aibot/response")
     assert not delivery.allowed("http://qyapi.weixin.qq.com/x")  # plain http only for loopback
     assert delivery.allowed("https://qyapi.weixin.qq.com/cgi-bin/aibot/response?response_code=1")
@@ -197,4 +197,4 @@ def test_redis_down_gets_a_terminal_busy_frame_fast(settings: Settings, signer: 
     again = wecom.send(text_message("after"))
     assert again is not None
     assert contents(wecom.until_finished(again["stream"]["id"]))[-1] == "echo: after"
-    app.extensions["wecom_dify"].producer.drain(5)
+    app.extensions["wecom_dify"].engine.drain(5)

@@ -6,8 +6,7 @@ import json
 
 import pytest
 
-from services.errors import DifyStreamError
-from services.sse import (
+from services.dify.sse import (
     ChatEventDecoder,
     ConversationDropped,
     Delta,
@@ -20,6 +19,7 @@ from services.sse import (
     SSEParser,
     Started,
 )
+from services.errors import DifyStreamError
 
 ANSWER = "你好！我是企业微信里的AI 助手 🤖。\u2028第二行\u2029第三段\u0085完"
 FRAME = (

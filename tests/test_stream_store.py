@@ -11,7 +11,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from services.keys import Keys
-from services.stream_store import StreamStore, WriteResult
+from services.stream_store import Lease, StreamStore, Turn, WriteResult
 
 KEYS = Keys("t:")
 
@@ -123,7 +123,7 @@ def test_claim_retry_after_lost_reply_keeps_one_stream(retrying_store: StreamSto
 
 
 def test_leases_are_token_checked(store: StreamStore, redis_client: redis.Redis) -> None:
-    key = KEYS.lane("u:1")
+    key = KEYS.auth_lock("u1")
     assert store.acquire_lease(key, "a", 10_000)
     assert not store.acquire_lease(key, "b", 10_000)
     assert not store.renew_lease(key, "b", 50_000)
@@ -144,18 +144,45 @@ def test_conversation_idle_expiry_is_refreshed_on_use(store: StreamStore, redis_
     assert store.get_conversation("u:1", 100) is None
 
 
-def test_claim_takes_the_lane_only_if_free_and_only_once(store: StreamStore, redis_client: redis.Redis) -> None:
-    lane = KEYS.lane("u:1")
-    assert store.claim("a", "sa", "owner", {}, lane=(lane, "tok-a", 5000)) == (True, "sa", True)
-    assert store.claim("b", "sb", "owner", {}, lane=(lane, "tok-b", 5000)) == (True, "sb", False)
-    assert store.claim("a", "sx", "owner", {}, lane=(lane, "tok-x", 5000)) == (False, "sa", False)
-    assert redis_client.get(lane) == b"tok-a" and 0 < redis_client.pttl(lane) <= 5000
+def test_claim_takes_a_ticket_in_arrival_order_and_only_once(store: StreamStore, redis_client: redis.Redis) -> None:
+    queue = KEYS.queue("u:1")
+    assert store.claim("a", "sa", "owner", {}, scope="u:1") == (True, "sa", True)
+    assert store.claim("b", "sb", "owner", {}, scope="u:1") == (True, "sb", False)
+    assert store.claim("c", "sc", "owner", {}, scope="u:1") == (True, "sc", False)
+    assert store.claim("a", "sx", "owner", {}, scope="u:1") == (False, "sa", True)  # a re-delivery: no ticket
+    assert redis_client.lrange(queue, 0, -1) == [b"sa", b"sb", b"sc"]
+    assert 0 < redis_client.ttl(queue) <= store.stream_ttl
+
+
+def test_queue_turn_follows_arrival_order_and_skips_dead_heads(store: StreamStore, redis_client: redis.Redis) -> None:
+    for msgid, sid in (("a", "sa"), ("b", "sb"), ("c", "sc")):
+        store.claim(msgid, sid, "owner", {}, scope="u:1")
+    assert store.queue_heads(["u:1", "u:none"]) == ["sa", None]
+    assert store.queue_turn("u:1", "sc", "sa") is Turn.WAIT  # sa is alive: everyone waits
+    assert store.queue_turn("u:1", "sb", "sx") is Turn.LOOK_AGAIN  # the caller saw an old head
+    store.queue_leave("u:1", "sa")  # sa finished
+    assert store.queue_turn("u:1", "sc", "sb") is Turn.WAIT  # sb is next, not sc
+    assert store.queue_turn("u:1", "sb", "sb") is Turn.MINE
+    redis_client.delete(KEYS.stream_owner("sb"))  # sb's replica died and its lease lapsed
+    assert store.queue_turn("u:1", "sc", "sb") is Turn.MINE
+    assert redis_client.lrange(KEYS.queue("u:1"), 0, -1) == [b"sc"]
+    redis_client.delete(KEYS.queue("u:1"))  # Redis lost the queue: the caller queues again, first
+    assert store.queue_turn("u:1", "sc", None) is Turn.MINE
+    assert redis_client.lrange(KEYS.queue("u:1"), 0, -1) == [b"sc"] and redis_client.ttl(KEYS.queue("u:1")) > 0
+    store.claim("d", "sd", "owner", {}, scope="u:1")
+    redis_client.lrem(KEYS.queue("u:1"), 1, "sd")  # sd's ticket vanished while sc runs
+    assert store.queue_turn("u:1", "sd", "sc") is Turn.WAIT
+    assert redis_client.lrange(KEYS.queue("u:1"), 0, -1) == [b"sc", b"sd"]  # it queued again
 
 
 def test_renew_owners_extends_only_our_leases(store: StreamStore, redis_client: redis.Redis) -> None:
     for sid, owner in (("a", "me"), ("b", "me"), ("c", "someone-else")):
         redis_client.set(KEYS.stream_owner(sid), owner, px=1000)
-    assert store.renew_owners(["a", "b", "c", "missing"], "me") == 2
+    store.claim("mb", "b", "me", {})
+    store.set_status("b", "done", "stopped")  # e.g. /stop finished it while we still hold it
+    redis_client.set(KEYS.stream_owner("b"), "me", px=1000)
+    assert store.renew_owners(["a", "b", "c", "missing"], "me") == [Lease.HELD, Lease.FINISHED, Lease.LOST,
+                                                                    Lease.LOST]
     assert redis_client.pttl(KEYS.stream_owner("a")) > 5000 and redis_client.pttl(KEYS.stream_owner("b")) > 5000
     assert redis_client.pttl(KEYS.stream_owner("c")) <= 1000
     assert not redis_client.exists(KEYS.stream_owner("missing"))

@@ -157,6 +157,7 @@ class DifySimulator:
         self._attempts: dict[str, int] = {}
         self._conversations: dict[str, tuple[str, int]] = {}  # id -> (user, dialogue count)
         self._tasks: dict[str, _Task] = {}
+        self._peak_open = 0  # most chat requests ever open at once (since the last reset)
         self._conns: set[socket.socket] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -216,12 +217,19 @@ class DifySimulator:
             self._scripts.clear()
             self._attempts.clear()
             self._conversations.clear()
+            self._peak_open = len(self._tasks)
 
     @property
     def requests(self) -> list[RecordedRequest]:
         """Return a copy of every request received so far."""
         with self._lock:
             return list(self._requests)
+
+    @property
+    def peak_open(self) -> int:
+        """The most chat requests that were open (answering) at the same time since the last reset."""
+        with self._lock:
+            return self._peak_open
 
     def chat_requests(self) -> list[RecordedRequest]:
         """Return the ``POST /v1/chat-messages`` requests received so far."""
@@ -269,6 +277,7 @@ class DifySimulator:
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 1024  # hundreds of streams may connect at once (a burst to one engine)
 
     def __init__(self, address: tuple[str, int], handler: type[_Handler], sim: DifySimulator) -> None:
         self.sim = sim
@@ -412,6 +421,7 @@ class _Handler(BaseHTTPRequestHandler):
         ids = _Ids(conversation_id, str(uuid.uuid4()), str(uuid.uuid4()), int(time.time()), turn)
         with sim._lock:
             sim._tasks[ids.task] = task
+            sim._peak_open = max(sim._peak_open, len(sim._tasks))
         try:
             if mode == "blocking":
                 self._blocking(script, ids, task, query)

@@ -22,7 +22,7 @@ def readyz() -> tuple[Response, int]:
     """Answer 200 only when Redis (and MySQL, with ``AUTH_MODE=mysql``) answer."""
     bridge = get_bridge()
     checks: dict[str, str] = {}
-    if bridge.producer.draining:
+    if bridge.engine.draining:
         checks["shutdown"] = "draining"
     try:
         bridge.redis.ping()

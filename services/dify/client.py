@@ -1,25 +1,34 @@
-"""Dify service-API client: POST /chat-messages and turn the answer into typed events.
+"""Dify service-API client on asyncio: POST /chat-messages and turn the answer into typed events.
 
 Wire format (dify-api.md): §3 (SSE framing, event catalogue), §5 (error envelope), §7 (quirks).
 Retries happen only before any output; once a stream has started, failures surface as DifyError.
+One client serves every answer of a worker through one pooled ``aiohttp`` session, created on the
+engine's event loop at first use. Cancelling the task that iterates ``chat`` closes its response.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
-import threading
 import time
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, Literal
 from urllib.parse import quote
 
-import requests
-from requests.adapters import HTTPAdapter
-from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import ReadTimeoutError
+import aiohttp
 
+from services.dify.sse import (
+    ChatEventDecoder,
+    ConversationDropped,
+    Delta,
+    DifyEvent,
+    Finished,
+    SSEError,
+    SSEParser,
+    Started,
+)
 from services.errors import (
     DifyConnectionError,
     DifyError,
@@ -28,19 +37,6 @@ from services.errors import (
     DifyStreamError,
     DifyTimeout,
 )
-from services.sse import (
-    ChatEventDecoder,
-    ConversationDropped,
-    Delta,
-    DifyEvent,
-    Finished,
-    Replace,
-    SSEError,
-    SSEParser,
-    Started,
-)
-
-__all__ = ["ConversationDropped", "Delta", "DifyClient", "DifyEvent", "Finished", "Replace", "Started"]
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +47,11 @@ _BLOCKING_BODY_LIMIT = 16 * 1024 * 1024
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _STALE_CONVERSATION = "Conversation Not Exists"
 
+Sleep = Callable[[float], Awaitable[None]]
+
 
 class DifyClient:
-    """Client for one Dify app; one instance may be shared by producer threads (Dify sets no cookies)."""
+    """Client for one Dify app; shared by every answer of the event loop it is used on."""
 
     def __init__(
         self,
@@ -61,7 +59,8 @@ class DifyClient:
         api_key: str,
         *,
         response_mode: Literal["streaming", "blocking"] = "streaming",
-        session: requests.Session | None = None,
+        session: aiohttp.ClientSession | None = None,
+        max_connections: int = 256,
         connect_timeout: float = 5.0,
         read_timeout: float = 60.0,
         total_timeout: float = 300.0,
@@ -70,31 +69,36 @@ class DifyClient:
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Sleep = asyncio.sleep,
     ) -> None:
         if response_mode not in ("streaming", "blocking"):
             raise ValueError(f"response_mode must be 'streaming' or 'blocking', not {response_mode!r}")
         if min(connect_timeout, read_timeout, total_timeout, idle_timeout) <= 0 or max_retries < 0:
             raise ValueError("timeouts must be positive and max_retries non-negative")
+        if max_connections < 1:
+            raise ValueError("max_connections must be at least 1")
         self.base_url = base_url.rstrip("/")
         self._api_key = api_key
         self.response_mode = response_mode
-        self._owns_session = session is None
-        if session is None:
-            session = requests.Session()
-            adapter = HTTPAdapter(pool_maxsize=64)
-            session.mount("http://", adapter)
-            session.mount("https://", adapter)
-        self._session = session
+        self._session, self._owns_session = session, session is None
+        self.max_connections = max_connections
         self.connect_timeout, self.read_timeout = connect_timeout, read_timeout
         self.total_timeout, self.idle_timeout = total_timeout, idle_timeout
         self.max_retries, self.backoff_base, self.backoff_max = max_retries, backoff_base, backoff_max
         self._clock, self._sleep = clock, sleep
 
-    def close(self) -> None:
+    def _http(self) -> aiohttp.ClientSession:
+        if self._session is None:  # created on the loop that uses it (aiohttp binds to it)
+            connector = aiohttp.TCPConnector(limit=self.max_connections, limit_per_host=self.max_connections)
+            self._session = aiohttp.ClientSession(connector=connector, auto_decompress=False,
+                                                  timeout=aiohttp.ClientTimeout(total=None))
+        return self._session
+
+    async def close(self) -> None:
         """Close the HTTP session if this client created it."""
-        if self._owns_session:
-            self._session.close()
+        if self._owns_session and self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def chat(
         self,
@@ -104,8 +108,7 @@ class DifyClient:
         conversation_id: str | None = None,
         inputs: Mapping[str, Any] | None = None,
         authorization: str | None = None,
-        cancel: threading.Event | None = None,
-    ) -> Generator[DifyEvent, None, None]:
+    ) -> AsyncIterator[DifyEvent]:
         """Send ``query`` and yield its events; the total deadline starts now."""
         deadline = self._clock() + self.total_timeout
         body: dict[str, Any] = {
@@ -116,16 +119,18 @@ class DifyClient:
         }
         if conversation_id:
             body["conversation_id"] = conversation_id
-        return self._chat(body, self._headers(authorization), deadline, cancel or threading.Event())
+        return self._chat(body, self._headers(authorization), deadline)
 
-    def stop(self, task_id: str, *, user: str, authorization: str | None = None) -> None:
+    async def stop(self, task_id: str, *, user: str, authorization: str | None = None) -> None:
         """Ask Dify to stop generating ``task_id`` (Dify answers success even for unknown tasks)."""
         url = f"{self.base_url}/chat-messages/{quote(task_id, safe='')}/stop"
         deadline = self._clock() + self.connect_timeout + self.read_timeout
-        resp = self._post(url, {"user": user}, self._headers(authorization), deadline)
-        with resp:
-            if resp.status_code >= 300:
-                raise _http_error(resp)
+        resp = await self._post(url, {"user": user}, self._headers(authorization), deadline)
+        try:
+            if resp.status >= 300:
+                raise await _http_error(resp)
+        finally:
+            resp.release()
 
     def _headers(self, authorization: str | None) -> dict[str, str]:
         accept = "text/event-stream" if self.response_mode == "streaming" else "application/json"
@@ -135,18 +140,14 @@ class DifyClient:
             "Accept-Encoding": "identity",
         }
 
-    def _chat(
-        self, body: dict[str, Any], headers: dict[str, str], deadline: float, cancel: threading.Event
-    ) -> Generator[DifyEvent, None, None]:
+    async def _chat(self, body: dict[str, Any], headers: dict[str, str], deadline: float) -> AsyncIterator[DifyEvent]:
         attempt = 0
         while True:
-            if cancel.is_set():
-                return
             try:
-                resp = self._post(f"{self.base_url}/chat-messages", body, headers, deadline)
-                if resp.status_code < 300:
+                resp = await self._post(f"{self.base_url}/chat-messages", body, headers, deadline)
+                if resp.status < 300:
                     break
-                raise _http_error(resp)
+                raise await _http_error(resp)
             except DifyError as err:
                 error = err
             if _is_stale_conversation(error) and "conversation_id" in body:
@@ -158,96 +159,89 @@ class DifyClient:
             if not _retryable(error) or attempt >= self.max_retries or self._clock() + delay >= deadline:
                 raise error
             log.warning("dify: %s (attempt %d), retrying in %.2fs", error.code, attempt + 1, delay)
-            self._sleep(delay)
+            await self._sleep(delay)
             attempt += 1
-        if self.response_mode == "blocking":
-            yield from self._read_blocking(resp, deadline, cancel)
-        else:
-            yield from self._read_stream(resp, deadline, cancel)
+        try:
+            events = self._read_blocking(resp, deadline) if self.response_mode == "blocking" \
+                else self._read_stream(resp, deadline)
+            async for event in events:
+                yield event
+        finally:
+            resp.release() if resp.content.at_eof() else resp.close()
 
-    def _post(
-        self, url: str, body: dict[str, Any], headers: dict[str, str], deadline: float
-    ) -> requests.Response:
+    async def _post(self, url: str, body: dict[str, Any], headers: dict[str, str],
+                    deadline: float) -> aiohttp.ClientResponse:
         remaining = deadline - self._clock()
         if remaining <= 0:
             raise DifyTimeout("total deadline exceeded")
-        timeout = (min(self.connect_timeout, remaining), min(self.read_timeout, remaining))
+        # sock_connect, not connect: waiting for a free pooled connection is not a connect timeout
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(self.connect_timeout, remaining))
         try:
-            return self._session.post(url, json=body, headers=headers, timeout=timeout, stream=True)
-        except requests.ConnectTimeout as e:
+            async with asyncio.timeout(min(self.connect_timeout + self.read_timeout, remaining)):
+                return await self._http().post(url, json=body, headers=headers, timeout=timeout,
+                                               allow_redirects=False)
+        except (aiohttp.ConnectionTimeoutError, aiohttp.ServerTimeoutError) as e:
             raise DifyTimeout("connect timeout", code="connect_timeout") from e
-        except requests.Timeout as e:
+        except TimeoutError as e:
             raise DifyTimeout("read timeout waiting for response headers") from e
-        except requests.ConnectionError as e:
+        except aiohttp.ClientConnectionError as e:
             raise DifyConnectionError(f"cannot reach Dify: {type(e).__name__}") from e
-        except requests.RequestException as e:
+        except aiohttp.ClientError as e:
             raise DifyError(f"request failed: {type(e).__name__}", code="request_error") from e
 
-    def _read(self, resp: Any, until: float) -> bytes:
-        """Read what is available, with the socket timeout shrunk to ``until`` (read_timeout at most)."""
+    async def _read(self, resp: aiohttp.ClientResponse, until: float) -> bytes:
+        """Read what is available, waiting until ``until`` (``read_timeout`` at most); b"" at EOF."""
         wait = until - self._clock()
         if wait <= 0:
             raise DifyTimeout("deadline reached")
-        sock = getattr(getattr(resp.raw, "connection", None), "sock", None)
-        if sock is not None:
-            sock.settimeout(min(self.read_timeout, wait))
         try:
-            return bytes(resp.raw.read1(_READ_SIZE, decode_content=True) or b"")
-        except ReadTimeoutError as e:
+            async with asyncio.timeout(min(self.read_timeout, wait)):
+                return await resp.content.readany()
+        except TimeoutError as e:
             raise DifyTimeout("read timeout") from e
-        except (Urllib3Error, OSError) as e:
+        except (aiohttp.ClientError, OSError) as e:
             log.info("dify: stream cut: %s", type(e).__name__)
             return b""  # treated like EOF
 
-    def _read_stream(self, resp: Any, deadline: float, cancel: threading.Event) -> Generator[DifyEvent, None, None]:
+    async def _read_stream(self, resp: aiohttp.ClientResponse, deadline: float) -> AsyncIterator[DifyEvent]:
         state, parser = ChatEventDecoder(), SSEParser()
         idle_until = self._clock() + self.idle_timeout
         grace_until: float | None = None
         finished: Finished | None = None
-        try:
-            while finished is None:
-                until = min(deadline, idle_until if grace_until is None else grace_until)
-                try:
-                    data = self._read(resp, until)
-                except DifyTimeout as e:
-                    if cancel.is_set():
-                        return
-                    if grace_until is not None:
-                        finished = Finished(state.conversation_id)
+        while finished is None:
+            until = min(deadline, idle_until if grace_until is None else grace_until)
+            try:
+                data = await self._read(resp, until)
+            except DifyTimeout as e:
+                if grace_until is not None:
+                    finished = Finished(state.conversation_id)
+                    break
+                raise self._timeout(deadline, idle_until) from e
+            if not data:
+                if grace_until is not None:
+                    finished = Finished(state.conversation_id)
+                    break
+                cut = "mid-frame" if parser.pending else "without a terminal event"
+                raise DifyIncompleteError(f"stream ended {cut}")
+            try:
+                frames = parser.feed(data)
+            except SSEError as e:
+                raise DifyStreamError("invalid_sse", str(e)) from e
+            for frame in frames:
+                if frame.data is None:
+                    continue  # event: ping — not progress
+                idle_until = self._clock() + self.idle_timeout
+                for event in state.handle(frame.data):
+                    if isinstance(event, Finished):
+                        finished = event
                         break
-                    raise self._timeout(deadline, idle_until) from e
-                if cancel.is_set():  # checked after every read; a blocked read ends at the next bytes
-                    return
-                if not data:
-                    if grace_until is not None:
-                        finished = Finished(state.conversation_id)
-                        break
-                    cut = "mid-frame" if parser.pending else "without a terminal event"
-                    raise DifyIncompleteError(f"stream ended {cut}")
-                try:
-                    frames = parser.feed(data)
-                except SSEError as e:
-                    raise DifyStreamError("invalid_sse", str(e)) from e
-                for frame in frames:
-                    if frame.data is None:
-                        continue  # event: ping — not progress
-                    idle_until = self._clock() + self.idle_timeout
-                    for event in state.handle(frame.data):
-                        if cancel.is_set():
-                            return
-                        if isinstance(event, Finished):
-                            finished = event
-                            break
-                        yield event
-                    if finished is not None:
-                        break
-                    if state.message_ended and grace_until is None:
-                        grace_until = min(deadline, self._clock() + CHATFLOW_GRACE)
-                if finished is None and self._clock() >= deadline:
-                    raise DifyTimeout(f"total_timeout of {self.total_timeout}s exceeded")
-        finally:
-            resp.close()
-        assert finished is not None
+                    yield event
+                if finished is not None:
+                    break
+                if state.message_ended and grace_until is None:
+                    grace_until = min(deadline, self._clock() + CHATFLOW_GRACE)
+            if finished is None and self._clock() >= deadline:
+                raise DifyTimeout(f"total_timeout of {self.total_timeout}s exceeded")
         yield finished
 
     def _timeout(self, deadline: float, idle_until: float) -> DifyTimeout:
@@ -258,23 +252,16 @@ class DifyClient:
             return DifyTimeout(f"no data frame for {self.idle_timeout}s (pings only)", code="idle_timeout")
         return DifyTimeout(f"no bytes for {self.read_timeout}s", code="read_timeout")
 
-    def _read_blocking(self, resp: Any, deadline: float, cancel: threading.Event) -> Generator[DifyEvent, None, None]:
+    async def _read_blocking(self, resp: aiohttp.ClientResponse, deadline: float) -> AsyncIterator[DifyEvent]:
         body = bytearray()
-        try:
-            while len(body) <= _BLOCKING_BODY_LIMIT:
-                try:
-                    data = self._read(resp, deadline)
-                except DifyTimeout as e:
-                    if cancel.is_set():
-                        return
-                    raise self._timeout(deadline, float("inf")) from e
-                if cancel.is_set():
-                    return
-                if not data:
-                    break
-                body += data
-        finally:
-            resp.close()
+        while len(body) <= _BLOCKING_BODY_LIMIT:
+            try:
+                data = await self._read(resp, deadline)
+            except DifyTimeout as e:
+                raise self._timeout(deadline, float("inf")) from e
+            if not data:
+                break
+            body += data
         try:
             obj = json.loads(body)
         except ValueError as e:
@@ -289,12 +276,12 @@ class DifyClient:
         yield Finished(conv if isinstance(conv, str) else None)
 
 
-def _http_error(resp: Any) -> DifyHTTPError:
+async def _http_error(resp: aiohttp.ClientResponse) -> DifyHTTPError:
     """Build a DifyHTTPError from Dify's ``{"code","message","status"}`` envelope or a gateway page."""
-    status = int(resp.status_code)
+    status = int(resp.status)
     try:
-        raw = bytes(resp.raw.read(_ERROR_BODY_LIMIT, decode_content=True) or b"")
-    except (Urllib3Error, OSError):
+        raw = await resp.content.read(_ERROR_BODY_LIMIT)
+    except (aiohttp.ClientError, OSError):
         raw = b""
     finally:
         resp.close()

@@ -185,12 +185,20 @@ class ChatEventDecoder:
     """Turn the JSON of Dify chat data frames (dify-api.md §3.3, §3.4) into DifyEvents."""
 
     def __init__(self) -> None:
-        self.text = ""
+        self._parts: list[str] = []  # the answer so far, joined only when compared (never per delta)
+        self._size = 0
         self.conversation_id: str | None = None
         self.started = False
         self.agent = False  # agent_message deltas seen (New Agent repeats the answer in a closing message)
         self.workflow = False  # Chatflow: message_end is followed by workflow_finished
         self.message_ended = False
+
+    @property
+    def text(self) -> str:
+        """The whole answer decoded so far."""
+        if len(self._parts) > 1:
+            self._parts = ["".join(self._parts)]
+        return self._parts[0] if self._parts else ""
 
     def handle(self, data: str) -> list[DifyEvent]:
         """Return the events one data frame produces; raise DifyStreamError on error frames."""
@@ -215,13 +223,15 @@ class ChatEventDecoder:
                 return out
             if event == "agent_message":
                 self.agent = True
-            elif event == "message" and self.agent and text == self.text:
+            elif event == "message" and self.agent and len(text) == self._size and text == self.text:
                 return out  # New Agent's closing message repeats the whole answer
-            self.text += text
+            self._parts.append(text)
+            self._size += len(text)
             out.append(Delta(text))
         elif event == "message_replace":
-            self.text = str(obj.get("answer") or "")
-            out.append(Replace(self.text))
+            replaced = str(obj.get("answer") or "")
+            self._parts, self._size = [replaced], len(replaced)
+            out.append(Replace(replaced))
         elif event == "message_end":
             self.message_ended = True
             if not self.workflow:

@@ -1,0 +1,199 @@
+"""What a running job does: stream its Dify answer into Redis, then settle it and follow up once."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import TYPE_CHECKING
+
+from services import metrics
+from services.delivery import send_rest
+from services.dify import ConversationDropped, Delta, DifyEvent, Finished, Replace, Started, error_label
+from services.engine.job import Job, Outcome
+from services.errors import AuthUnavailable, DifyError, DifyHTTPError, DifyTimeout, StoreUnavailable, UserNotAuthorized
+from services.stream_writer import StreamWriter
+
+if TYPE_CHECKING:
+    from services.engine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+STATUS = {Outcome.FINISHED: "done", Outcome.REFUSED: "done", Outcome.FAILED: "failed",
+          Outcome.INTERRUPTED: "interrupted"}
+"""The final stream status each outcome writes; stopped and abandoned streams were ended elsewhere."""
+
+SEEN_GRACE = 4.0
+"""Seconds to wait, after Redis trouble, for a poll to show an answer's last frame. WeCom polls about
+once a second until the last frame, so a stream no poll showed by then was ended for the user
+(e.g. a "busy" frame while Redis was away) and gets the whole answer through ``response_url``."""
+
+
+class Answers:
+    """Run and settle jobs for an engine (which owns their life; this is the work inside it)."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.settings = engine.settings
+        self.store = engine.store
+        self.last_chance = False  # the drain ran out of time: one Redis attempt each, no waiting
+
+    async def run(self, job: Job) -> tuple[Outcome, str]:
+        """Stream the Dify answer (the job has its conversation's turn); return how it ended."""
+        e, s = self.engine, self.settings
+        job.writer = StreamWriter(self.store, job.sid)
+        if e.draining:
+            return Outcome.INTERRUPTED, s.msg_interrupted
+        if not await e.redis(self.store.set_status, job.sid, "running"):
+            return Outcome.ABANDONED, ""
+        active = self.store.keys.active(job.scope)
+        await e.redis(self.store.put_lease, active, job.sid, int(s.stream_window_seconds * 1000) + 60_000)
+        conversation = await e.redis(self.store.get_conversation, job.scope, s.conversation_idle_seconds)
+        first_text = True
+        try:
+            async for event in self._events(job, conversation):
+                if isinstance(event, Delta):
+                    if first_text:
+                        first_text = False
+                        metrics.FIRST_TEXT_SECONDS.observe(max(0.0, e.clock() - job.created))
+                    job.writer.add(event.text)  # the keeper writes it within one tick
+                elif isinstance(event, Replace):
+                    job.writer.replace(event.text)
+                elif isinstance(event, Started):
+                    conversation = event.conversation_id or conversation
+                    job.task_id = event.task_id
+                    await self._best_effort(job, self.store.set_fields, job.sid,
+                                            {"task_id": event.task_id, "dify_user": job.dify_user})
+                elif isinstance(event, ConversationDropped):
+                    await self._best_effort(job, self.store.drop_conversation, job.scope)
+                    conversation = None
+                elif isinstance(event, Finished):
+                    conversation = event.conversation_id or conversation
+        except DifyError as exc:
+            metrics.DIFY_ERRORS.labels(error_label(exc)).inc()
+            log.warning("dify failed", extra={"sid": job.sid, "code": error_label(exc)})
+            return Outcome.FAILED, self._dify_message(exc)
+        except UserNotAuthorized:  # refused while refreshing a token the backend rejected
+            return Outcome.REFUSED, s.msg_unauthorized
+        except AuthUnavailable:
+            return Outcome.FAILED, s.msg_auth_unavailable
+        finally:
+            await self._best_effort(job, self.store.release_lease, active, job.sid)  # else it lapses
+        if conversation:
+            await self._best_effort(job, self.store.set_conversation, job.scope, conversation,
+                                    s.conversation_idle_seconds)
+        return Outcome.FINISHED, ""
+
+    async def settle(self, job: Job, outcome: Outcome, note: str) -> None:
+        """Write the final status (retrying Redis), let the conversation go on, then follow up."""
+        e = self.engine
+        status = STATUS.get(outcome)
+        if status:
+            metrics.STREAM_SECONDS.labels(status).observe(max(0.0, e.clock() - job.created))
+            metrics.STREAMS_ENDED.labels("refused" if outcome is Outcome.REFUSED else status).inc()
+        finished = bool(status) and await self._finish(job, status or "", note)
+        for step, args in ((self.store.queue_leave, (job.scope, job.sid)),
+                           (self.store.release_lease, (self.store.keys.stream_owner(job.sid), e.owner))):
+            await self._best_effort(job, step, *args)
+        if outcome is Outcome.STOPPED and job.task_id:
+            await self._stop_dify(job)
+        if finished and job.response_url:
+            await self._follow_up(job, note)
+
+    async def _events(self, job: Job, conversation: str | None) -> AsyncIterator[DifyEvent]:
+        """Dify's events; a user token the backend rejects (401) is refreshed and retried once."""
+        e, s = self.engine, self.settings
+        for attempt in (0, 1):
+            identity = job.identity
+            inputs = identity.dify_inputs(s.inputs_from_user) if identity else {}
+            token = self._token(job)
+            try:
+                async for event in e.dify.chat(job.query, user=job.dify_user, conversation_id=conversation,
+                                               inputs=inputs, authorization=token):
+                    yield event
+                return
+            except DifyHTTPError as exc:
+                if attempt or exc.status != 401 or token is None or e.auth is None or identity is None:
+                    raise
+                await e.io(e.auth.invalidate, identity)
+                job.identity = await e.io(e.auth.authenticate, job.wecom_user)
+
+    def _token(self, job: Job) -> str | None:
+        if self.settings.dify_auth_source == "user_token" and job.identity is not None:
+            return job.identity.token
+        return None
+
+    async def _stop_dify(self, job: Job) -> None:
+        """Ask Dify to stop generating, as the job's own user when Dify is called with user tokens."""
+        try:
+            await self.engine.dify.stop(job.task_id, user=job.dify_user, authorization=self._token(job))
+        except DifyError as exc:
+            log.warning("dify stop failed", extra={"sid": job.sid, "code": error_label(exc)})
+
+    async def _finish(self, job: Job, status: str, note: str) -> bool:
+        """Flush and set the final status, retrying Redis with backoff until the job's deadline."""
+        e = self.engine
+        deadline = job.created + self.settings.stream_window_seconds + 30
+        delay = 0.1
+        while True:
+            try:
+                if job.writer is not None:
+                    await e.redis(job.writer.flush)
+                await e.redis(self.store.set_status, job.sid, status, note)
+                return True
+            except StoreUnavailable:
+                job.degraded = True
+                if self.last_chance or e.clock() + delay > deadline:
+                    log.error("giving up on stream: redis unavailable", extra={"sid": job.sid})
+                    return False
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+
+    async def _follow_up(self, job: Job, note: str) -> None:
+        """Send through ``response_url`` what the stream could not show, exactly once.
+
+        Normally that is ``send_rest``'s part. After Redis trouble, a poll may have answered "busy"
+        and ended the stream for WeCom; whether one did shows in whether any poll showed its last frame.
+        """
+        e, s, url = self.engine, self.settings, job.response_url
+        degraded = job.degraded or self.store.failed_at >= job.created
+        try:
+            if not degraded or await self._seen(job):
+                await e.io(send_rest, self.store, e.delivery, job.sid, url, note, s)
+                return
+            claimed = await e.redis(self.store.mark_delivered, job.sid)
+        except StoreUnavailable:
+            claimed = True  # nobody can have delivered it without Redis either
+        if claimed:
+            text = job.writer.text if job.writer else ""
+            await e.io(e.delivery.send, url, f"{text}\n\n{note}" if note and text else text or note, s.msg_truncated)
+
+    async def _seen(self, job: Job) -> bool:
+        """Wait up to ``SEEN_GRACE`` for a poll to have shown the stream's last (or closing) frame."""
+        e = self.engine
+        until = e.clock() + SEEN_GRACE
+        while True:
+            try:
+                snap = await e.redis(self.store.snapshot, job.sid, 1)
+                if snap is not None and ("seen" in snap.meta or snap.final is not None):
+                    return True
+            except StoreUnavailable:
+                pass
+            if e.clock() >= until:
+                return False
+            await asyncio.sleep(0.25)
+
+    async def _best_effort(self, job: Job, step: Callable[..., object], *args: object) -> None:
+        """Run a Redis step the answer does not depend on; if Redis is away, note it and go on."""
+        try:
+            await self.engine.redis(step, *args)
+        except StoreUnavailable:
+            job.degraded = True
+            log.warning("redis step skipped", extra={"sid": job.sid, "step": getattr(step, "__name__", "?")})
+
+    def _dify_message(self, exc: DifyError) -> str:
+        if isinstance(exc, DifyTimeout):
+            return self.settings.msg_dify_timeout
+        if isinstance(exc, DifyHTTPError) and exc.status == 429:
+            return self.settings.msg_dify_busy
+        return self.settings.msg_dify_failed

@@ -1,0 +1,293 @@
+"""The answer engine: one event loop per worker drives every admitted job from claim to settlement.
+
+Request threads talk to it through ``admit``, ``answer_now``, ``stop`` and ``drain``; everything a
+job does after that (authentication, waiting for its conversation's turn, streaming Dify into Redis,
+settling, the follow-up) happens on the loop, which hands blocking work to two small executors:
+one for Redis round trips, one for slow I/O (MySQL, the auth API, ``response_url``). No thread exists
+per answer: capacity is a number of jobs (``ENGINE_CAPACITY``), not of threads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from config import Settings
+from services import metrics
+from services.delivery import ResponseURL
+from services.dify import DifyClient
+from services.engine.answer import Answers
+from services.engine.job import Job, Outcome, State
+from services.engine.keeper import LeaseKeeper, Report
+from services.engine.loop import LoopThread
+from services.errors import AuthUnavailable, StoreUnavailable, UserNotAuthorized
+from services.stream_store import StreamStore
+from services.user_auth import Authenticator
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+TICK = 0.1  # seconds between keeper passes: the bounded staleness of the Redis copy of an answer
+REDIS_THREADS = 8
+IO_THREADS = 8
+
+
+@dataclass(frozen=True)
+class Admission:
+    """What became of a message handed to the engine: ``outcome`` is a metrics label."""
+
+    outcome: str  # started | duplicate | busy | stop | empty
+    sid: str
+    text: str = ""  # the final answer when the engine answered at once (stop, empty)
+
+
+class Gone(Exception):
+    """The job's stream was finished or removed by someone else before the job could run."""
+
+
+class Interrupted(Exception):
+    """The worker is shutting down before the job could run."""
+
+
+class Expired(Exception):
+    """The job waited longer for its conversation's turn than its user can still be reached."""
+
+
+class Engine:
+    """Owns the loop, the executors, the keeper and every job's life in this worker."""
+
+    def __init__(self, store: StreamStore, dify: DifyClient, settings: Settings, delivery: ResponseURL, *,
+                 auth: Authenticator | None = None, clock: Callable[[], float] = time.time) -> None:
+        self.store, self.dify, self.settings, self.delivery, self.auth = store, dify, settings, delivery, auth
+        self.clock = clock
+        self.owner = uuid.uuid4().hex  # this process's name on the stream leases it holds
+        self.capacity = settings.engine_capacity
+        self.keeper = LeaseKeeper(store, self.owner, renew_every=settings.producer_lease_seconds / 3)
+        self.answers = Answers(self)
+        self.draining = False
+        self._thread = LoopThread()
+        self._redis = ThreadPoolExecutor(REDIS_THREADS, thread_name_prefix="engine-redis")
+        self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="engine-io")
+        self._lock = threading.Lock()
+        self._admitted = 0
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._keeping: asyncio.Task[None] | None = None
+        metrics.ENGINE_CAPACITY.set(self.capacity)
+
+    # -- the interface for request threads ----------------------------------------------------------
+    @property
+    def admitted(self) -> int:
+        """Jobs admitted and not yet settled."""
+        return self._admitted
+
+    def start(self) -> None:
+        """Start the loop and the keeper (once; gunicorn's post_worker_init or the first message)."""
+        if self._keeping is None:
+            with self._lock:
+                if self._keeping is None:
+                    loop = self._thread.start()
+                    self._keeping = asyncio.run_coroutine_threadsafe(self._create_keeper(), loop).result()
+
+    def admit(self, job: Job) -> Admission:
+        """Claim ``job``'s msgid and, on its first delivery, start answering it (raises StoreUnavailable)."""
+        created, sid = self._claim(job, queue=True)
+        if not created:
+            return Admission("duplicate", sid)
+        if not self._reserve():
+            self._best_effort(self.store.queue_leave, job.scope, sid)
+            metrics.ENGINE_REJECTED.inc()
+            log.warning("engine at capacity", extra={"sid": sid, "msgid": job.msgid})
+            self.store.set_status(sid, "failed", self.settings.msg_busy)
+            return Admission("busy", sid)
+        self.start()
+        loop = self._thread.start()
+        loop.call_soon_threadsafe(self._launch, job)
+        return Admission("started", sid)
+
+    def answer_now(self, job: Job, note: str) -> Admission:
+        """Claim ``job`` and finish its stream at once with ``note`` (e.g. an empty question)."""
+        created, sid = self._claim(job, queue=False)
+        if created:
+            self.store.set_status(sid, "done", note)
+        return Admission("empty" if created else "duplicate", sid, note)
+
+    def stop(self, job: Job) -> Admission:
+        """``/stop``: finish the conversation's running answer; its owner then stops Dify's generation."""
+        created, sid = self._claim(job, queue=False)
+        if not created:
+            return Admission("duplicate", sid)
+        active = self.store.get_value(self.store.keys.active(job.scope))
+        stopped = active is not None and self.store.set_status(active, "done", self.settings.msg_stopped)
+        ack = self.settings.msg_stop_ack if stopped else self.settings.msg_nothing_to_stop
+        self.store.set_status(sid, "done", ack)
+        if stopped and active is not None:
+            metrics.STREAMS_ENDED.labels("stopped").inc()
+            log.info("answer stopped by the user", extra={"sid": active})
+            local = next((j for j in self.keeper.jobs() if j.sid == active), None)
+            if local is not None and self._thread.loop is not None:  # ours: no need to wait for the keeper
+                self._thread.loop.call_soon_threadsafe(self._cancel, local, Outcome.STOPPED)
+        return Admission("stop", sid, ack)
+
+    def begin_shutdown(self) -> None:
+        """Refuse new work from now on (``/readyz`` reports it)."""
+        self.draining = True
+
+    def drain(self, budget: float) -> None:
+        """Stop taking work, let running answers finish within ``budget`` s, interrupt the rest."""
+        self.begin_shutdown()
+        if self._thread.running:
+            try:
+                self._thread.submit(self._drain(budget)).result(budget + 30)
+            except Exception:  # noqa: BLE001 - shutting down: say what went wrong and go on
+                log.exception("drain did not complete")
+            self._thread.stop()
+        self._redis.shutdown(wait=False, cancel_futures=True)
+        self._io.shutdown(wait=False, cancel_futures=True)
+
+    # -- helpers for the job's steps (used by answer.py) ---------------------------------------------
+    async def redis(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run one Redis round trip off the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._redis, fn, *args)
+
+    async def io(self, fn: Callable[..., T], *args: Any) -> T:
+        """Run slow blocking I/O (MySQL, auth API, response_url) off the loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+
+    # -- the job's life --------------------------------------------------------------------------------
+    def _claim(self, job: Job, *, queue: bool) -> tuple[bool, str]:
+        meta = {"user": job.wecom_user, "chat": job.chat, "followup": "1" if job.response_url else "0"}
+        created, winner, first = self.store.claim(job.msgid, job.sid, self.owner, meta,
+                                                  scope=job.scope if queue else None)
+        # redis-py may re-run the claim after a lost reply; it then reports our own fresh sid as the
+        # existing one. That is still our first delivery, not a re-delivery.
+        created = created or winner == job.sid
+        job.first_in_line = first
+        return created, winner
+
+    def _reserve(self) -> bool:
+        with self._lock:
+            if self.draining or self._admitted >= self.capacity:
+                return False
+            self._admitted += 1
+        metrics.ENGINE_JOBS.inc()
+        return True
+
+    def _launch(self, job: Job) -> None:
+        self.keeper.track(job)
+        job.task = asyncio.get_running_loop().create_task(self._run(job))
+        self._tasks.add(job.task)
+
+    async def _run(self, job: Job) -> None:
+        try:
+            try:
+                await self._prepare(job)
+                job.move(State.RUNNING)
+                outcome, note = await self.answers.run(job)
+            except asyncio.CancelledError:
+                outcome, note = job.stop_reason or Outcome.INTERRUPTED, self.settings.msg_interrupted
+            except Gone:
+                outcome, note = Outcome.ABANDONED, ""
+            except Interrupted:
+                outcome, note = Outcome.INTERRUPTED, self.settings.msg_interrupted
+            except Expired:
+                outcome, note = Outcome.FAILED, self.settings.msg_dify_timeout
+            except UserNotAuthorized:
+                outcome, note = Outcome.REFUSED, self.settings.msg_unauthorized
+            except AuthUnavailable as exc:
+                log.warning("authentication unavailable", extra={"sid": job.sid, "reason": str(exc)})
+                outcome, note = Outcome.FAILED, self.settings.msg_auth_unavailable
+            except StoreUnavailable:
+                outcome, note = Outcome.FAILED, self.settings.msg_busy
+            except Exception:  # a job must never leave its stream open
+                log.exception("answer crashed", extra={"sid": job.sid})
+                outcome, note = Outcome.FAILED, self.settings.msg_dify_failed
+            job.move(State.SETTLED)
+            job.outcome = outcome
+            await self.answers.settle(job, outcome, note)
+        except BaseException:
+            log.exception("settling a job failed", extra={"sid": job.sid})
+        finally:
+            self.keeper.untrack(job)
+            with self._lock:
+                self._admitted -= 1
+            metrics.ENGINE_JOBS.dec()
+            if job.task is not None:
+                self._tasks.discard(job.task)
+
+    async def _prepare(self, job: Job) -> None:
+        """Authenticate and wait for the conversation's turn (raises Gone if the stream ended)."""
+        if self.draining:
+            raise Interrupted
+        if self.auth is not None:
+            job.move(State.AUTHENTICATING)
+            if not await self.redis(self.store.set_status, job.sid, "authenticating"):
+                raise Gone
+            job.identity = await self.io(self.auth.authenticate, job.wecom_user)
+        if not job.first_in_line:
+            job.move(State.WAITING)
+            if not await self.redis(self.store.set_status, job.sid, "waiting"):
+                raise Gone
+            job.turn = asyncio.get_running_loop().create_future()
+            if not await job.turn:
+                raise Expired
+
+    def _cancel(self, job: Job, reason: Outcome) -> None:
+        if job.task is None or job.settled or job.stop_reason is not None:
+            return
+        job.stop_reason = reason
+        job.task.cancel()
+
+    def _best_effort(self, step: Callable[..., object], *args: object) -> None:
+        try:
+            step(*args)
+        except StoreUnavailable:
+            pass  # the ticket's owner lease lapses on its own
+
+    # -- the keeper and the drain ------------------------------------------------------------------------
+    async def _create_keeper(self) -> asyncio.Task[None]:
+        return asyncio.get_running_loop().create_task(self._keep())
+
+    async def _keep(self) -> None:
+        while True:
+            await asyncio.sleep(TICK)
+            try:
+                report = await self.redis(self.keeper.tick, self.clock())
+            except RuntimeError:  # the executor was shut down: the drain is over
+                return
+            self._apply(report)
+
+    def _apply(self, report: Report) -> None:
+        for job in report.turns:
+            if job.turn is not None and not job.turn.done():
+                job.turn.set_result(True)
+        for job in report.expired:
+            if job.turn is not None and not job.turn.done():
+                job.turn.set_result(False)
+        for job in report.finished_elsewhere:
+            self._cancel(job, Outcome.STOPPED)
+        for job in report.lost:
+            self._cancel(job, Outcome.ABANDONED)
+
+    async def _drain(self, budget: float) -> None:
+        for job in self.keeper.jobs():
+            if job.state in (State.QUEUED, State.AUTHENTICATING, State.WAITING):
+                self._cancel(job, Outcome.INTERRUPTED)
+        pending = set(self._tasks)
+        if pending:
+            _, pending = await asyncio.wait(pending, timeout=budget)
+        if pending:
+            log.warning("drain budget exhausted", extra={"interrupted": len(pending)})
+            self.answers.last_chance = True
+            for job in self.keeper.jobs():
+                self._cancel(job, Outcome.INTERRUPTED)
+            await asyncio.wait(pending, timeout=10)
+        if self._keeping is not None:
+            self._keeping.cancel()
+        await self.dify.close()

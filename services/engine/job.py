@@ -1,0 +1,87 @@
+"""One user message to answer: its data and the states its life moves through.
+
+    queued ─► authenticating ─► waiting (for its conversation's turn) ─► running ─► settled
+       └──────────┴────────────────┴──────────────────────────────────────┘ (any state may settle)
+
+Only the engine moves a job (``Job.move``); everything else reads it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import time
+from dataclasses import dataclass, field
+
+from services.stream_writer import StreamWriter
+from services.user_auth import Identity
+
+
+class State(enum.Enum):
+    """Where a job is in its life."""
+
+    QUEUED = "queued"
+    AUTHENTICATING = "authenticating"
+    WAITING = "waiting"
+    RUNNING = "running"
+    SETTLED = "settled"
+
+
+NEXT: dict[State, frozenset[State]] = {
+    State.QUEUED: frozenset({State.AUTHENTICATING, State.WAITING, State.RUNNING, State.SETTLED}),
+    State.AUTHENTICATING: frozenset({State.WAITING, State.RUNNING, State.SETTLED}),
+    State.WAITING: frozenset({State.RUNNING, State.SETTLED}),
+    State.RUNNING: frozenset({State.SETTLED}),
+    State.SETTLED: frozenset(),
+}
+
+
+class Outcome(enum.Enum):
+    """How a settled job ended (the stream's final status follows from it)."""
+
+    FINISHED = "done"
+    REFUSED = "refused"  # the user may not use the bot: a final answer, status done
+    FAILED = "failed"
+    STOPPED = "stopped"  # /stop: the stream was finished by the stop, the job let go
+    INTERRUPTED = "interrupted"
+    ABANDONED = "abandoned"  # the stream was ended or lost elsewhere: nothing left to write
+
+
+class IllegalTransition(RuntimeError):
+    """A job was moved along an edge its life does not have (a programming error)."""
+
+
+@dataclass
+class Job:
+    """One user message to answer, and what the engine holds for it."""
+
+    sid: str
+    msgid: str
+    query: str
+    dify_user: str
+    scope: str
+    wecom_user: str = ""
+    chat: str = ""
+    response_url: str = ""
+    created: float = field(default_factory=time.time)
+    state: State = State.QUEUED
+    outcome: Outcome | None = None
+    first_in_line: bool = False  # the claim found it at the head of its conversation's queue
+    identity: Identity | None = None
+    writer: StreamWriter | None = None
+    task_id: str = ""  # Dify's, for stopping the generation
+    degraded: bool = False  # Redis failed us during this job: polls may have ended the stream early
+    stop_reason: Outcome | None = None  # why the engine cancelled the job's task
+    task: asyncio.Task[None] | None = None
+    turn: asyncio.Future[bool] | None = None  # resolved by the keeper when the job may run
+
+    def move(self, to: State) -> None:
+        """Advance to ``to``; raises IllegalTransition for an edge the life does not have."""
+        if to not in NEXT[self.state]:
+            raise IllegalTransition(f"{self.sid}: {self.state.value} -> {to.value}")
+        self.state = to
+
+    @property
+    def settled(self) -> bool:
+        """True once the job's life is over."""
+        return self.state is State.SETTLED

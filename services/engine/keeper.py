@@ -1,0 +1,130 @@
+"""The lease keeper: the engine's periodic Redis work, batched into a few round trips per tick.
+
+Each tick it writes every running answer's buffered deltas (one pipeline), asks the ticket queues
+whether waiting answers may run (two pipelines), and every third of the owner lease renews every
+lease this worker holds (one script call per 500), learning which streams were finished elsewhere
+(``/stop``) or taken from it. It only reports; the engine acts on the report. Time is injected:
+``tick(now)`` is all a test needs to drive it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+
+from services import metrics
+from services.engine.job import Job, State
+from services.errors import StoreUnavailable
+from services.stream_store import Lease, StreamStore, Turn, WriteResult
+from services.stream_writer import Write
+
+log = logging.getLogger(__name__)
+
+WAIT_LIMIT = 3300.0  # seconds: a job waiting longer can no longer reach the user (response_url lives 1 h)
+TRACEBACK_EVERY = 10.0  # seconds between two full tracebacks of unexpected tick errors
+
+
+@dataclass
+class Report:
+    """What one tick found, for the engine to act on."""
+
+    turns: list[Job] = field(default_factory=list)  # waiting jobs whose turn has come
+    expired: list[Job] = field(default_factory=list)  # waited too long for their turn
+    finished_elsewhere: list[Job] = field(default_factory=list)  # e.g. stopped by /stop
+    lost: list[Job] = field(default_factory=list)  # the stream is no longer theirs to write
+
+
+class LeaseKeeper:
+    """Flush, renew and hand out turns for the jobs of one worker."""
+
+    def __init__(self, store: StreamStore, owner: str, *, renew_every: float) -> None:
+        self.store = store
+        self.owner = owner
+        self.renew_every = renew_every
+        self._jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._last_renew = float("-inf")
+        self._last_traceback = float("-inf")
+
+    def track(self, job: Job) -> None:
+        """Keep ``job``'s owner lease alive (and its writes flowing) until ``untrack``."""
+        with self._lock:
+            self._jobs[job.sid] = job
+
+    def untrack(self, job: Job) -> None:
+        """Stop looking after ``job``."""
+        with self._lock:
+            self._jobs.pop(job.sid, None)
+
+    def jobs(self) -> list[Job]:
+        """Every tracked job."""
+        with self._lock:
+            return list(self._jobs.values())
+
+    def tick(self, now: float) -> Report:
+        """Do one pass; never raises (an unexpected error is logged with its traceback and counted)."""
+        report = Report()
+        jobs = self.jobs()
+        for step in (self._flush, self._turns, self._renew):
+            try:
+                step(jobs, now, report)
+            except StoreUnavailable:
+                for job in jobs:
+                    job.degraded = True
+            except Exception:  # the keeper must survive anything, but never hide it
+                metrics.KEEPER_ERRORS.inc()
+                if now - self._last_traceback >= TRACEBACK_EVERY or now < self._last_traceback:
+                    self._last_traceback = now
+                    log.exception("lease keeper step failed", extra={"step": step.__name__})
+        return report
+
+    def _flush(self, jobs: list[Job], now: float, report: Report) -> None:
+        taken: list[tuple[Job, Write]] = []
+        for job in jobs:
+            writer = job.writer
+            if writer is not None and writer.dirty and (write := writer.take()) is not None:
+                taken.append((job, write))
+        if not taken:
+            return
+        try:
+            results: list[WriteResult | None] = list(self.store.write_many([w for _, w in taken]))
+        except BaseException:
+            for job, _ in taken:
+                job.writer.settle(None)  # type: ignore[union-attr]
+            raise
+        for (job, _), result in zip(taken, results, strict=True):
+            job.writer.settle(result)  # type: ignore[union-attr]
+            if job.writer.lost:  # type: ignore[union-attr]
+                report.lost.append(job)
+
+    def _turns(self, jobs: list[Job], now: float, report: Report) -> None:
+        waiting = [j for j in jobs if j.state is State.WAITING and j.turn is not None and not j.turn.done()]
+        if not waiting:
+            return
+        ask: list[Job] = []
+        for job in waiting:
+            if now - job.created > WAIT_LIMIT:
+                report.expired.append(job)
+            else:
+                ask.append(job)
+        heads = self.store.queue_heads([job.scope for job in ask]) if ask else []
+        behind = [(job, head) for job, head in zip(ask, heads, strict=True) if head != job.sid]
+        report.turns += [job for job, head in zip(ask, heads, strict=True) if head == job.sid]
+        turns = self.store.queue_turns([(job.scope, job.sid, head) for job, head in behind])
+        report.turns += [job for (job, _), turn in zip(behind, turns, strict=True) if turn is Turn.MINE]
+
+    def _renew(self, jobs: list[Job], now: float, report: Report) -> None:
+        if now - self._last_renew < self.renew_every and now >= self._last_renew:
+            return
+        self._last_renew = now
+        metrics.ENGINE_JOBS_TRACKED.set(len(jobs))
+        if not jobs:
+            return
+        found = self.store.renew_owners([j.sid for j in jobs], self.owner)
+        for job, lease in zip(jobs, found, strict=True):
+            if lease is Lease.FINISHED and job.state in (State.RUNNING, State.WAITING, State.AUTHENTICATING):
+                report.finished_elsewhere.append(job)
+            elif lease is Lease.LOST and not job.settled:
+                report.lost.append(job)
+

@@ -1,0 +1,207 @@
+"""The engine, its keeper and StreamWriter against a real Redis: lost replies, vanished streams, turns."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from config import Settings
+from services.errors import StoreUnavailable
+from services.keys import Keys
+from services.stream_store import StreamStore
+from services.stream_writer import StreamWriter
+from tests.helpers import InProcessWeCom
+from tests.test_stream_store import LoseReplies
+from tools.dify_sim import DifySimulator, Script
+from tools.wecom_client import WeComSigner, text_message
+
+KEYS = Keys("p:")
+
+
+@pytest.fixture
+def no_retry_store(redis_url: str, redis_client: redis.Redis) -> StreamStore:
+    return StreamStore(redis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 0)), KEYS)
+
+
+def test_lost_reply_is_replayed_exactly_before_newer_text(no_retry_store: StreamStore,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    store = no_retry_store
+    store.claim("m", "s", "owner", {})
+    writer = StreamWriter(store, "s")
+    writer.add("第一段")
+    store.write("warm", 1, "")  # load the script so the next write goes out as EVALSHA
+    loser = LoseReplies(monkeypatch, "EVALSHA")  # ...and its reply is lost after it ran
+    with pytest.raises(StoreUnavailable):
+        writer.flush()
+    assert loser.lost == 1
+    writer.add("第二段")  # arrives while the first write's fate is unknown
+    writer.flush()
+    snap = store.snapshot("s")
+    assert snap is not None and snap.text == "第一段第二段" and snap.seq == 2
+
+
+def test_write_that_never_reached_redis_is_kept(redis_server, redis_client: redis.Redis) -> None:  # type: ignore[no-untyped-def]
+    client = redis.Redis.from_url(redis_server.url, retry=Retry(NoBackoff(), 0), socket_timeout=0.5)
+    store = StreamStore(client, KEYS)
+    store.claim("m", "s", "owner", {})
+    writer = StreamWriter(store, "s")
+    writer.add("kept")
+    redis_server.proc.send_signal(19)  # SIGSTOP: Redis stops answering
+    try:
+        with pytest.raises(StoreUnavailable):
+            writer.flush()
+    finally:
+        redis_server.proc.send_signal(18)  # SIGCONT
+    writer.flush()
+    snap = store.snapshot("s")
+    assert snap is not None and snap.text == "kept"
+
+
+def test_producer_abandons_dify_when_its_stream_vanishes(settings: Settings, redis_client: redis.Redis,
+                                                         signer: WeComSigner, dify: DifySimulator) -> None:
+    from app import create_app
+
+    app = create_app(settings.replace(engine_capacity=1))
+    wecom = InProcessWeCom(app.test_client(), signer)
+    dify.script("endless", Script(answer="x" * 2000, delta_size=1, delay=0.01))  # ~20 s
+    first = wecom.send(text_message("endless", userid="a"))
+    assert first is not None
+    sid = first["stream"]["id"]
+    deadline = time.monotonic() + 5
+    while not wecom.poll(sid)["stream"]["content"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+    keys = Keys(settings.redis_key_prefix)
+    redis_client.delete(keys.stream_meta(sid), keys.stream_text(sid))  # e.g. Redis lost its data
+    started = time.monotonic()
+    engine = app.extensions["wecom_dify"].engine
+    while engine.admitted and time.monotonic() - started < 5:  # the keeper notices within a tick
+        time.sleep(0.02)
+    second = wecom.send(text_message("quick", userid="b"))  # needs the engine's only slot
+    assert second is not None
+    frames = wecom.until_finished(second["stream"]["id"], timeout=10)
+    assert frames[-1]["stream"]["content"] == "echo: quick"
+    assert time.monotonic() - started < 5  # far less than the ~20 s the endless answer needed
+    app.extensions["wecom_dify"].engine.drain(5)
+
+
+def test_dify_error_labels_are_a_fixed_set() -> None:
+    from services.dify import ERROR_LABELS, error_label
+    from services.errors import DifyHTTPError, DifyStreamError, DifyTimeout
+
+    assert error_label(DifyStreamError("completion_request_error", "x")) == "completion_request_error"
+    assert error_label(DifyHTTPError(429, "too_many_requests", "x")) == "too_many_requests"
+    assert error_label(DifyHTTPError(502, "http_502", "Bad Gateway")) == "http_502"
+    assert error_label(DifyHTTPError(418, "http_418", "teapot")) == "http_4xx"
+    assert error_label(DifyHTTPError(599, "http_599", "?")) == "http_5xx"
+    assert error_label(DifyTimeout("x", code="idle_timeout")) == "idle_timeout"
+    labels = {error_label(DifyStreamError(f"made_up_{i}", "x")) for i in range(1000)}
+    assert labels == {"other"}  # whatever an upstream invents, the metric grows no new series
+    assert all(error_label(DifyStreamError(code, "x")) == code for code in ERROR_LABELS)
+
+
+def test_a_job_moves_only_along_its_life() -> None:
+    from services.engine.job import IllegalTransition, Job, State
+
+    job = Job(sid="s", msgid="m", query="q", dify_user="u", scope="u:x")
+    for state in (State.AUTHENTICATING, State.WAITING, State.RUNNING, State.SETTLED):
+        job.move(state)
+    assert job.settled
+    with pytest.raises(IllegalTransition):
+        job.move(State.SETTLED)  # settling twice is a bug, never a second release
+    late = Job(sid="t", msgid="m", query="q", dify_user="u", scope="u:x", state=State.RUNNING)
+    with pytest.raises(IllegalTransition):
+        late.move(State.WAITING)
+
+
+class Broken:
+    """A writer with a programming error in it: what the keeper must survive, and say so."""
+
+    dirty = True
+
+    def take(self) -> None:
+        raise KeyError("a bug")
+
+
+def test_keeper_logs_a_rate_limited_traceback_counts_it_and_still_renews(
+        redis_client: redis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from services import metrics
+    from services.engine.job import Job, State
+    from services.engine.keeper import TRACEBACK_EVERY, LeaseKeeper
+
+    store = StreamStore(redis_client, KEYS, owner_lease_ms=60_000)
+    keeper = LeaseKeeper(store, "me", renew_every=5.0)
+    store.claim("m", "s", "me", {})
+    job = Job(sid="s", msgid="m", query="q", dify_user="u", scope="u:x", state=State.RUNNING)
+    job.writer = Broken()  # type: ignore[assignment]
+    keeper.track(job)
+    redis_client.pexpire(KEYS.stream_owner("s"), 1000)
+    before = metrics.KEEPER_ERRORS._value.get()
+    with caplog.at_level(logging.ERROR, logger="services.engine.keeper"):
+        for now in (100.0, 100.1, 100.2, 100.0 + TRACEBACK_EVERY + 0.1):
+            keeper.tick(now)
+    assert metrics.KEEPER_ERRORS._value.get() == before + 4  # every failure counted
+    records = [r for r in caplog.records if r.message == "lease keeper step failed"]
+    assert len(records) == 2  # ... but only one traceback per TRACEBACK_EVERY seconds
+    assert all(r.exc_info and r.exc_info[0] is KeyError for r in records)  # the traceback, not just a name
+    assert redis_client.pttl(KEYS.stream_owner("s")) > 50_000  # the flush bug did not stop the renewal
+
+
+def test_keeper_hands_out_turns_and_reports_stops_and_losses(redis_client: redis.Redis) -> None:
+    import asyncio
+
+    from services.engine.job import Job, State
+    from services.engine.keeper import LeaseKeeper
+
+    store = StreamStore(redis_client, KEYS, owner_lease_ms=60_000)
+    keeper = LeaseKeeper(store, "me", renew_every=5.0)
+    loop = asyncio.new_event_loop()
+    try:
+        jobs = {}
+        for name, state in (("a", State.RUNNING), ("b", State.WAITING), ("c", State.WAITING)):
+            store.claim(f"m{name}", name, "me", {}, scope="u:1")
+            jobs[name] = Job(sid=name, msgid=f"m{name}", query="q", dify_user="u", scope="u:1", state=state,
+                             created=0.0)
+            keeper.track(jobs[name])
+        jobs["b"].turn, jobs["c"].turn = loop.create_future(), loop.create_future()
+        report = keeper.tick(0.0)
+        assert report.turns == [] and report.finished_elsewhere == [] and report.lost == []
+        store.queue_leave("u:1", "a")
+        keeper.untrack(jobs["a"])
+        assert keeper.tick(0.1).turns == [jobs["b"]]  # b arrived first, so b goes first; c waits
+        jobs["b"].turn.set_result(True)
+        jobs["b"].state = State.RUNNING
+        store.set_status("b", "done", "stopped")  # /stop, answered by another replica
+        redis_client.delete(KEYS.stream_owner("c"))  # e.g. a poll found c's lease lapsed
+        assert keeper.tick(1.0).finished_elsewhere == []  # the renewal is not due yet (injected time)
+        report = keeper.tick(5.1)
+        assert report.finished_elsewhere == [jobs["b"]] and report.lost == [jobs["c"]]
+        assert keeper.tick(5000.0).expired == [jobs["c"]]  # waited longer than its user can be reached
+    finally:
+        loop.close()
+
+
+def test_sse_decoder_is_linear_in_the_number_of_deltas() -> None:
+    """40 000 deltas used to take 2.5 s (``text +=``): ten times the deltas must cost about ten times."""
+    import json
+
+    from services.dify.sse import ChatEventDecoder
+
+    def cost(n: int) -> float:
+        frames = [json.dumps({"event": "message", "answer": "字"}) for _ in range(n)]
+        best = float("inf")
+        for _ in range(3):
+            decoder = ChatEventDecoder()
+            started = time.process_time()
+            for frame in frames:
+                decoder.handle(frame)
+            best = min(best, time.process_time() - started)
+            assert decoder.text == "字" * n
+        return best
+
+    assert cost(40_000) < 40 * cost(4_000)  # linear: ~10x; quadratic: ~100x
