@@ -89,15 +89,6 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated', ARGV[2], 'note', ARGV[
 return 1
 """
 
-RENEW_LEASE = """
--- KEYS[1] = lease key; ARGV[1] = owner token, ARGV[2] = lease (ms)
--- Extends the lease only while the caller still owns it (redis-py's LUA_EXTEND_SCRIPT shape).
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"""
-
 RENEW_OWNERS = """
 -- KEYS = stream owner lease and stream meta, in pairs; ARGV[1] = owner token, ARGV[2] = lease (ms)
 -- Extends every listed owner lease the caller still holds, in one call, and reports each stream:

@@ -111,7 +111,6 @@ class StreamStore:
         self._close = client.register_script(scripts.CLOSE_STREAM)
         self._interrupt = client.register_script(scripts.INTERRUPT_ORPHAN)
         self._mark = client.register_script(scripts.MARK_DELIVERED)
-        self._renew = client.register_script(scripts.RENEW_LEASE)
         self._renew_owners = client.register_script(scripts.RENEW_OWNERS)
         self._turn = client.register_script(scripts.QUEUE_TURN)
         self._release = client.register_script(scripts.RELEASE_LEASE)
@@ -341,11 +340,6 @@ class StreamStore:
         """Set ``key`` to ``token`` for ``lease_ms`` unconditionally (e.g. the active-stream pointer)."""
         with self._errors():
             self.redis.set(key, token, px=lease_ms)
-
-    def renew_lease(self, key: str, token: str, lease_ms: int) -> bool:
-        """Extend a lease the caller still owns."""
-        with self._errors():
-            return int(self._renew(keys=[key], args=[token, lease_ms])) == 1
 
     def release_lease(self, key: str, token: str) -> None:
         """Release a lease the caller owns (no-op otherwise)."""
