@@ -6,9 +6,9 @@ Why these values:
 - ``max_requests = 0``: never recycle a worker. A recycled worker takes its engine's live streams
   with it (gunicorn only waits for in-flight HTTP requests, not app threads), and those users
   would see "interrupted". Memory is bounded by ``ENGINE_CAPACITY`` instead.
-- ``graceful_timeout = SHUTDOWN_DRAIN_SECONDS + 5``: after SIGTERM the worker stops accepting,
+- ``graceful_timeout = SHUTDOWN_DRAIN_SECONDS + 15``: after SIGTERM the worker stops accepting,
   finishes in-flight requests, then ``worker_exit`` drains the engine for at most the drain
-  budget and marks what is left interrupted. The master SIGKILLs only after that.
+  budget, marks what is left interrupted and lets it settle. The master SIGKILLs only after that.
 """
 
 from __future__ import annotations
@@ -37,7 +37,9 @@ max_requests = 0
 # value stops the master at once with an error naming the variable, and the workers drain with the
 # same number the master waits for.
 drain_seconds = load_settings().shutdown_drain_seconds
-graceful_timeout = int(drain_seconds) + 5
+# the engine's drain: the budget, then up to 10 s for the interrupted answers to settle and follow
+# up (SETTLE_AFTER_DRAIN), then up to 4 s for its loop thread (LOOP_JOIN); 1 s to spare
+graceful_timeout = int(drain_seconds) + 15
 control_socket_disable = True  # unused; the default path is per-user, shared by every master on a host
 accesslog = None  # one JSON line per event comes from the app; request lines add nothing but volume
 logconfig_dict = {

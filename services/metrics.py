@@ -47,6 +47,9 @@ ENGINE_CAPACITY = Gauge(f"{NS}_engine_capacity", "Answers the engines may hold a
 ENGINE_REJECTED = Counter(f"{NS}_engine_rejected_total", "Messages refused because the engine was at capacity")
 ENGINE_JOBS_TRACKED = Gauge(f"{NS}_engine_leases", "Owner leases the keeper renewed at its last renewal",
                             multiprocess_mode="livesum")
+ENGINE_LOOP_LAG = Gauge(f"{NS}_engine_loop_lag_seconds",
+                        "How late the engine's event loop ran its last keeper tick (a busy loop delays every answer)",
+                        multiprocess_mode="livemax")
 KEEPER_ERRORS = Counter(f"{NS}_keeper_errors_total",
                         "Unexpected errors in the lease keeper (each logged with its traceback, rate-limited)")
 

@@ -79,28 +79,38 @@ return 1
 
 SET_STATUS = """
 -- KEYS[1] = stream meta
--- ARGV[1] = new status, ARGV[2] = now (ms), ARGV[3] = note ('' keeps none)
--- Moves a live stream to another live or terminal status; a finished stream never changes.
--- Returns 1 changed, 0 already finished, -1 missing.
+-- ARGV[1] = new status, ARGV[2] = now (ms), ARGV[3] = note ('' keeps none), ARGV[4] = a token unique
+-- to this call. Moves a live stream to another live or terminal status; a finished stream never
+-- changes. Returns 1 changed, 0 already finished, -1 missing. A replay of the call that finished the
+-- stream (redis-py re-runs a command whose reply was lost) is recognised by its token: 1 again.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
-if status == 'done' or status == 'failed' or status == 'interrupted' then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated', ARGV[2], 'note', ARGV[3])
+if status == 'done' or status == 'failed' or status == 'interrupted' then
+  if redis.call('HGET', KEYS[1], 'op') == ARGV[4] then return 1 end
+  return 0
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated', ARGV[2], 'note', ARGV[3], 'op', ARGV[4])
 return 1
 """
 
 RENEW_OWNERS = """
 -- KEYS = stream owner lease and stream meta, in pairs; ARGV[1] = owner token, ARGV[2] = lease (ms)
--- Extends every listed owner lease the caller still holds, in one call, and reports each stream:
+-- Extends every listed owner lease of the caller, in one call, and reports each stream:
 -- 1 held and live, 2 held but finished by someone else (e.g. /stop), 0 no longer ours.
+-- A lease that lapsed while Redis (or the caller) stalled is taken again if the stream is still
+-- live: nobody else ever owns it, and a poll that found it lapsed has finished the stream instead.
 local out = {}
 for i = 1, #KEYS, 2 do
   local state = 0
-  if redis.call('GET', KEYS[i]) == ARGV[1] then
-    redis.call('PEXPIRE', KEYS[i], ARGV[2])
-    local status = redis.call('HGET', KEYS[i + 1], 'status')
-    state = 1
-    if status == 'done' or status == 'failed' or status == 'interrupted' then state = 2 end
+  local status = redis.call('HGET', KEYS[i + 1], 'status')
+  local owner = redis.call('GET', KEYS[i])
+  if status and (owner == ARGV[1] or not owner) then
+    if status == 'done' or status == 'failed' or status == 'interrupted' then
+      state = owner and 2 or 0
+    else
+      state = 1
+    end
+    if owner or state == 1 then redis.call('SET', KEYS[i], ARGV[1], 'PX', ARGV[2]) end
   end
   out[#out + 1] = state
 end
@@ -154,9 +164,12 @@ return 1
 
 
 MARK_DELIVERED = """
--- KEYS[1] = stream meta; ARGV[1] = now (ms)
--- Claims the one response_url delivery of a stream. 1 = claimed now, 0 = claimed before or gone
--- (HSETNX alone would recreate an expired hash without a TTL).
+-- KEYS[1] = stream meta; ARGV[1] = a token unique to this claim
+-- Claims the one response_url delivery of a stream. 1 = claimed now (or by this very claim, when
+-- redis-py replays it after a lost reply), 0 = claimed before or gone (HSETNX alone would
+-- recreate an expired hash without a TTL).
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-return redis.call('HSETNX', KEYS[1], 'delivered', ARGV[1])
+if redis.call('HSETNX', KEYS[1], 'delivered', ARGV[1]) == 1 then return 1 end
+if redis.call('HGET', KEYS[1], 'delivered') == ARGV[1] then return 1 end
+return 0
 """

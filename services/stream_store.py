@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import enum
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -154,11 +155,12 @@ class StreamStore:
         with self._errors():
             return WriteResult(int(self._write(keys=keys, args=args)))
 
-    def write_many(self, writes: list[tuple[str, int, str, bool]]) -> list[WriteResult]:
+    def write_many(self, writes: list[tuple[str, int, str, bool]]) -> list[WriteResult | None]:
         """Apply (sid, seq, text, replace) writes in one pipelined round trip; results in order.
 
-        A write Redis refused with an error counts as ``MISSING``; a failed round trip raises
-        ``StoreUnavailable`` and, since every write is sequence-checked, may simply be sent again.
+        A write Redis answered with an error (OOM, BUSY, READONLY during a failover) is None: not
+        applied, to be sent again. A failed round trip raises ``StoreUnavailable``; since every
+        write is sequence-checked, all of them may simply be sent again.
         """
         if not writes:
             return []
@@ -169,12 +171,13 @@ class StreamStore:
                 self._write(keys=[self.keys.stream_meta(sid), self.keys.stream_text(sid)],
                             args=[seq, "replace" if replace else "append", text, now], client=pipe)
             replies = pipe.execute(raise_on_error=False)
-        return [WriteResult(int(r)) if isinstance(r, int) else WriteResult.MISSING for r in replies]
+        return [WriteResult(int(r)) if isinstance(r, int) else None for r in replies]
 
     def set_status(self, sid: str, status: str, note: str = "") -> bool:
         """Move a live stream to ``status``; False if it already finished or is gone."""
         with self._errors():
-            return int(self._status(keys=[self.keys.stream_meta(sid)], args=[status, self.now_ms(), note])) == 1
+            return int(self._status(keys=[self.keys.stream_meta(sid)],
+                                    args=[status, self.now_ms(), note, uuid.uuid4().hex])) == 1
 
     def set_fields(self, sid: str, fields: dict[str, str]) -> bool:
         """Set meta fields of an existing stream (never recreates an expired one)."""
@@ -261,8 +264,9 @@ class StreamStore:
 
     def mark_delivered(self, sid: str) -> bool:
         """Claim the one ``response_url`` delivery of a stream; False if claimed before or gone."""
+        token = f"{self.now_ms()}:{uuid.uuid4().hex}"  # a replay of this call carries the same token
         with self._errors():
-            return int(self._mark(keys=[self.keys.stream_meta(sid)], args=[self.now_ms()])) == 1
+            return int(self._mark(keys=[self.keys.stream_meta(sid)], args=[token])) == 1
 
     def renew_owners(self, sids: list[str], owner: str) -> list[Lease]:
         """Extend ``owner``'s leases on ``sids`` (one script call per 500) and say what each found."""

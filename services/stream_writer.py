@@ -34,6 +34,7 @@ class StreamWriter:
         self._buffer_lock = threading.Lock()
         self._flush_lock = threading.Lock()
         self.lost = False
+        self.refused: WriteResult | None = None  # why Redis refused the stream's writes, once it did
 
     def add(self, text: str) -> None:
         """Queue ``text`` to be appended."""
@@ -102,7 +103,7 @@ class StreamWriter:
         if result in (WriteResult.APPLIED, WriteResult.REPLAYED):
             self.seq += 1
         else:
-            self.lost = True
+            self.lost, self.refused = True, result
             log.warning("stream write refused", extra={"sid": self.sid, "result": result.name})
 
     def _take(self) -> tuple[str, bool] | None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -14,7 +16,7 @@ from services.errors import StoreUnavailable
 from services.keys import Keys
 from services.stream_store import StreamStore
 from services.stream_writer import StreamWriter
-from tests.helpers import InProcessWeCom
+from tests.helpers import InProcessWeCom, wait_for
 from tests.test_stream_store import LoseReplies
 from tools.dify_sim import DifySimulator, Script
 from tools.wecom_client import WeComSigner, text_message
@@ -135,7 +137,7 @@ def test_keeper_logs_a_rate_limited_traceback_counts_it_and_still_renews(
     from services.engine.keeper import TRACEBACK_EVERY, LeaseKeeper
 
     store = StreamStore(redis_client, KEYS, owner_lease_ms=60_000)
-    keeper = LeaseKeeper(store, "me", renew_every=5.0)
+    keeper = LeaseKeeper(store, "me", renew_every=5.0, wait_limit=3300.0)
     store.claim("m", "s", "me", {})
     job = Job(sid="s", msgid="m", query="q", dify_user="u", scope="u:x", state=State.RUNNING)
     job.writer = Broken()  # type: ignore[assignment]
@@ -159,7 +161,7 @@ def test_keeper_hands_out_turns_and_reports_stops_and_losses(redis_client: redis
     from services.engine.keeper import LeaseKeeper
 
     store = StreamStore(redis_client, KEYS, owner_lease_ms=60_000)
-    keeper = LeaseKeeper(store, "me", renew_every=5.0)
+    keeper = LeaseKeeper(store, "me", renew_every=5.0, wait_limit=3300.0)
     loop = asyncio.new_event_loop()
     try:
         jobs = {}
@@ -177,10 +179,13 @@ def test_keeper_hands_out_turns_and_reports_stops_and_losses(redis_client: redis
         jobs["b"].turn.set_result(True)
         jobs["b"].state = State.RUNNING
         store.set_status("b", "done", "stopped")  # /stop, answered by another replica
-        redis_client.delete(KEYS.stream_owner("c"))  # e.g. a poll found c's lease lapsed
+        redis_client.delete(KEYS.stream_owner("c"))  # c's lease lapsed while Redis stalled
         assert keeper.tick(1.0).finished_elsewhere == []  # the renewal is not due yet (injected time)
         report = keeper.tick(5.1)
-        assert report.finished_elsewhere == [jobs["b"]] and report.lost == [jobs["c"]]
+        assert report.finished_elsewhere == [jobs["b"]] and report.lost == []
+        assert redis_client.get(KEYS.stream_owner("c")) == b"me"  # c still lives: its lease was taken again
+        redis_client.delete(KEYS.stream_meta("c"))  # c's stream is gone (e.g. Redis lost its data)
+        assert keeper.tick(10.2).lost == [jobs["c"]]
         assert keeper.tick(5000.0).expired == [jobs["c"]]  # waited longer than its user can be reached
     finally:
         loop.close()
@@ -205,3 +210,119 @@ def test_sse_decoder_is_linear_in_the_number_of_deltas() -> None:
         return best
 
     assert cost(40_000) < 40 * cost(4_000)  # linear: ~10x; quadratic: ~100x
+
+
+def two_apps(settings: Settings, apps: list[Any], **changes: Any) -> list[Any]:
+    from app import create_app
+
+    made = [create_app(settings.replace(**changes)) for _ in range(2)]
+    apps.extend(made)
+    return made
+
+
+@pytest.fixture
+def apps() -> Iterator[list[Any]]:
+    made: list[Any] = []
+    yield made
+    for app in made:
+        app.extensions["wecom_dify"].engine.drain(2)
+
+
+def test_stop_sent_to_another_replica_stops_dify(settings: Settings, redis_client: redis.Redis, signer: WeComSigner,
+                                                 dify: DifySimulator, apps: list[Any]) -> None:
+    a, b = two_apps(settings, apps)
+    dify.script("long", Script(answer="长" * 600, delta_size=2, delay=0.02))  # ~6 s
+    on_a, on_b = InProcessWeCom(a.test_client(), signer), InProcessWeCom(b.test_client(), signer)
+    first = on_a.send(text_message("long", userid="s"))
+    assert first is not None
+    sid = first["stream"]["id"]
+    deadline = time.monotonic() + 5
+    while not on_a.poll(sid)["stream"]["content"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    ack = on_b.send(text_message("/stop", userid="s"))  # the other replica takes the /stop
+    assert ack is not None and ack["stream"]["content"] == settings.msg_stop_ack
+    stopped_at = time.monotonic()
+    while not dify.stop_requests():
+        assert time.monotonic() - stopped_at < 2, "replica A never stopped Dify"  # not the 5 s renewal
+        time.sleep(0.02)
+    assert dify.stop_requests()[0].json == {"user": "wecom:s"}
+    engine = a.extensions["wecom_dify"].engine
+    while engine.admitted:
+        assert time.monotonic() - stopped_at < 5
+        time.sleep(0.02)
+
+
+def test_redis_pause_longer_than_the_lease_does_not_kill_the_answer(
+        settings: Settings, signer: WeComSigner, dify: DifySimulator, redis_server: Any, apps: list[Any]) -> None:
+    import signal
+
+    answer = "暂停之后继续的回答。" * 30
+    dify.script("pause", Script(answer=answer, delta_size=6, delay=0.12))  # ~6 s: still streaming after the pause
+    [app, _] = two_apps(settings, apps, redis_url=redis_server.url, producer_lease_seconds=2.0)
+    wecom = InProcessWeCom(app.test_client(), signer)
+    first = wecom.send(text_message("pause"))
+    assert first is not None
+    time.sleep(0.5)
+    redis_server.proc.send_signal(signal.SIGSTOP)  # 3 s: the 2 s owner lease lapses meanwhile
+    time.sleep(3.0)
+    redis_server.proc.send_signal(signal.SIGCONT)
+    time.sleep(0.6)  # the keeper takes its lapsed lease again before WeCom's next poll
+    assert wecom.until_finished(first["stream"]["id"])[-1]["stream"]["content"] == answer
+
+
+def test_redis_refusing_writes_for_a_while_does_not_cut_the_answer(
+        settings: Settings, signer: WeComSigner, dify: DifySimulator, redis_server: Any, apps: list[Any]) -> None:
+    answer = "内存满了一会儿之后完整的回答。" * 20
+    dify.script("oom", Script(answer=answer, delta_size=6, delay=0.05))  # ~2.5 s
+    [app, _] = two_apps(settings, apps, redis_url=redis_server.url)
+    wecom = InProcessWeCom(app.test_client(), signer)
+    first = wecom.send(text_message("oom"))
+    assert first is not None
+    admin = redis.Redis.from_url(redis_server.url)
+    time.sleep(0.5)
+    admin.config_set("maxmemory", "1")  # writes are refused with OOM errors for a second
+    time.sleep(1.0)
+    admin.config_set("maxmemory", "0")
+    admin.close()
+    assert wecom.until_finished(first["stream"]["id"])[-1]["stream"]["content"] == answer
+
+
+def test_drain_right_after_a_burst_settles_every_job(settings: Settings, redis_client: redis.Redis,
+                                                      signer: WeComSigner, dify: DifySimulator) -> None:
+    from app import create_app
+
+    app = create_app(settings)
+    wecom = InProcessWeCom(app.test_client(), signer)
+    dify.script("slow", Script(answer="慢" * 100, delta_size=1, delay=0.05))
+    firsts = [wecom.send(text_message("slow", userid=f"d{i}")) for i in range(40)]
+    engine = app.extensions["wecom_dify"].engine
+    engine.drain(0)  # some jobs are still queued on the loop, some running
+    assert engine.admitted == 0 and engine.keeper.jobs() == []
+    for first in firsts:
+        assert first is not None
+        frame = wecom.poll(first["stream"]["id"])["stream"]
+        assert frame["finish"] and frame["content"].endswith(settings.msg_interrupted)
+
+
+def test_a_job_cancelled_before_its_first_step_still_settles(settings: Settings, redis_client: redis.Redis,
+                                                            signer: WeComSigner, apps: list[Any]) -> None:
+    from services.engine import Job, Outcome
+
+    [app, _] = two_apps(settings, apps)
+    engine = app.extensions["wecom_dify"].engine
+    engine.start()
+    job = Job(sid="f" * 32, msgid="first-step", query="q", dify_user="wecom:x", scope="u:x")
+    engine._claim(job, queue=True)
+    assert engine._reserve()
+
+    def launch_and_cancel() -> None:  # the drain can run in the same loop pass as the launch
+        engine._launch(job)
+        engine._cancel(job, Outcome.INTERRUPTED)
+
+    engine._thread.loop.call_soon_threadsafe(launch_and_cancel)
+    wait_for(lambda: engine.admitted == 0)
+    assert engine.keeper.jobs() == []
+    frame = InProcessWeCom(app.test_client(), signer).poll(job.sid)["stream"]
+    assert frame == {"id": job.sid, "finish": True, "content": settings.msg_interrupted}
+    assert redis_client.llen(engine.store.keys.queue("u:x")) == 0  # its ticket is gone too

@@ -174,13 +174,46 @@ def test_queue_turn_follows_arrival_order_and_skips_dead_heads(store: StreamStor
 
 
 def test_renew_owners_extends_only_our_leases(store: StreamStore, redis_client: redis.Redis) -> None:
-    for sid, owner in (("a", "me"), ("b", "me"), ("c", "someone-else")):
-        redis_client.set(KEYS.stream_owner(sid), owner, px=1000)
-    store.claim("mb", "b", "me", {})
+    for sid in "abcdef":
+        store.claim(f"m{sid}", sid, "me", {})
+    redis_client.set(KEYS.stream_owner("c"), "someone-else", px=1000)
     store.set_status("b", "done", "stopped")  # e.g. /stop finished it while we still hold it
-    redis_client.set(KEYS.stream_owner("b"), "me", px=1000)
-    assert store.renew_owners(["a", "b", "c", "missing"], "me") == [Lease.HELD, Lease.FINISHED, Lease.LOST,
-                                                                    Lease.LOST]
-    assert redis_client.pttl(KEYS.stream_owner("a")) > 5000 and redis_client.pttl(KEYS.stream_owner("b")) > 5000
+    redis_client.delete(KEYS.stream_owner("d"))  # lapsed while Redis stalled; the stream still runs
+    redis_client.delete(KEYS.stream_owner("e"))
+    store.interrupt_orphan("e", "interrupted")  # lapsed, and a poll finished it meanwhile
+    redis_client.delete(KEYS.stream_meta("f"))  # ours, but Redis lost the stream
+    for sid in "ab":
+        redis_client.pexpire(KEYS.stream_owner(sid), 1000)
+    assert store.renew_owners(["a", "b", "c", "d", "e", "f", "missing"], "me") == [
+        Lease.HELD, Lease.FINISHED, Lease.LOST, Lease.HELD, Lease.LOST, Lease.LOST, Lease.LOST]
+    for sid in "abd":
+        assert redis_client.get(KEYS.stream_owner(sid)) == b"me" and redis_client.pttl(KEYS.stream_owner(sid)) > 5000
     assert redis_client.pttl(KEYS.stream_owner("c")) <= 1000
+    assert not redis_client.exists(KEYS.stream_owner("e"))  # never taken again once finished
     assert not redis_client.exists(KEYS.stream_owner("missing"))
+
+
+
+def test_mark_delivered_and_set_status_survive_a_replay_after_a_lost_reply(
+        retrying_store: StreamStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    retrying_store.claim("m", "s", "owner", {})
+    retrying_store.write("s", 1, "warm")  # load the scripts: the calls below go out as EVALSHA
+    retrying_store.mark_delivered("warm")
+    loser = LoseReplies(monkeypatch, "EVALSHA")  # the claim runs, its reply is lost, redis-py re-runs it
+    assert retrying_store.mark_delivered("s") is True  # still ours: the follow-up is not dropped
+    assert loser.lost == 1
+    assert retrying_store.mark_delivered("s") is False  # a second claim is refused
+    loser.lost = 0
+    assert retrying_store.set_status("s", "done", "已停止") is True  # /stop still learns it stopped it
+    assert loser.lost == 1
+    assert retrying_store.set_status("s", "done", "已停止") is False  # a later /stop finds nothing
+
+
+def test_a_write_redis_refuses_with_an_error_is_sent_again(store: StreamStore, redis_client: redis.Redis) -> None:
+    store.claim("m", "s", "owner", {})
+    redis_client.config_set("maxmemory", "1")  # every write is refused with OOM now
+    try:
+        assert store.write_many([("s", 1, "第一段", False)]) == [None]  # not MISSING: try again later
+    finally:
+        redis_client.config_set("maxmemory", "0")
+    assert store.write_many([("s", 1, "第一段", False)]) == [WriteResult.APPLIED]

@@ -13,7 +13,8 @@ import json
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
+from contextlib import aclosing
 from typing import Any, Literal
 from urllib.parse import quote
 
@@ -108,7 +109,7 @@ class DifyClient:
         conversation_id: str | None = None,
         inputs: Mapping[str, Any] | None = None,
         authorization: str | None = None,
-    ) -> AsyncIterator[DifyEvent]:
+    ) -> AsyncGenerator[DifyEvent, None]:
         """Send ``query`` and yield its events; the total deadline starts now."""
         deadline = self._clock() + self.total_timeout
         body: dict[str, Any] = {
@@ -140,7 +141,8 @@ class DifyClient:
             "Accept-Encoding": "identity",
         }
 
-    async def _chat(self, body: dict[str, Any], headers: dict[str, str], deadline: float) -> AsyncIterator[DifyEvent]:
+    async def _chat(self, body: dict[str, Any], headers: dict[str, str],
+                    deadline: float) -> AsyncGenerator[DifyEvent, None]:
         attempt = 0
         while True:
             try:
@@ -162,10 +164,10 @@ class DifyClient:
             await self._sleep(delay)
             attempt += 1
         try:
-            events = self._read_blocking(resp, deadline) if self.response_mode == "blocking" \
-                else self._read_stream(resp, deadline)
-            async for event in events:
-                yield event
+            read = self._read_blocking if self.response_mode == "blocking" else self._read_stream
+            async with aclosing(read(resp, deadline)) as events:
+                async for event in events:
+                    yield event
         finally:
             resp.release() if resp.content.at_eof() else resp.close()
 
@@ -203,7 +205,7 @@ class DifyClient:
             log.info("dify: stream cut: %s", type(e).__name__)
             return b""  # treated like EOF
 
-    async def _read_stream(self, resp: aiohttp.ClientResponse, deadline: float) -> AsyncIterator[DifyEvent]:
+    async def _read_stream(self, resp: aiohttp.ClientResponse, deadline: float) -> AsyncGenerator[DifyEvent, None]:
         state, parser = ChatEventDecoder(), SSEParser()
         idle_until = self._clock() + self.idle_timeout
         grace_until: float | None = None
@@ -252,7 +254,7 @@ class DifyClient:
             return DifyTimeout(f"no data frame for {self.idle_timeout}s (pings only)", code="idle_timeout")
         return DifyTimeout(f"no bytes for {self.read_timeout}s", code="read_timeout")
 
-    async def _read_blocking(self, resp: aiohttp.ClientResponse, deadline: float) -> AsyncIterator[DifyEvent]:
+    async def _read_blocking(self, resp: aiohttp.ClientResponse, deadline: float) -> AsyncGenerator[DifyEvent, None]:
         body = bytearray()
         while len(body) <= _BLOCKING_BODY_LIMIT:
             try:

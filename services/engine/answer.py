@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncGenerator, Callable
+from contextlib import aclosing
 from typing import TYPE_CHECKING
 
 from services import metrics
@@ -51,24 +52,25 @@ class Answers:
         conversation = await e.redis(self.store.get_conversation, job.scope, s.conversation_idle_seconds)
         first_text = True
         try:
-            async for event in self._events(job, conversation):
-                if isinstance(event, Delta):
-                    if first_text:
-                        first_text = False
-                        metrics.FIRST_TEXT_SECONDS.observe(max(0.0, e.clock() - job.created))
-                    job.writer.add(event.text)  # the keeper writes it within one tick
-                elif isinstance(event, Replace):
-                    job.writer.replace(event.text)
-                elif isinstance(event, Started):
-                    conversation = event.conversation_id or conversation
-                    job.task_id = event.task_id
-                    await self._best_effort(job, self.store.set_fields, job.sid,
-                                            {"task_id": event.task_id, "dify_user": job.dify_user})
-                elif isinstance(event, ConversationDropped):
-                    await self._best_effort(job, self.store.drop_conversation, job.scope)
-                    conversation = None
-                elif isinstance(event, Finished):
-                    conversation = event.conversation_id or conversation
+            async with aclosing(self._events(job, conversation)) as events:  # a cancel closes the response
+                async for event in events:
+                    if isinstance(event, Delta):
+                        if first_text:
+                            first_text = False
+                            metrics.FIRST_TEXT_SECONDS.observe(max(0.0, e.clock() - job.created))
+                        job.writer.add(event.text)  # the keeper writes it within one tick
+                    elif isinstance(event, Replace):
+                        job.writer.replace(event.text)
+                    elif isinstance(event, Started):
+                        conversation = event.conversation_id or conversation
+                        job.task_id = event.task_id
+                        await self._best_effort(job, self.store.set_fields, job.sid,
+                                                {"task_id": event.task_id, "dify_user": job.dify_user})
+                    elif isinstance(event, ConversationDropped):
+                        await self._best_effort(job, self.store.drop_conversation, job.scope)
+                        conversation = None
+                    elif isinstance(event, Finished):
+                        conversation = event.conversation_id or conversation
         except DifyError as exc:
             metrics.DIFY_ERRORS.labels(error_label(exc)).inc()
             log.warning("dify failed", extra={"sid": job.sid, "code": error_label(exc)})
@@ -100,7 +102,7 @@ class Answers:
         if finished and job.response_url:
             await self._follow_up(job, note)
 
-    async def _events(self, job: Job, conversation: str | None) -> AsyncIterator[DifyEvent]:
+    async def _events(self, job: Job, conversation: str | None) -> AsyncGenerator[DifyEvent, None]:
         """Dify's events; a user token the backend rejects (401) is refreshed and retried once."""
         e, s = self.engine, self.settings
         for attempt in (0, 1):
@@ -108,9 +110,10 @@ class Answers:
             inputs = identity.dify_inputs(s.inputs_from_user) if identity else {}
             token = self._token(job)
             try:
-                async for event in e.dify.chat(job.query, user=job.dify_user, conversation_id=conversation,
-                                               inputs=inputs, authorization=token):
-                    yield event
+                async with aclosing(e.dify.chat(job.query, user=job.dify_user, conversation_id=conversation,
+                                                inputs=inputs, authorization=token)) as events:
+                    async for event in events:
+                        yield event
                 return
             except DifyHTTPError as exc:
                 if attempt or exc.status != 401 or token is None or e.auth is None or identity is None:
@@ -153,14 +156,23 @@ class Answers:
         """Send through ``response_url`` what the stream could not show, exactly once.
 
         Normally that is ``send_rest``'s part. After Redis trouble, a poll may have answered "busy"
-        and ended the stream for WeCom; whether one did shows in whether any poll showed its last frame.
+        and ended the stream for WeCom; whether one did shows in whether any poll showed its last
+        frame. If none did, the whole answer goes out once (``mark_delivered``).
         """
         e, s, url = self.engine, self.settings, job.response_url
         degraded = job.degraded or self.store.failed_at >= job.created
-        try:
-            if not degraded or await self._seen(job):
+        for _ in range(2):
+            if degraded and not await self._seen(job):
+                break
+            try:
                 await e.io(send_rest, self.store, e.delivery, job.sid, url, note, s)
                 return
+            except StoreUnavailable:
+                if degraded:  # a poll showed the last frame, and Redis is gone again: nothing is lost
+                    log.warning("follow-up skipped: redis unavailable", extra={"sid": job.sid})
+                    return
+                degraded = job.degraded = True
+        try:
             claimed = await e.redis(self.store.mark_delivered, job.sid)
         except StoreUnavailable:
             claimed = True  # nobody can have delivered it without Redis either

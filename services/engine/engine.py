@@ -35,6 +35,9 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 TICK = 0.1  # seconds between keeper passes: the bounded staleness of the Redis copy of an answer
+RESPONSE_URL_LIFE = 3300.0  # seconds: a job older than this can no longer reach its user
+SETTLE_AFTER_DRAIN = 10.0  # seconds the drain gives interrupted answers to settle and follow up
+LOOP_JOIN = 4.0  # seconds the drain waits for the loop thread to stop
 REDIS_THREADS = 8
 IO_THREADS = 8
 
@@ -69,12 +72,18 @@ class Engine:
         self.clock = clock
         self.owner = uuid.uuid4().hex  # this process's name on the stream leases it holds
         self.capacity = settings.engine_capacity
-        self.keeper = LeaseKeeper(store, self.owner, renew_every=settings.producer_lease_seconds / 3)
+        # a waiting job gives up while its stream can still carry the answer and its user be reached
+        wait_limit = max(60.0, min(RESPONSE_URL_LIFE,
+                                   settings.stream_ttl_seconds - settings.dify_total_timeout - 60))
+        self.keeper = LeaseKeeper(store, self.owner, renew_every=settings.producer_lease_seconds / 3,
+                                  wait_limit=wait_limit)
         self.answers = Answers(self)
         self.draining = False
         self._thread = LoopThread()
         self._redis = ThreadPoolExecutor(REDIS_THREADS, thread_name_prefix="engine-redis")
         self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="engine-io")
+        # the keeper's own thread: lease renewals never queue behind the jobs' Redis calls
+        self._keeper_thread = ThreadPoolExecutor(1, thread_name_prefix="engine-keeper")
         self._lock = threading.Lock()
         self._admitted = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -147,9 +156,9 @@ class Engine:
                 self._thread.submit(self._drain(budget)).result(budget + 30)
             except Exception:  # noqa: BLE001 - shutting down: say what went wrong and go on
                 log.exception("drain did not complete")
-            self._thread.stop()
-        self._redis.shutdown(wait=False, cancel_futures=True)
-        self._io.shutdown(wait=False, cancel_futures=True)
+            self._thread.stop(LOOP_JOIN)
+        for pool in (self._redis, self._io, self._keeper_thread):
+            pool.shutdown(wait=False, cancel_futures=True)
 
     # -- helpers for the job's steps (used by answer.py) ---------------------------------------------
     async def redis(self, fn: Callable[..., T], *args: Any) -> T:
@@ -223,6 +232,8 @@ class Engine:
 
     async def _prepare(self, job: Job) -> None:
         """Authenticate and wait for the conversation's turn (raises Gone if the stream ended)."""
+        if job.stop_reason is not None:  # cancelled while queued (see _cancel)
+            raise asyncio.CancelledError
         if self.draining:
             raise Interrupted
         if self.auth is not None:
@@ -242,7 +253,8 @@ class Engine:
         if job.task is None or job.settled or job.stop_reason is not None:
             return
         job.stop_reason = reason
-        job.task.cancel()
+        if job.state is not State.QUEUED:  # a task cancelled before its first step would skip its finally
+            job.task.cancel()
 
     def _best_effort(self, step: Callable[..., object], *args: object) -> None:
         try:
@@ -255,10 +267,13 @@ class Engine:
         return asyncio.get_running_loop().create_task(self._keep())
 
     async def _keep(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
+            slept = time.monotonic()
             await asyncio.sleep(TICK)
+            metrics.ENGINE_LOOP_LAG.set(max(0.0, time.monotonic() - slept - TICK))
             try:
-                report = await self.redis(self.keeper.tick, self.clock())
+                report = await loop.run_in_executor(self._keeper_thread, self.keeper.tick, self.clock())
             except RuntimeError:  # the executor was shut down: the drain is over
                 return
             self._apply(report)
@@ -287,7 +302,7 @@ class Engine:
             self.answers.last_chance = True
             for job in self.keeper.jobs():
                 self._cancel(job, Outcome.INTERRUPTED)
-            await asyncio.wait(pending, timeout=10)
+            await asyncio.wait(pending, timeout=SETTLE_AFTER_DRAIN)
         if self._keeping is not None:
             self._keeping.cancel()
         await self.dify.close()

@@ -21,7 +21,6 @@ from services.stream_writer import Write
 
 log = logging.getLogger(__name__)
 
-WAIT_LIMIT = 3300.0  # seconds: a job waiting longer can no longer reach the user (response_url lives 1 h)
 TRACEBACK_EVERY = 10.0  # seconds between two full tracebacks of unexpected tick errors
 
 
@@ -38,10 +37,11 @@ class Report:
 class LeaseKeeper:
     """Flush, renew and hand out turns for the jobs of one worker."""
 
-    def __init__(self, store: StreamStore, owner: str, *, renew_every: float) -> None:
+    def __init__(self, store: StreamStore, owner: str, *, renew_every: float, wait_limit: float) -> None:
         self.store = store
         self.owner = owner
         self.renew_every = renew_every
+        self.wait_limit = wait_limit  # seconds a job may wait for its turn (its stream must outlive it)
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._last_renew = float("-inf")
@@ -88,14 +88,18 @@ class LeaseKeeper:
         if not taken:
             return
         try:
-            results: list[WriteResult | None] = list(self.store.write_many([w for _, w in taken]))
+            results = self.store.write_many([w for _, w in taken])
         except BaseException:
             for job, _ in taken:
                 job.writer.settle(None)  # type: ignore[union-attr]
             raise
         for (job, _), result in zip(taken, results, strict=True):
-            job.writer.settle(result)  # type: ignore[union-attr]
-            if job.writer.lost:  # type: ignore[union-attr]
+            writer = job.writer
+            assert writer is not None
+            writer.settle(result)
+            if writer.refused is WriteResult.FINISHED:  # e.g. /stop on another replica
+                report.finished_elsewhere.append(job)
+            elif writer.lost:
                 report.lost.append(job)
 
     def _turns(self, jobs: list[Job], now: float, report: Report) -> None:
@@ -104,7 +108,7 @@ class LeaseKeeper:
             return
         ask: list[Job] = []
         for job in waiting:
-            if now - job.created > WAIT_LIMIT:
+            if now - job.created > self.wait_limit:
                 report.expired.append(job)
             else:
                 ask.append(job)
@@ -117,11 +121,12 @@ class LeaseKeeper:
     def _renew(self, jobs: list[Job], now: float, report: Report) -> None:
         if now - self._last_renew < self.renew_every and now >= self._last_renew:
             return
-        self._last_renew = now
         metrics.ENGINE_JOBS_TRACKED.set(len(jobs))
         if not jobs:
+            self._last_renew = now
             return
-        found = self.store.renew_owners([j.sid for j in jobs], self.owner)
+        found = self.store.renew_owners([j.sid for j in jobs], self.owner)  # on failure: again next tick
+        self._last_renew = now
         for job, lease in zip(jobs, found, strict=True):
             if lease is Lease.FINISHED and job.state in (State.RUNNING, State.WAITING, State.AUTHENTICATING):
                 report.finished_elsewhere.append(job)
