@@ -56,10 +56,6 @@ class Keys:
         """Hash with the stream's status, sequence number, times and note."""
         return f"{self.prefix}stream:{sid}:meta"
 
-    def stream_polls(self, sid: str) -> str:
-        """How many refreshes WeCom sent for a stream (a metric; same TTL as the stream)."""
-        return f"{self.prefix}stream:{sid}:polls"
-
     def stream_owner(self, sid: str) -> str:
         """Lease of the producer answering a stream; a stream whose lease lapsed was abandoned."""
         return f"{self.prefix}stream:{sid}:owner"

@@ -10,6 +10,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+import hiredis
 import redis
 
 from services import scripts
@@ -53,7 +54,7 @@ class Snapshot:
     """A stream's text (possibly only its first bytes), total size, meta and owner, read at once."""
 
     text: str
-    text_bytes: int
+    text_bytes: int  # the whole text's size, or (when only its first bytes were read) more than were shown
     status: str
     note: str
     created_ms: int
@@ -193,24 +194,29 @@ class StreamStore:
         a producer writes its last text before it sets a final status, so meta read first means a
         finished status always comes with the complete text (and a live one at worst with newer text).
         """
-        text_key = self.keys.stream_text(sid)
+        text_key, meta_key = self.keys.stream_text(sid), self.keys.stream_meta(sid)
+        # one byte more than asked for tells whether the text is longer (no STRLEN needed)
         commands: list[tuple[Any, ...]] = [
-            ("HMGET", self.keys.stream_meta(sid), *META_FIELDS), ("EXISTS", self.keys.stream_owner(sid)),
-            ("EXISTS", text_key), ("STRLEN", text_key),
-            ("GET", text_key) if max_bytes is None else ("GETRANGE", text_key, 0, max_bytes - 1)]
+            ("HMGET", meta_key, *META_FIELDS), ("EXISTS", self.keys.stream_owner(sid)),
+            ("GET", text_key) if max_bytes is None else ("GETRANGE", text_key, 0, max_bytes)]
         if poll:
-            polls = self.keys.stream_polls(sid)
-            commands += [("INCR", polls), ("EXPIRE", polls, self.stream_ttl)]
-        values, owner, has_text, size, raw, *counted = self._batch(commands)
-        if values[0] is None or not has_text:
+            commands.append(("HINCRBY", meta_key, "polls", 1))  # the meta hash carries the stream's TTL
+        values, owner, raw, *counted = self._batch(commands)
+        if values[0] is None:
+            if counted:  # HINCRBY made a hash of a stream that is gone: it must not live on without a TTL
+                with self._errors():
+                    self.redis.delete(meta_key)
             return None
         meta = {name: _text(v) for name, v in zip(META_FIELDS, values, strict=True) if v is not None}
         if counted:
             meta["polls"] = str(counted[0])
         raw = raw or b""
-        # GETRANGE may cut the last character: drop an incomplete tail, never the middle.
-        text = raw.decode("utf-8", "ignore") if max_bytes is not None and size > max_bytes else _text(raw)
-        return Snapshot(text=text, text_bytes=int(size), status=meta.get("status", ""),
+        if max_bytes is not None and len(raw) > max_bytes:
+            # GETRANGE may cut the last character: drop an incomplete tail, never the middle.
+            text = raw[:max_bytes].decode("utf-8", "ignore")
+        else:
+            text = _text(raw)
+        return Snapshot(text=text, text_bytes=len(raw), status=meta.get("status", ""),
                         note=meta.get("note", ""), created_ms=int(meta.get("created", 0)),
                         seq=int(meta.get("seq", 0)), owner_alive=bool(owner), meta=meta)
 
@@ -226,7 +232,9 @@ class StreamStore:
             conn = None
             try:
                 conn = pool.get_connection()
-                conn.send_packed_command(conn.pack_commands(commands))  # type: ignore[no-untyped-call]
+                # hiredis packs in C (a third of redis-py's own packing cost on this path)
+                packed = b"".join([hiredis.pack_command(command) for command in commands])
+                conn.send_packed_command([packed], check_health=False)  # type: ignore[no-untyped-call]
                 return [conn.read_response() for _ in commands]
             except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
                 if conn is not None:

@@ -67,9 +67,14 @@ def test_missing_or_expired_stream(store: StreamStore, redis_client: redis.Redis
     assert store.write("nope", 1, "x") is WriteResult.MISSING
     assert not store.set_status("nope", "done")
     store.claim("m", "s", "owner", {})
-    redis_client.delete(KEYS.stream_text("s"))
+    redis_client.delete(KEYS.stream_text("s"))  # e.g. evicted: writes stop, its owner lets go
     assert store.write("s", 1, "x") is WriteResult.MISSING
-    assert store.snapshot("s") is None
+    snap = store.snapshot("s")
+    assert snap is not None and snap.text == "" and snap.text_bytes == 0
+    redis_client.delete(KEYS.stream_meta("s"))
+    assert store.snapshot("s", poll=True) is None
+    assert store.snapshot("nope", max_bytes=10, poll=True) is None
+    assert [k for k in redis_client.scan_iter("*") if redis_client.ttl(k) < 0] == []  # the poll count left nothing
 
 
 class LoseReplies:
