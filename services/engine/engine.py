@@ -102,6 +102,9 @@ class Engine:
             with self._lock:
                 if self._keeping is None:
                     loop = self._thread.start()
+                    loop.set_default_executor(self._io)  # aiohttp's DNS lookups: no pool of their own
+                    for pool, size in ((self._redis, REDIS_THREADS), (self._io, IO_THREADS), (self._keeper_thread, 1)):
+                        _spawn_all(pool, size)  # the thread count is fixed from the start, whatever the load
                     self._keeping = asyncio.run_coroutine_threadsafe(self._create_keeper(), loop).result()
 
     def admit(self, job: Job) -> Admission:
@@ -306,3 +309,11 @@ class Engine:
         if self._keeping is not None:
             self._keeping.cancel()
         await self.dify.close()
+
+
+def _spawn_all(pool: ThreadPoolExecutor, size: int) -> None:
+    """Start every thread of ``pool`` now (an executor starts them one by one as work queues up)."""
+    barrier = threading.Barrier(size + 1)
+    for _ in range(size):
+        pool.submit(barrier.wait, 5.0)
+    barrier.wait(5.0)
