@@ -13,11 +13,14 @@ Why these values:
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import signal
 import tempfile
 from typing import Any
+
+from gunicorn.glogging import Logger
 
 from config import load_settings
 
@@ -42,6 +45,21 @@ drain_seconds = load_settings().shutdown_drain_seconds
 graceful_timeout = int(drain_seconds) + 15
 control_socket_disable = True  # unused; the default path is per-user, shared by every master on a host
 accesslog = None  # one JSON line per event comes from the app; request lines add nothing but volume
+
+
+class QuietAccessLogger(Logger):  # type: ignore[misc]
+    """gunicorn's logger, except that it builds no access-log line that its level would drop.
+
+    A ``logconfig_dict`` makes gunicorn format every request's access atoms even though
+    ``gunicorn.access`` is silenced below: about 5 % of a poll's CPU for nothing.
+    """
+
+    def access(self, resp: Any, req: Any, environ: Any, request_time: Any) -> None:
+        if self.access_log.isEnabledFor(logging.INFO):
+            super().access(resp, req, environ, request_time)
+
+
+logger_class = QuietAccessLogger
 logconfig_dict = {
     "version": 1,
     "disable_existing_loggers": False,

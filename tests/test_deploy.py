@@ -184,3 +184,32 @@ def test_dockerfile_copies_everything_the_app_imports() -> None:
     copied = " ".join(line for line in dockerfile() if line.startswith("COPY"))
     for package in ("config/", "crypto/", "services/", "utils/", "app.py", "gunicorn.conf.py"):
         assert package in copied
+
+
+def test_gunicorn_builds_no_access_line_its_level_drops(monkeypatch: pytest.MonkeyPatch) -> None:
+    import logging
+
+    from gunicorn.config import Config
+    from gunicorn.glogging import Logger
+
+    secrets = {"WECOM_TOKEN": "token", "WECOM_ENCODING_AES_KEY": "a" * 43, "DIFY_API_KEY": "k",
+               "DIFY_BASE_URL": "http://127.0.0.1:1/v1"}
+    for name, value in secrets.items():
+        monkeypatch.setenv(name, value)
+    conf = runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+    built: list[int] = []
+    monkeypatch.setattr(Logger, "atoms", lambda self, *args: built.append(1) or {})
+    saved = logging.root.handlers[:], logging.root.level
+    try:
+        cfg = Config()
+        cfg.set("logconfig_dict", conf["logconfig_dict"])  # as the repo's config does: atoms were built
+        logger = conf["logger_class"](cfg)
+        assert logger.access_log_enabled  # gunicorn alone would build every line
+        logger.access(None, None, {}, None)
+        assert built == []  # gunicorn.access is silenced: nothing is built
+        logger.access_log.setLevel(logging.INFO)  # an operator who turns access logging on gets it
+        logger.access(None, None, {}, None)
+        assert built == [1]
+    finally:
+        logging.root.handlers[:], _ = saved
+        logging.root.setLevel(saved[1])
