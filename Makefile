@@ -28,11 +28,12 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-# Loopback only, bounded (about 3-4 minutes on 2 cores). Installs wrk when it can (root + apt).
+# Loopback only, bounded (about 6-7 minutes on 2 cores). Installs wrk when it can (root + apt).
+# Part of it: make bench BENCH_ARGS="--set sizes= --set mixed=2000" (see python -m bench.run --help).
 bench: $(STAMP)
 	command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		(apt-get update -qq && apt-get install -y -qq wrk) || echo "wrk not installed: using the Python load generator"; }
-	$(BIN)/python -m bench.run --json bench/results.json
+	$(BIN)/python -m bench.run --json bench/results.json $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache .mypy_cache .ruff_cache .hypothesis
