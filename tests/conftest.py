@@ -118,6 +118,15 @@ def app(settings: Settings, redis_client: redis.Redis) -> Iterator[Flask]:
 
 
 @pytest.fixture
+def apps() -> Iterator[list[Flask]]:
+    """Apps a test builds itself (see ``tests.test_hardening.build``); their engines are drained afterwards."""
+    made: list[Flask] = []
+    yield made
+    for application in made:
+        application.extensions["wecom_dify"].engine.drain(2)
+
+
+@pytest.fixture
 def client(app: Flask) -> FlaskClient:
     """The Flask test client of ``app``."""
     return app.test_client()

@@ -33,6 +33,14 @@ class InProcessWeCom:
         assert reply is not None
         return reply
 
+    def until_text(self, sid: str, *, timeout: float = 10.0) -> dict[str, Any]:
+        """Poll until the stream shows some text; return that frame."""
+        deadline = time.monotonic() + timeout
+        while not (frame := self.poll(sid))["stream"]["content"]:
+            assert time.monotonic() < deadline, f"stream {sid} showed no text in {timeout}s"
+            time.sleep(0.05)
+        return frame
+
     def until_finished(self, sid: str, *, interval: float = 0.05, timeout: float = 30.0) -> list[dict[str, Any]]:
         """Poll until ``finish``; return every frame."""
         frames = []

@@ -18,7 +18,7 @@ from services.keys import Keys
 from services.user_db import MySQLConfig, UserDB
 from tests.auth_server import AuthServer
 from tests.conftest import MySQLParams
-from tests.helpers import InProcessWeCom, contents
+from tests.helpers import InProcessWeCom, contents, wait_for
 from tools.dify_sim import DifySimulator, Script
 from tools.wecom_client import WeComSigner, text_message
 
@@ -162,15 +162,10 @@ def test_stop_calls_dify_with_the_users_own_token(auth_settings: Settings, redis
         first = wecom.send(text_message("long"))
         assert first is not None
         sid = first["stream"]["id"]
-        deadline = time.monotonic() + 10
-        while not wecom.poll(sid)["stream"]["content"]:
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wecom.until_text(sid)
         ack = wecom.send(text_message("/stop"))
         assert ack is not None and ack["stream"]["content"] == auth_settings.msg_stop_ack
-        while not gateway.stop_requests():
-            assert time.monotonic() < deadline
-            time.sleep(0.05)
+        wait_for(lambda: gateway.stop_requests())
         [stop] = gateway.stop_requests()
         assert stop.headers["authorization"] == "Bearer user-token-zs"  # not the app key
         assert stop.json == {"user": "wecom:zhangsan"}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -73,9 +72,7 @@ def test_producer_abandons_dify_when_its_stream_vanishes(settings: Settings, red
     first = wecom.send(text_message("endless", userid="a"))
     assert first is not None
     sid = first["stream"]["id"]
-    deadline = time.monotonic() + 5
-    while not wecom.poll(sid)["stream"]["content"] and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wecom.until_text(sid)
     keys = Keys(settings.redis_key_prefix)
     redis_client.delete(keys.stream_meta(sid), keys.stream_text(sid))  # e.g. Redis lost its data
     started = time.monotonic()
@@ -213,19 +210,10 @@ def test_sse_decoder_is_linear_in_the_number_of_deltas() -> None:
 
 
 def two_apps(settings: Settings, apps: list[Any], **changes: Any) -> list[Any]:
-    from app import create_app
+    """Two replicas of the bridge in this process, on one Redis (drained by the ``apps`` fixture)."""
+    from tests.test_hardening import build
 
-    made = [create_app(settings.replace(**changes)) for _ in range(2)]
-    apps.extend(made)
-    return made
-
-
-@pytest.fixture
-def apps() -> Iterator[list[Any]]:
-    made: list[Any] = []
-    yield made
-    for app in made:
-        app.extensions["wecom_dify"].engine.drain(2)
+    return [build(apps, settings, **changes) for _ in range(2)]
 
 
 def test_stop_sent_to_another_replica_stops_dify(settings: Settings, redis_client: redis.Redis, signer: WeComSigner,
@@ -235,11 +223,7 @@ def test_stop_sent_to_another_replica_stops_dify(settings: Settings, redis_clien
     on_a, on_b = InProcessWeCom(a.test_client(), signer), InProcessWeCom(b.test_client(), signer)
     first = on_a.send(text_message("long", userid="s"))
     assert first is not None
-    sid = first["stream"]["id"]
-    deadline = time.monotonic() + 5
-    while not on_a.poll(sid)["stream"]["content"]:
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+    on_a.until_text(first["stream"]["id"])
     ack = on_b.send(text_message("/stop", userid="s"))  # the other replica takes the /stop
     assert ack is not None and ack["stream"]["content"] == settings.msg_stop_ack
     stopped_at = time.monotonic()

@@ -5,9 +5,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
 import redis
 from flask import Flask
 
@@ -22,14 +20,6 @@ from tests.response_server import ResponseServer
 from tests.servers import RedisServer, free_port
 from tools.dify_sim import DifySimulator, Script
 from tools.wecom_client import WeComSigner, text_message
-
-
-@pytest.fixture
-def apps() -> Iterator[list[Flask]]:
-    made: list[Flask] = []
-    yield made
-    for app in made:
-        app.extensions["wecom_dify"].engine.drain(2)
 
 
 def build(apps: list[Flask], settings: Settings, **changes: object) -> Flask:
@@ -145,13 +135,12 @@ def test_drain_interrupts_parked_jobs_and_follows_up_closed_streams(
     assert rest.startswith("慢") and rest.endswith(settings.msg_interrupted)
 
 
-def test_follow_up_after_redis_trouble_sends_the_whole_answer_once(
-        apps: list[Flask], settings: Settings, signer: WeComSigner, redis_server: RedisServer,
-        dify: DifySimulator, responses: ResponseServer) -> None:
-    answer = "故障期间的回答" * 20
-    dify.script("blip", Script(answer=answer, delta_size=5, delay=0.05))  # ~1.5 s
-    app = build(apps, settings, redis_url=redis_server.url)
-    wecom = InProcessWeCom(app.test_client(), signer)
+def answer_through_a_redis_pause(apps: list[Flask], settings: Settings, signer: WeComSigner,
+                                 redis_server: RedisServer, dify: DifySimulator, responses: ResponseServer,
+                                 answer: str) -> tuple[InProcessWeCom, str]:
+    """Start ``answer`` (about 2 s) with a follow-up URL; Redis stops answering for 1.2 s meanwhile."""
+    dify.script("blip", Script(answer=answer, delta_size=5, delay=0.05))
+    wecom = InProcessWeCom(build(apps, settings, redis_url=redis_server.url).test_client(), signer)
     first = wecom.send(text_message("blip", response_url=responses.url()))
     assert first is not None
     time.sleep(0.3)
@@ -159,6 +148,14 @@ def test_follow_up_after_redis_trouble_sends_the_whole_answer_once(
     redis_server.proc.send_signal(signal.SIGSTOP)  # a poll now would end the stream "busy"
     time.sleep(1.2)
     redis_server.proc.send_signal(signal.SIGCONT)
+    return wecom, first["stream"]["id"]
+
+
+def test_follow_up_after_redis_trouble_sends_the_whole_answer_once(
+        apps: list[Flask], settings: Settings, signer: WeComSigner, redis_server: RedisServer,
+        dify: DifySimulator, responses: ResponseServer) -> None:
+    answer = "故障期间的回答" * 20
+    answer_through_a_redis_pause(apps, settings, signer, redis_server, dify, responses, answer)  # no poll comes
     wait_for(lambda: responses.contents())
     time.sleep(0.5)
     assert responses.contents() == [answer]
@@ -168,17 +165,8 @@ def test_follow_up_after_redis_trouble_is_not_sent_when_polls_showed_the_answer(
         apps: list[Flask], settings: Settings, signer: WeComSigner, redis_server: RedisServer,
         dify: DifySimulator, responses: ResponseServer) -> None:
     answer = "故障之后照常显示的回答" * 20
-    dify.script("blip", Script(answer=answer, delta_size=5, delay=0.05))  # ~2 s
-    app = build(apps, settings, redis_url=redis_server.url)
-    wecom = InProcessWeCom(app.test_client(), signer)
-    first = wecom.send(text_message("blip", response_url=responses.url()))
-    assert first is not None
-    time.sleep(0.3)
-    assert redis_server.proc is not None
-    redis_server.proc.send_signal(signal.SIGSTOP)  # the engine's writes fail meanwhile; no poll comes
-    time.sleep(1.2)
-    redis_server.proc.send_signal(signal.SIGCONT)
-    assert contents(wecom.until_finished(first["stream"]["id"]))[-1] == answer  # the user saw it all
+    wecom, sid = answer_through_a_redis_pause(apps, settings, signer, redis_server, dify, responses, answer)
+    assert contents(wecom.until_finished(sid))[-1] == answer  # polls resumed: the user saw it all
     time.sleep(SEEN_GRACE + 1.0)
     assert responses.contents() == []  # so it is not sent a second time
 
