@@ -2,7 +2,7 @@
 
 WeCom shows ``stream.content`` (≤ 20480 UTF-8 bytes) and stops polling 6 minutes after the user's
 message. A stream is *closed* early, with a fixed last frame, when its window runs out or its text
-outgrows a frame; the producer then sends the answer (or the rest of it) through ``response_url``.
+outgrows a frame; the engine then sends the answer (or the rest of it) through ``response_url``.
 """
 
 from __future__ import annotations

@@ -57,7 +57,7 @@ class Keys:
         return f"{self.prefix}stream:{sid}:meta"
 
     def stream_owner(self, sid: str) -> str:
-        """Lease of the producer answering a stream; a stream whose lease lapsed was abandoned."""
+        """Lease of the worker answering a stream; a stream whose lease lapsed was abandoned."""
         return f"{self.prefix}stream:{sid}:owner"
 
     def active(self, scope: str) -> str:

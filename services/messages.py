@@ -137,10 +137,10 @@ class MessageHandler:
                 log.info("stream closed early", extra={"sid": sid, "reason": closure.reason})
                 return stream_frame(sid, closure.final, True)
             if d.action == "interrupt" and not self.store.interrupt_orphan(sid, self.settings.msg_interrupted):
-                continue  # its producer finished or renewed meanwhile: look again
+                continue  # its owner finished or renewed meanwhile: look again
             if d.action == "interrupt":
                 metrics.STREAMS_ENDED.labels("interrupted").inc()
-                log.warning("stream interrupted: producer lease lapsed", extra={"sid": sid})
+                log.warning("stream interrupted: owner lease lapsed", extra={"sid": sid})
             return stream_frame(sid, d.content, d.finish)
         return stream_frame(sid, snap.text if snap else "", False)  # changing under us: finish on a later poll
 

@@ -137,7 +137,7 @@ CLOSE_STREAM = """
 -- the answer that content shows, ARGV[4] = now (ms), ARGV[5] = '1' if a finished answer may be closed
 -- Fixes the last frame WeCom will see; the first close wins and later calls get its values. A poll
 -- closes only a live answer: if the answer finished meanwhile it gets {2} and must decide again
--- (otherwise it could promise a follow-up the finished producer already decided not to send).
+-- (otherwise it could promise a follow-up the finished answer already decided not to send).
 -- Returns {1 | 0, final, shown, reason}, {2} (finished, not closed), or {-1} when the stream is gone.
 if redis.call('EXISTS', KEYS[1]) == 0 then return {-1} end
 local final = redis.call('HGET', KEYS[1], 'final')
@@ -152,7 +152,7 @@ return {1, ARGV[2], ARGV[3], ARGV[1]}
 
 INTERRUPT_ORPHAN = """
 -- KEYS[1] = stream meta, KEYS[2] = stream owner; ARGV[1] = now (ms), ARGV[2] = note
--- Finishes a live stream as interrupted only if no producer holds its lease any more.
+-- Finishes a live stream as interrupted only if no worker holds its owner lease any more.
 -- Returns 1 interrupted now, 0 owner alive or already finished, -1 missing.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end

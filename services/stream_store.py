@@ -146,8 +146,8 @@ class StreamStore:
         for name, value in meta.items():
             args += [name, value]
         with self._errors():
-            created, winner, laned = self._claim(keys=keys, args=args)
-        return bool(created), _text(winner), bool(laned)
+            created, winner, first = self._claim(keys=keys, args=args)
+        return bool(created), _text(winner), bool(first)
 
     def write(self, sid: str, seq: int, text: str, *, replace: bool = False) -> WriteResult:
         """Append (or replace with) ``text`` as write number ``seq`` of the stream."""
@@ -191,7 +191,7 @@ class StreamStore:
 
         This is every poll's only Redis call, so it is a plain batch of reads on a pooled connection
         (no Lua, no MULTI: a third of the CPU). The order makes it consistent without a transaction:
-        a producer writes its last text before it sets a final status, so meta read first means a
+        the engine writes its last text before it sets a final status, so meta read first means a
         finished status always comes with the complete text (and a live one at worst with newer text).
         """
         text_key, meta_key = self.keys.stream_text(sid), self.keys.stream_meta(sid)
@@ -265,7 +265,7 @@ class StreamStore:
         return Closure(final=_text(result[1]), shown=int(result[2]), reason=_text(result[3]))
 
     def interrupt_orphan(self, sid: str, note: str) -> bool:
-        """Finish a stream whose producer lease lapsed; True if this call did it."""
+        """Finish a stream whose owner lease lapsed; True if this call did it."""
         with self._errors():
             return int(self._interrupt(keys=[self.keys.stream_meta(sid), self.keys.stream_owner(sid)],
                                        args=[self.now_ms(), note])) == 1

@@ -2,7 +2,7 @@
 
 Fast path (two Redis GETs on keys shared with other company systems):
 ``authorization:wechatid:{userid}`` → token, ``authorization:token:{token}`` → user info JSON.
-On a miss, one producer on one replica refreshes (a Redis lock) while the others wait for
+On a miss, one engine on one replica refreshes (a Redis lock) while the others wait for
 the cache to fill: one MySQL lookup and one auth API call however many messages arrive at once.
 """
 

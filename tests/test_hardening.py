@@ -122,7 +122,7 @@ def test_drain_interrupts_parked_jobs_and_follows_up_closed_streams(
     app = build(apps, settings, stream_window_seconds=3.0)
     wecom = InProcessWeCom(app.test_client(), signer)
     a = wecom.send(text_message("slow", userid="d", response_url=responses.url()))
-    b = wecom.send(text_message("parked", userid="d"))  # right behind it: a took the lane at its claim
+    b = wecom.send(text_message("parked", userid="d"))  # right behind it: a was first in the queue at its claim
     assert a and b
     time.sleep(3.2)
     closed = wecom.poll(a["stream"]["id"])["stream"]
