@@ -121,12 +121,16 @@ def _pin_peer(lib: Any) -> None:
 
 
 def floor() -> Flask:
-    """Verify + decrypt, then encrypt a stream frame of ``BENCH_CONTENT_BYTES``: nothing else."""
+    """Verify + decrypt, then encrypt a stream frame of ``BENCH_CONTENT_BYTES``: nothing else.
+
+    The frame is unfinished, or finished with ``BENCH_FINISH=1`` (like ours polling a finished stream).
+    """
     app = Flask("floor")
     if _pinned():
         pin_crypto()
     crypto = WeComCrypto(os.environ["WECOM_TOKEN"], os.environ["WECOM_ENCODING_AES_KEY"], "")
     content = filler(int(os.environ.get("BENCH_CONTENT_BYTES", "1024")))
+    finish = os.environ.get("BENCH_FINISH") == "1"
 
     app.get("/livez")(lambda: "ok")
 
@@ -135,7 +139,7 @@ def floor() -> Flask:
         q = request.args
         msg = json.loads(crypto.decrypt_json(q["msg_signature"], q["timestamp"], q["nonce"], request.get_data()))
         sid = msg.get("stream", {}).get("id") or uuid.uuid4().hex
-        frame = {"msgtype": "stream", "stream": {"id": sid, "finish": False, "content": content}}
+        frame = {"msgtype": "stream", "stream": {"id": sid, "finish": finish, "content": content}}
         return Response(crypto.encrypt_json(json.dumps(frame, ensure_ascii=False), q["nonce"]),
                         mimetype="application/json")
 

@@ -19,12 +19,13 @@ def test_bench_smoke(tmp_path: Path) -> None:
                           cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "replies byte-identical across floor, ours, peer" in proc.stdout
+    assert "replies byte-identical across floor, ours" in proc.stdout  # the pollers' finished stream too
     assert "goals (issue 10):" in proc.stdout and "ours/peer" in proc.stdout and "cost vs floor" in proc.stdout
     data = json.loads(out.read_text())
     rows = {(r["scenario"], r["impl"]): r for r in data["rows"]}
     assert set(rows) == {("poll 1 KB", "floor"), ("poll 1 KB", "ours"), ("poll 1 KB", "peer"),
                          ("new message", "ours"), ("new message", "peer"), ("mixed 5 conversations", "ours"),
-                         ("first token", "ours")}
+                         ("first token", "ours"), ("pollers 5", "floor"), ("pollers 5", "ours")}
     for key, row in rows.items():
         assert row["errors"] == 0, (key, row)
         assert row["rps"] > 0 or key == ("first token", "ours"), (key, row)
@@ -42,3 +43,7 @@ def test_bench_smoke(tmp_path: Path) -> None:
     assert len(mixed["conns_per_worker"]) == 2 and sum(mixed["conns_per_worker"]) <= 5, mixed
     assert facts["ttft_added_ms"]["conversations"] == 5, facts["ttft_added_ms"]
     assert facts["crypto_verify_decrypt_per_s"] > 0
+    pollers = facts["pollers_5"]
+    for impl in ("floor", "ours"):  # each poller's first request (on a fresh connection) is kept apart
+        assert pollers[impl]["excluded_first_requests"] == 5 and pollers[impl]["polls"] > 5, pollers
+        assert len(pollers[impl]["worker_cores"]) == 2, pollers
