@@ -17,6 +17,14 @@ from tools.wecom_client import WeComSigner, stream_refresh, text_message
 # -- conversations (the mixed scenario) -------------------------------------------------------------
 
 
+async def probe_lag(lag: list[float]) -> None:
+    """Sample the generator's own event-loop lag every 10 ms (ms), until cancelled."""
+    while True:
+        before = time.perf_counter()
+        await asyncio.sleep(0.01)
+        lag.append((time.perf_counter() - before - 0.01) * 1000)
+
+
 @dataclass
 class Conversations:
     """What an open-loop conversation run saw (latencies in ms)."""
@@ -85,13 +93,7 @@ async def _conversations(port: int, signer: WeComSigner, n: int, seconds: float,
             out.reopened += conn.reopened
             conn.close()
 
-    async def probe() -> None:
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(0.01)
-            out.lag.append((time.perf_counter() - before - 0.01) * 1000)
-
-    prober = asyncio.create_task(probe())
+    prober = asyncio.create_task(probe_lag(out.lag))
     await asyncio.gather(*(one(i) for i in range(n)))
     prober.cancel()
     end = time.perf_counter()
@@ -227,13 +229,7 @@ async def _pollers(port: int, pools: list[list[tuple[str, bytes]]], seconds: flo
             out.reopened += conn.reopened
             conn.close()
 
-    async def probe() -> None:
-        while True:
-            before = time.perf_counter()
-            await asyncio.sleep(0.01)
-            out.lag.append((time.perf_counter() - before - 0.01) * 1000)
-
-    prober = asyncio.create_task(probe())
+    prober = asyncio.create_task(probe_lag(out.lag))
     await asyncio.gather(*(one(i, pool) for i, pool in enumerate(pools)))
     prober.cancel()
     out.duration = seconds
