@@ -15,9 +15,9 @@ from services.auth_api import AuthAPI
 from services.delivery import ResponseURL
 from services.dify import DifyClient
 from services.engine import Engine
-from services.keys import Keys
 from services.messages import MessageHandler
-from services.stream_store import StreamStore
+from services.streams.keys import Keys
+from services.streams.store import StreamStore
 from services.user_auth import Authenticator
 from services.user_db import MySQLConfig, UserDB
 

@@ -18,7 +18,7 @@ import requests
 from config import Settings
 from services import metrics
 from services.frames import MAX_CONTENT_BYTES, fit
-from services.stream_store import StreamStore
+from services.streams.store import StreamStore
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from services.delivery import ResponseURL
 from services.engine import Engine, Job
 from services.errors import StoreUnavailable
 from services.frames import MAX_CONTENT_BYTES, Notes, decide, stream_frame
-from services.stream_store import StreamStore
+from services.streams.store import StreamStore
 from utils.logging import user_ref
 from utils.text import clean, strip_mention
 

@@ -21,8 +21,8 @@ import redis
 from services import metrics
 from services.auth_api import AuthAPI
 from services.errors import AuthUnavailable, UserNotAuthorized
-from services.keys import Keys
-from services.stream_store import StreamStore, store_errors
+from services.streams.keys import Keys
+from services.streams.store import StreamStore, store_errors
 from services.user_db import UserDB
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ from flask import Flask
 
 from app import create_app
 from config import Settings
-from services.keys import Keys
+from services.streams.keys import Keys
 from services.user_db import MySQLConfig, UserDB
 from tests.auth_server import AuthServer
 from tests.conftest import MySQLParams

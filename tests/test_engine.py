@@ -12,9 +12,9 @@ from redis.retry import Retry
 
 from config import Settings
 from services.errors import StoreUnavailable
-from services.keys import Keys
-from services.stream_store import StreamStore
-from services.stream_writer import StreamWriter
+from services.streams.keys import Keys
+from services.streams.store import StreamStore
+from services.streams.writer import StreamWriter
 from tests.helpers import InProcessWeCom, wait_for
 from tests.test_stream_store import LoseReplies
 from tools.dify_sim import DifySimulator, Script

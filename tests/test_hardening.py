@@ -13,8 +13,8 @@ from app import create_app
 from config import Settings
 from services.delivery import ResponseURL, send_rest
 from services.engine.answer import SEEN_GRACE
-from services.keys import Keys
-from services.stream_store import StreamStore
+from services.streams.keys import Keys
+from services.streams.store import StreamStore
 from tests.helpers import InProcessWeCom, contents, wait_for
 from tests.response_server import ResponseServer
 from tests.servers import RedisServer, free_port

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from app import create_app
 from config import Settings
-from services.keys import Keys
+from services.streams.keys import Keys
 from tests.helpers import InProcessWeCom, assert_prefix_chain, contents, wait_for
 from tools.dify_sim import DifySimulator, Script
 from tools.wecom_client import WeComSigner, stream_refresh, text_message

@@ -11,7 +11,7 @@ from flask import Flask
 
 from app import create_app
 from config import Settings
-from services.keys import Keys
+from services.streams.keys import Keys
 from tests.helpers import InProcessWeCom, assert_prefix_chain, contents, wait_for
 from tests.response_server import ResponseServer
 from tests.servers import RedisServer

@@ -10,8 +10,8 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from services.keys import Keys
-from services.stream_store import Lease, StreamStore, Turn, WriteResult
+from services.streams.keys import Keys
+from services.streams.store import Lease, StreamStore, Turn, WriteResult
 
 KEYS = Keys("t:")
 

@@ -13,7 +13,7 @@ from services.delivery import send_rest
 from services.dify import ConversationDropped, Delta, DifyEvent, Finished, Replace, Started, error_label
 from services.engine.job import Job, Outcome
 from services.errors import AuthUnavailable, DifyError, DifyHTTPError, DifyTimeout, StoreUnavailable, UserNotAuthorized
-from services.stream_writer import StreamWriter
+from services.streams.writer import StreamWriter
 
 if TYPE_CHECKING:
     from services.engine.engine import Engine

@@ -28,7 +28,7 @@ from services.engine.job import Job, Outcome, State
 from services.engine.keeper import LeaseKeeper, Report
 from services.engine.loop import LoopThread
 from services.errors import AuthUnavailable, StoreUnavailable, UserNotAuthorized
-from services.stream_store import StreamStore
+from services.streams.store import StreamStore
 from services.user_auth import Authenticator
 
 log = logging.getLogger(__name__)

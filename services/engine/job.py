@@ -13,7 +13,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from services.stream_writer import StreamWriter
+from services.streams.writer import StreamWriter
 from services.user_auth import Identity
 
 

@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from services import metrics
 from services.engine.job import Job, State
 from services.errors import StoreUnavailable
-from services.stream_store import Lease, StreamStore, Turn, WriteResult
-from services.stream_writer import Write
+from services.streams.store import Lease, StreamStore, Turn, WriteResult
+from services.streams.writer import StreamWriter, Write
 
 log = logging.getLogger(__name__)
 
@@ -80,22 +80,20 @@ class LeaseKeeper:
         return report
 
     def _flush(self, jobs: list[Job], now: float, report: Report) -> None:
-        taken: list[tuple[Job, Write]] = []
+        taken: list[tuple[Job, StreamWriter, Write]] = []
         for job in jobs:
             writer = job.writer
             if writer is not None and writer.dirty and (write := writer.take()) is not None:
-                taken.append((job, write))
+                taken.append((job, writer, write))
         if not taken:
             return
         try:
-            results = self.store.write_many([w for _, w in taken])
+            results = self.store.write_many([write for _, _, write in taken])
         except BaseException:
-            for job, _ in taken:
-                job.writer.settle(None)  # type: ignore[union-attr]
+            for _, writer, _ in taken:
+                writer.settle(None)  # sent again on the next tick
             raise
-        for (job, _), result in zip(taken, results, strict=True):
-            writer = job.writer
-            assert writer is not None
+        for (job, writer, _), result in zip(taken, results, strict=True):
             writer.settle(result)
             if writer.refused is WriteResult.FINISHED:  # e.g. /stop on another replica
                 report.finished_elsewhere.append(job)

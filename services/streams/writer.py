@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import threading
 
-from services.stream_store import StreamStore, WriteResult
+from services.streams.store import StreamStore, WriteResult
 from utils.text import clean
 
 log = logging.getLogger(__name__)

@@ -13,9 +13,9 @@ from typing import Any
 import hiredis
 import redis
 
-from services import scripts
 from services.errors import StoreUnavailable
-from services.keys import OWNER_LEASE_MS, STREAM_TTL, Keys
+from services.streams import scripts
+from services.streams.keys import OWNER_LEASE_MS, STREAM_TTL, Keys
 
 TERMINAL = frozenset({"done", "failed", "interrupted"})
 META_FIELDS = ("status", "note", "created", "seq", "final", "shown", "closed", "followup", "task_id",
