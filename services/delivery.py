@@ -102,7 +102,9 @@ def send_rest(store: StreamStore, delivery: ResponseURL, sid: str, url: str, not
     A stream closed by the window gets the whole answer (or, when that is longer than one message,
     the part after what it showed); one that outgrew a frame gets the rest after what it showed (it
     is closed here when the finished text plus ``note`` does not fit). A stream that showed
-    everything gets nothing; an interrupted one only if it had promised a follow-up.
+    everything gets nothing; an interrupted one only if it had promised a follow-up. A stream that
+    some replica answered "busy" (Redis was away) and that no poll showed finished since, was
+    ended there for WeCom: it gets the whole answer.
     """
     if not delivery.allowed(url):
         return
@@ -110,6 +112,11 @@ def send_rest(store: StreamStore, delivery: ResponseURL, sid: str, url: str, not
     if snap is None:
         return
     reason, shown = snap.meta.get("closed", ""), int(snap.meta.get("shown", 0) or 0)
+    if snap.final is None and "busy" in snap.meta and "seen" not in snap.meta:
+        whole_answer = f"{snap.text}\n\n{note}" if note and snap.text else snap.text or note
+        if whole_answer and store.mark_delivered(sid):
+            delivery.send(url, whole_answer, settings.msg_truncated)
+        return
     if snap.final is None:
         if snap.status == "interrupted" or fit(snap.text, note)[1] == len(snap.text):
             return  # the last frame shows the whole answer (or says it was interrupted)

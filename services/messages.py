@@ -96,6 +96,7 @@ class MessageHandler:
         try:
             return self._frame(sid)
         except StoreUnavailable:
+            self.store.note_busy_shown(sid)
             return stream_frame(sid, self.settings.msg_busy, True)
 
     def on_refresh(self, msg: dict[str, Any]) -> Outcome:
@@ -109,6 +110,7 @@ class MessageHandler:
             frame = self._frame(sid, poll=True)
         except StoreUnavailable:
             log.error("redis unavailable on refresh", extra={"sid": sid})
+            self.store.note_busy_shown(sid)  # this frame ends the stream for WeCom: its follow-up must know
             return stream_frame(sid, self.settings.msg_busy, True), "redis_unavailable"
         return frame, "final" if frame["stream"]["finish"] else "partial"
 

@@ -310,3 +310,31 @@ def test_a_job_cancelled_before_its_first_step_still_settles(settings: Settings,
     frame = InProcessWeCom(app.test_client(), signer).poll(job.sid)["stream"]
     assert frame == {"id": job.sid, "finish": True, "content": settings.msg_interrupted}
     assert redis_client.llen(engine.store.keys.queue("u:x")) == 0  # its ticket is gone too
+
+
+def test_a_busy_poll_on_another_replica_brings_the_whole_answer_once(
+        settings: Settings, signer: WeComSigner, dify: DifySimulator, redis_server: Any, apps: list[Any]) -> None:
+    import signal
+
+    from tests.response_server import ResponseServer
+
+    answer = "另一个副本答了忙之后的完整回答"
+    dify.script("quiet", Script(answer=answer, stall=2.0))  # the owner touches no Redis while Dify thinks
+    a, b = two_apps(settings, apps, redis_url=redis_server.url, producer_lease_seconds=60.0)
+    b.extensions["wecom_dify"].engine.start()  # as gunicorn's post_worker_init does on every worker
+    responses = ResponseServer()
+    try:
+        first = InProcessWeCom(a.test_client(), signer).send(text_message("quiet", response_url=responses.url()))
+        assert first is not None
+        time.sleep(0.5)
+        redis_server.proc.send_signal(signal.SIGSTOP)
+        try:  # WeCom's poll lands on replica B while Redis is away: "busy" ends the stream for the user
+            frame = InProcessWeCom(b.test_client(), signer).poll(first["stream"]["id"])["stream"]
+        finally:
+            redis_server.proc.send_signal(signal.SIGCONT)
+        assert frame["finish"] and frame["content"] == settings.msg_busy
+        wait_for(lambda: responses.contents(), timeout=10)  # the owner never saw Redis trouble itself
+        time.sleep(0.5)
+        assert responses.contents() == [answer]  # the whole answer, once
+    finally:
+        responses.close()

@@ -222,3 +222,14 @@ def test_a_write_redis_refuses_with_an_error_is_sent_again(store: StreamStore, r
     finally:
         redis_client.config_set("maxmemory", "0")
     assert store.write_many([("s", 1, "第一段", False)]) == [WriteResult.APPLIED]
+
+
+def test_busy_polls_are_recorded_once_redis_is_back(store: StreamStore, redis_client: redis.Redis) -> None:
+    store.claim("m", "s", "owner", {})
+    store.note_busy_shown("s")
+    store.note_busy_shown("gone")  # a stream Redis no longer has
+    assert store.record_busy_shown() == 2
+    snap = store.snapshot("s")
+    assert snap is not None and "busy" in snap.meta
+    assert not redis_client.exists(KEYS.stream_meta("gone"))  # never recreated without a TTL
+    assert store.record_busy_shown() == 0  # recorded once

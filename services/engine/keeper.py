@@ -1,9 +1,10 @@
 """The lease keeper: the engine's periodic Redis work, batched into a few round trips per tick.
 
 Each tick it writes every running answer's buffered deltas (one pipeline), asks the ticket queues
-whether waiting answers may run (two pipelines), and every third of the owner lease renews every
-lease this worker holds (one script call per 500), learning which streams were finished elsewhere
-(``/stop``) or taken from it. It only reports; the engine acts on the report. Time is injected:
+whether waiting answers may run (two pipelines), records the "busy" frames this worker's polls
+answered while Redis was away (one pipeline, only when there are some), and every third of the
+owner lease renews every lease this worker holds (one script call per 500), learning which streams
+were finished elsewhere (``/stop``) or taken from it. It only reports; the engine acts on the report. Time is injected:
 ``tick(now)`` is all a test needs to drive it.
 """
 
@@ -66,7 +67,7 @@ class LeaseKeeper:
         """Do one pass; never raises (an unexpected error is logged with its traceback and counted)."""
         report = Report()
         jobs = self.jobs()
-        for step in (self._flush, self._turns, self._renew):
+        for step in (self._flush, self._turns, self._renew, self._busy):
             try:
                 step(jobs, now, report)
             except StoreUnavailable:
@@ -115,6 +116,9 @@ class LeaseKeeper:
         report.turns += [job for job, head in zip(ask, heads, strict=True) if head == job.sid]
         turns = self.store.queue_turns([(job.scope, job.sid, head) for job, head in behind])
         report.turns += [job for (job, _), turn in zip(behind, turns, strict=True) if turn is Turn.MINE]
+
+    def _busy(self, jobs: list[Job], now: float, report: Report) -> None:
+        self.store.record_busy_shown()  # "busy" polls this worker answered while Redis was away
 
     def _renew(self, jobs: list[Job], now: float, report: Report) -> None:
         if now - self._last_renew < self.renew_every and now >= self._last_renew:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,8 +19,9 @@ from services.streams import scripts
 from services.streams.keys import OWNER_LEASE_MS, STREAM_TTL, Keys
 
 TERMINAL = frozenset({"done", "failed", "interrupted"})
+BUSY_SHOWN_LIMIT = 10_000  # "busy" polls remembered while Redis is away (beyond: the oldest are kept)
 META_FIELDS = ("status", "note", "created", "seq", "final", "shown", "closed", "followup", "task_id",
-               "dify_user", "delivered", "user", "chat", "seen")
+               "dify_user", "delivered", "user", "chat", "seen", "busy")
 """Every meta field any reader uses; snapshots fetch exactly these (HMGET, not HGETALL)."""
 
 
@@ -106,6 +108,8 @@ class StreamStore:
         self.owner_lease_ms = owner_lease_ms
         self.clock = clock
         self.failed_at = float("-inf")  # clock() of the last Redis failure any caller of this store saw
+        self._busy_shown: dict[str, float] = {}  # streams a poll answered "busy", to record once Redis is back
+        self._busy_lock = threading.Lock()
         self._claim = client.register_script(scripts.CLAIM_MESSAGE)
         self._write = client.register_script(scripts.WRITE_TEXT)
         self._status = client.register_script(scripts.SET_STATUS)
@@ -315,6 +319,29 @@ class StreamStore:
         """Take ``sid`` out of its conversation's queue (the next answer may start)."""
         with self._errors():
             self.redis.lrem(self.keys.queue(scope), 1, sid)
+
+    def note_busy_shown(self, sid: str) -> None:
+        """Remember that a poll answered ``sid`` "busy" (Redis away): WeCom ended the stream there."""
+        with self._busy_lock:
+            if len(self._busy_shown) < BUSY_SHOWN_LIMIT:
+                self._busy_shown[sid] = self.clock()
+
+    def record_busy_shown(self) -> int:
+        """Write the remembered "busy" polls into their streams (the follow-up reads them); how many."""
+        with self._busy_lock:
+            pending = list(self._busy_shown.items())
+        if not pending:
+            return 0
+        with self._errors():
+            pipe = self.redis.pipeline(transaction=False)
+            for sid, when in pending:
+                self._fields(keys=[self.keys.stream_meta(sid)], args=["busy", int(when * 1000)], client=pipe)
+            pipe.execute()
+        with self._busy_lock:
+            for sid, when in pending:
+                if self._busy_shown.get(sid) == when:
+                    del self._busy_shown[sid]
+        return len(pending)
 
     def mark_seen(self, sid: str) -> None:
         """Record that a poll showed WeCom the stream's last frame (once; never recreates the stream)."""
