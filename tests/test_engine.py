@@ -338,3 +338,63 @@ def test_a_busy_poll_on_another_replica_brings_the_whole_answer_once(
         assert responses.contents() == [answer]  # the whole answer, once
     finally:
         responses.close()
+
+
+def test_a_refused_message_gives_its_ticket_back(settings: Settings, redis_client: redis.Redis, signer: WeComSigner,
+                                                 dify: DifySimulator, apps: list[Any]) -> None:
+    [app, _] = two_apps(settings, apps, engine_capacity=1)
+    dify.script("hold", Script(answer="held", stall=1.5))
+    wecom = InProcessWeCom(app.test_client(), signer)
+    a = wecom.send(text_message("hold", userid="q"))
+    b = wecom.send(text_message("refused", userid="q"))  # the engine is full: busy
+    assert a and b and b["stream"]["content"] == settings.msg_busy
+    queue = app.extensions["wecom_dify"].store.keys.queue("u:q")
+    assert redis_client.lrange(queue, 0, -1) == [a["stream"]["id"].encode()]  # the next message is not stuck
+
+
+def test_an_answer_lets_go_of_everything_it_held(settings: Settings, redis_client: redis.Redis, signer: WeComSigner,
+                                                  dify: DifySimulator, apps: list[Any]) -> None:
+    [app, _] = two_apps(settings, apps)
+    wecom = InProcessWeCom(app.test_client(), signer)
+    first = wecom.send(text_message("hello", userid="g"))
+    assert first is not None
+    wecom.until_finished(first["stream"]["id"])
+    engine = app.extensions["wecom_dify"].engine
+    wait_for(lambda: engine.admitted == 0)
+    keys = engine.store.keys
+    for key in (keys.stream_owner(first["stream"]["id"]), keys.active("u:g"), keys.queue("u:g")):
+        assert not redis_client.exists(key), key
+
+
+def test_a_stream_taken_from_its_owner_is_abandoned_without_stopping_dify(
+        settings: Settings, redis_client: redis.Redis, signer: WeComSigner, dify: DifySimulator,
+        apps: list[Any]) -> None:
+    [app, _] = two_apps(settings, apps, producer_lease_seconds=2.0)
+    dify.script("long", Script(answer="长" * 300, delta_size=2, delay=0.03))  # ~4.5 s
+    wecom = InProcessWeCom(app.test_client(), signer)
+    first = wecom.send(text_message("long", userid="t"))
+    assert first is not None
+    wecom.until_text(first["stream"]["id"])
+    engine = app.extensions["wecom_dify"].engine
+    redis_client.set(engine.store.keys.stream_owner(first["stream"]["id"]), "another-worker", px=60_000)
+    wait_for(lambda: engine.admitted == 0, timeout=3)  # the next renewal finds it is no longer ours
+    assert dify.stop_requests() == []  # not a /stop: the stream's new owner decides about Dify
+
+
+def test_a_keeper_whose_write_fails_marks_the_job_and_sends_it_again(redis_server: Any) -> None:
+    from services.engine.job import Job, State
+    from services.engine.keeper import LeaseKeeper
+
+    store = StreamStore(redis.Redis.from_url(redis_server.url, socket_timeout=0.3,
+                                             retry=Retry(NoBackoff(), 0)), KEYS)
+    store.claim("m", "s", "me", {})
+    job = Job(sid="s", msgid="m", query="q", dify_user="u", scope="u:x", state=State.RUNNING)
+    job.writer = StreamWriter(store, "s")
+    job.writer.add("待写")
+    keeper = LeaseKeeper(store, "me", renew_every=100.0, wait_limit=3300.0)
+    keeper.track(job)
+    redis_server.stop()  # Redis is gone: the batch fails
+    keeper.tick(0.0)
+    assert job.degraded
+    assert job.writer.take() == ("s", 1, "待写", False)  # the same write goes out again, not lost
+    store.redis.close()

@@ -281,3 +281,35 @@ def test_threads_do_not_grow_with_answers(apps: list[Flask], settings: Settings,
     assert len(many) == 1 + 8 + 8 + 1, [t.name for t in many]  # the loop, two executors and the keeper
     assert sorted(t.name for t in many) == sorted(t.name for t in few)  # nothing per answer
     assert all(t.daemon for t in many if t.name == "engine-loop")  # a worker's exit never waits for Dify
+
+
+def test_send_rest_sends_nothing_twice_and_nothing_for_an_interrupted_stream(
+        apps: list[Flask], settings: Settings, responses: ResponseServer, redis_client: redis.Redis) -> None:
+    bridge = build(apps, settings).extensions["wecom_dify"]
+    store: StreamStore = bridge.store
+    store.claim("busy-seen", "a" * 32, "me", {"followup": "1"})
+    store.write("a" * 32, 1, "完整回答")
+    store.set_status("a" * 32, "done")
+    store.set_fields("a" * 32, {"busy": "1", "seen": "1"})  # answered busy once, then a poll showed it all
+    send_rest(store, bridge.engine.delivery, "a" * 32, responses.url(), "", settings)
+    store.claim("interrupted", "b" * 32, "me", {"followup": "1"})
+    store.write("b" * 32, 1, "一半")
+    store.set_status("b" * 32, "interrupted", settings.msg_interrupted)  # its last frame says so
+    send_rest(store, bridge.engine.delivery, "b" * 32, responses.url(), settings.msg_interrupted, settings)
+    assert responses.contents() == []
+
+
+def test_drain_interrupts_a_waiting_message_instead_of_running_it(
+        apps: list[Flask], settings: Settings, signer: WeComSigner, dify: DifySimulator) -> None:
+    dify.script("first", Script(answer="第一条", stall=1.0))
+    app = build(apps, settings)
+    wecom = InProcessWeCom(app.test_client(), signer)
+    a = wecom.send(text_message("first", userid="w"))
+    b = wecom.send(text_message("second", userid="w"))  # waits for a's turn
+    assert a and b
+    time.sleep(0.3)
+    app.extensions["wecom_dify"].engine.drain(20)  # a has time to finish; b must not start
+    assert wecom.poll(a["stream"]["id"])["stream"]["content"] == "第一条"
+    assert wecom.poll(b["stream"]["id"])["stream"] == {"id": b["stream"]["id"], "finish": True,
+                                                      "content": settings.msg_interrupted}
+    assert [r.json["query"] for r in dify.chat_requests()] == ["first"]
