@@ -185,6 +185,8 @@ def test_refused_users_never_reach_dify_and_are_negatively_cached(
     assert dify.chat_requests() == [] and auth_server.calls == []
     key = Keys(auth_settings.redis_key_prefix).auth_unknown(userid)
     assert 0 < redis_client.ttl(key) <= auth_settings.auth_negative_ttl_seconds
+    statuses = {redis_client.hget(k, "status") for k in redis_client.scan_iter("*stream:*:meta")}
+    assert statuses == {b"done"}  # a refusal is a final answer, not a failure to retry
 
 
 def test_account_refused_by_the_auth_api(wecom: InProcessWeCom, dify: DifySimulator,
