@@ -157,24 +157,30 @@ def test_claim_takes_a_ticket_in_arrival_order_and_only_once(store: StreamStore,
     assert 0 < redis_client.ttl(queue) <= store.stream_ttl
 
 
+def turn(store: StreamStore, scope: str, sid: str, head: str | None) -> Turn:
+    """One QUEUE_TURN question."""
+    [answer] = store.queue_turns([(scope, sid, head)])
+    return answer
+
+
 def test_queue_turn_follows_arrival_order_and_skips_dead_heads(store: StreamStore, redis_client: redis.Redis) -> None:
     for msgid, sid in (("a", "sa"), ("b", "sb"), ("c", "sc")):
         store.claim(msgid, sid, "owner", {}, scope="u:1")
     assert store.queue_heads(["u:1", "u:none"]) == ["sa", None]
-    assert store.queue_turn("u:1", "sc", "sa") is Turn.WAIT  # sa is alive: everyone waits
-    assert store.queue_turn("u:1", "sb", "sx") is Turn.LOOK_AGAIN  # the caller saw an old head
+    assert turn(store, "u:1", "sc", "sa") is Turn.WAIT  # sa is alive: everyone waits
+    assert turn(store, "u:1", "sb", "sx") is Turn.LOOK_AGAIN  # the caller saw an old head
     store.queue_leave("u:1", "sa")  # sa finished
-    assert store.queue_turn("u:1", "sc", "sb") is Turn.WAIT  # sb is next, not sc
-    assert store.queue_turn("u:1", "sb", "sb") is Turn.MINE
+    assert turn(store, "u:1", "sc", "sb") is Turn.WAIT  # sb is next, not sc
+    assert turn(store, "u:1", "sb", "sb") is Turn.MINE
     redis_client.delete(KEYS.stream_owner("sb"))  # sb's replica died and its lease lapsed
-    assert store.queue_turn("u:1", "sc", "sb") is Turn.MINE
+    assert turn(store, "u:1", "sc", "sb") is Turn.MINE
     assert redis_client.lrange(KEYS.queue("u:1"), 0, -1) == [b"sc"]
     redis_client.delete(KEYS.queue("u:1"))  # Redis lost the queue: the caller queues again, first
-    assert store.queue_turn("u:1", "sc", None) is Turn.MINE
+    assert turn(store, "u:1", "sc", None) is Turn.MINE
     assert redis_client.lrange(KEYS.queue("u:1"), 0, -1) == [b"sc"] and redis_client.ttl(KEYS.queue("u:1")) > 0
     store.claim("d", "sd", "owner", {}, scope="u:1")
     redis_client.lrem(KEYS.queue("u:1"), 1, "sd")  # sd's ticket vanished while sc runs
-    assert store.queue_turn("u:1", "sd", "sc") is Turn.WAIT
+    assert turn(store, "u:1", "sd", "sc") is Turn.WAIT
     assert redis_client.lrange(KEYS.queue("u:1"), 0, -1) == [b"sc", b"sd"]  # it queued again
 
 

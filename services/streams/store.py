@@ -298,12 +298,9 @@ class StreamStore:
             raw = pipe.execute()
         return [_text(v) if v is not None else None for v in raw]
 
-    def queue_turn(self, scope: str, sid: str, head: str | None) -> Turn:
-        """Ask for ``sid``'s turn, removing ``head`` (as last seen) if its answer is over."""
-        return self.queue_turns([(scope, sid, head)])[0]
-
     def queue_turns(self, asks: list[tuple[str, str, str | None]]) -> list[Turn]:
-        """``queue_turn`` for many (scope, sid, head) at once, in one pipelined round trip."""
+        """Ask for each ``sid``'s turn in its conversation's queue, removing ``head`` (as last seen) if its
+        answer is over; all (scope, sid, head) at once, in one pipelined round trip."""
         if not asks:
             return []
         with self._errors():
