@@ -299,8 +299,7 @@ class StreamStore:
         return [_text(v) if v is not None else None for v in raw]
 
     def queue_turns(self, asks: list[tuple[str, str, str | None]]) -> list[Turn]:
-        """Ask for each ``sid``'s turn in its conversation's queue, removing ``head`` (as last seen) if its
-        answer is over; all (scope, sid, head) at once, in one pipelined round trip."""
+        """Ask each (scope, sid, head last seen) for sid's turn in one round trip; an ended head is removed."""
         if not asks:
             return []
         with self._errors():
