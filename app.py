@@ -2,23 +2,28 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from flask import Flask, Response
 from werkzeug.exceptions import HTTPException
 
-from config import Settings, load_settings
+from config import BotConfig, Settings, load_bots, load_settings
 from services.bridge import Bridge
 from services.routes import callback, health, metrics
 from utils.logging import configure_logging
 
 
-def create_app(config: Settings | None = None) -> Flask:
-    """Build the Flask app from ``config`` (default: the environment and ``.env``)."""
+def create_app(config: Settings | None = None, bots: Mapping[str, BotConfig] | None = None) -> Flask:
+    """Build the Flask app from ``config`` (default: the environment and ``.env``) and its bots
+    (default: those of ``BOTS_FILE``, or the environment's single bot)."""
     settings = config if config is not None else load_settings()
-    # the token is a stable per-deployment secret: hashed user ids are stable but not reversible
-    configure_logging(settings.log_level, settings.log_user_ids, salt=settings.wecom_token)
+    bots = bots if bots is not None else load_bots(settings)
+    # a token is a stable per-deployment secret: hashed user ids are stable but not reversible
+    salt = bots[min(bots)].settings.wecom_token
+    configure_logging(settings.log_level, settings.log_user_ids, salt=salt)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
-    Bridge.build(settings).init_app(app)
+    Bridge.build(settings, bots).init_app(app)
     app.register_blueprint(callback.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(metrics.bp)

@@ -36,10 +36,12 @@ def _env(name: str, default: Any = MISSING) -> Any:
 class Settings:
     """All configuration of the bridge; field metadata names the environment variable."""
 
-    wecom_token: str = _env("WECOM_TOKEN")
-    wecom_encoding_aes_key: str = _env("WECOM_ENCODING_AES_KEY")
-    dify_base_url: str = _env("DIFY_BASE_URL")
-    dify_api_key: str = _env("DIFY_API_KEY")
+    # required, unless a bots file (BOTS_FILE) gives each bot its own; then they are the bots' defaults
+    wecom_token: str = _env("WECOM_TOKEN", "")
+    wecom_encoding_aes_key: str = _env("WECOM_ENCODING_AES_KEY", "")
+    dify_base_url: str = _env("DIFY_BASE_URL", "")
+    dify_api_key: str = _env("DIFY_API_KEY", "")
+    bots_file: str = _env("BOTS_FILE", "")
     wecom_receive_id: str = _env("WECOM_RECEIVE_ID", "")
     wecom_timestamp_window_seconds: int = _env("WECOM_TIMESTAMP_WINDOW_SECONDS", 3600)
     max_request_bytes: int = _env("MAX_REQUEST_BYTES", 262144)
@@ -124,7 +126,7 @@ class Settings:
             name = f.metadata["env"]
             if name in values:
                 kwargs[f.name] = _convert(name, values[name], f.type)
-            elif f.default is MISSING:
+            elif name in PER_BOT_REQUIRED and not values.get("BOTS_FILE"):
                 raise ConfigError(name, "is required but not set")
         return cls(**kwargs)
 
@@ -153,6 +155,10 @@ class Settings:
         current = {f.name: getattr(self, f.name) for f in fields(self)}
         current.update(changes)
         return Settings(**current)
+
+
+PER_BOT_REQUIRED = frozenset({"WECOM_TOKEN", "WECOM_ENCODING_AES_KEY", "DIFY_BASE_URL", "DIFY_API_KEY"})
+"""Required for the single bot of an environment-only configuration; a bots file sets them per bot."""
 
 
 def load_settings() -> Settings:
@@ -210,15 +216,8 @@ def _validate(s: Settings) -> None:
                  f.name, f"expected {f.type}, got {value!r}")
         if isinstance(value, float):
             _require(math.isfinite(value) and value <= 86400, f.name, "must be a finite number of seconds <= 86400")
-    _require(bool(s.wecom_token), "wecom_token", "is required but empty")
-    _require(s.wecom_token.isascii() and s.wecom_token.isalnum() and len(s.wecom_token) <= 32,
-             "wecom_token", "must be 1-32 letters or digits (as shown in the WeCom admin console)")
-    try:
-        decode_aes_key(s.wecom_encoding_aes_key)
-    except IllegalAesKeyError:
-        raise ConfigError(
-            "WECOM_ENCODING_AES_KEY", "must be 43 letters/digits that base64-decode to 32 bytes"
-        ) from None
+    if not s.bots_file:  # with a bots file, each bot's own settings are checked as it is loaded
+        _validate_bot(s)
     _require(s.wecom_timestamp_window_seconds >= 0, "wecom_timestamp_window_seconds",
              "must be >= 0 (0 disables the replay window)")
     _require(1024 <= s.max_request_bytes <= 16 * 1024 * 1024, "max_request_bytes",
@@ -228,10 +227,6 @@ def _validate(s: Settings) -> None:
     _require(urlsplit(s.redis_url).scheme in {"redis", "rediss", "unix"}, "redis_url",
              "must be a redis://, rediss:// or unix:// URL")
     _require(0 < s.redis_socket_timeout <= 30, "redis_socket_timeout", "must be in (0, 30] seconds")
-    dify = urlsplit(s.dify_base_url)
-    _require(dify.scheme in {"http", "https"} and bool(dify.hostname), "dify_base_url",
-             "must be an http(s) URL including /v1, e.g. https://api.dify.ai/v1")
-    _require(bool(s.dify_api_key.strip()), "dify_api_key", "is required but empty")
     _require(s.dify_response_mode in {"streaming", "blocking"}, "dify_response_mode",
              "must be 'streaming' or 'blocking'")
     for name in ("dify_connect_timeout", "dify_read_timeout", "dify_total_timeout", "dify_idle_timeout",
@@ -272,3 +267,20 @@ def _validate(s: Settings) -> None:
         _require(0 < s.mysql_port < 65536, "mysql_port", "must be a TCP port")
     _require(bool(s.redis_key_prefix) and " " not in s.redis_key_prefix, "redis_key_prefix",
              "must be non-empty without spaces")
+
+
+def _validate_bot(s: Settings) -> None:
+    """The values every bot needs: its WeCom credentials and its Dify app."""
+    _require(bool(s.wecom_token), "wecom_token", "is required but empty")
+    _require(s.wecom_token.isascii() and s.wecom_token.isalnum() and len(s.wecom_token) <= 32,
+             "wecom_token", "must be 1-32 letters or digits (as shown in the WeCom admin console)")
+    try:
+        decode_aes_key(s.wecom_encoding_aes_key)
+    except IllegalAesKeyError:
+        raise ConfigError(
+            "WECOM_ENCODING_AES_KEY", "must be 43 letters/digits that base64-decode to 32 bytes"
+        ) from None
+    dify = urlsplit(s.dify_base_url)
+    _require(dify.scheme in {"http", "https"} and bool(dify.hostname), "dify_base_url",
+             "must be an http(s) URL including /v1, e.g. https://api.dify.ai/v1")
+    _require(bool(s.dify_api_key.strip()), "dify_api_key", "is required but empty")

@@ -29,7 +29,9 @@ class ResponseURL:
     """Send one markdown message to a ``response_url``."""
 
     def __init__(self, hosts: list[str], *, timeout: float = 5.0, retries: int = 2,
-                 session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep) -> None:
+                 session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
+                 bot: str = "default") -> None:
+        self.bot = bot  # the metrics label
         self.hosts = {h.strip().lower() for h in hosts if h.strip()}
         self.timeout = timeout
         self.retries = retries
@@ -83,7 +85,7 @@ class ResponseURL:
         return False
 
     def _count(self, outcome: str) -> None:
-        metrics.RESPONSE_URL.labels(outcome).inc()
+        metrics.RESPONSE_URL.labels(self.bot, outcome).inc()
 
 
 def _errcode(resp: requests.Response) -> int:

@@ -11,13 +11,11 @@ import re
 import uuid
 from typing import Any
 
-from config import Settings
 from services import metrics
-from services.delivery import ResponseURL
+from services.bot import Bot
 from services.engine import Engine, Job
 from services.errors import StoreUnavailable
 from services.frames import MAX_CONTENT_BYTES, Notes, decide, stream_frame
-from services.streams.store import StreamStore
 from utils.logging import user_ref
 from utils.text import clean, strip_mention
 
@@ -30,13 +28,14 @@ MAX_ID_LEN = 256
 
 
 class MessageHandler:
-    """Turn one decrypted callback into the plaintext reply (None = empty body)."""
+    """Turn one decrypted callback of one bot into the plaintext reply (None = empty body)."""
 
-    def __init__(self, settings: Settings, store: StreamStore, engine: Engine, delivery: ResponseURL) -> None:
-        self.settings = settings
-        self.store = store
+    def __init__(self, bot: Bot, engine: Engine) -> None:
+        self.bot = bot
+        self.settings = settings = bot.settings
+        self.store = bot.store
         self.engine = engine
-        self.delivery = delivery
+        self.delivery = bot.delivery
         self.notes = Notes(
             progress={"queued": settings.msg_queued, "waiting": settings.msg_waiting_previous,
                       "authenticating": settings.msg_authenticating},
@@ -67,7 +66,8 @@ class MessageHandler:
         response_url = _str(msg.get("response_url"))
         followup = bool(response_url) and self.delivery.allowed(response_url)
         job = Job(sid=uuid.uuid4().hex,  # 32 hex digits: unguessable, and what SID accepts
-                  msgid=msgid, query=query, dify_user=self._dify_user(user, chat), scope=self._scope(user, chat),
+                  bot=self.bot, msgid=msgid, query=query, dify_user=self.bot.dify_user(user, chat),
+                  scope=self._scope(user, chat),
                   wecom_user=user, chat=chat, response_url=response_url if followup else "")
         try:
             if query.lower() in self.settings.stop_words:
@@ -81,7 +81,7 @@ class MessageHandler:
             return stream_frame(job.sid, self.settings.msg_busy, True), "redis_unavailable"
         sid = admission.sid
         if admission.outcome == "duplicate":
-            metrics.DUPLICATES.inc()
+            metrics.DUPLICATES.labels(self.bot.id).inc()
             log.info("duplicate delivery", extra={"msgid": msgid, "sid": sid, "user": user_ref(user)})
             return self._frame_or_busy(sid), "duplicate"
         if admission.outcome != "started":
@@ -119,7 +119,7 @@ class MessageHandler:
             snap = self.store.snapshot(sid, max_bytes=MAX_CONTENT_BYTES, poll=poll)
             if snap is None:
                 if poll:
-                    metrics.STREAMS_ENDED.labels("expired").inc()
+                    metrics.STREAMS_ENDED.labels(self.bot.id, "expired").inc()
                 return stream_frame(sid, self.settings.msg_expired, True)
             if poll and (snap.finished or snap.final is not None or not snap.owner_alive):
                 metrics.POLLS_PER_STREAM.observe(int(snap.meta.get("polls", 1)))
@@ -135,13 +135,13 @@ class MessageHandler:
                 closure = self.store.close(sid, d.reason, d.content, d.shown, finished_ok=snap.finished)
                 if closure is None:
                     continue  # the answer finished (or vanished) meanwhile: look again
-                metrics.STREAMS_ENDED.labels(closure.reason).inc()
+                metrics.STREAMS_ENDED.labels(self.bot.id, closure.reason).inc()
                 log.info("stream closed early", extra={"sid": sid, "reason": closure.reason})
                 return stream_frame(sid, closure.final, True)
             if d.action == "interrupt" and not self.store.interrupt_orphan(sid, self.settings.msg_interrupted):
                 continue  # its owner finished or renewed meanwhile: look again
             if d.action == "interrupt":
-                metrics.STREAMS_ENDED.labels("interrupted").inc()
+                metrics.STREAMS_ENDED.labels(self.bot.id, "interrupted").inc()
                 log.warning("stream interrupted: owner lease lapsed", extra={"sid": sid})
             return stream_frame(sid, d.content, d.finish)
         return stream_frame(sid, snap.text if snap else "", False)  # changing under us: finish on a later poll
@@ -150,12 +150,6 @@ class MessageHandler:
         if not chat:
             return f"u:{user}"
         return f"g:{chat}" if self.settings.conversation_scope == "chat" else f"g:{chat}:u:{user}"
-
-    def _dify_user(self, user: str, chat: str) -> str:
-        # Dify scopes conversations by `user`: a conversation shared by a group needs one user.
-        if chat and self.settings.conversation_scope == "chat":
-            return f"wecom-group:{chat}"
-        return f"wecom:{user}"
 
 
 def _dict(value: Any) -> dict[str, Any]:

@@ -1,5 +1,8 @@
 """Prometheus metrics (``/metrics``), correct across gunicorn workers.
 
+Per-bot series carry a ``bot`` label whose values are only the configured bot ids (unknown ids are
+refused before anything is counted), so the label's cardinality is bounded by the bots file.
+
 With ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn.conf.py sets it before workers import this module)
 each worker writes its samples to files there and ``/metrics`` aggregates all of them; without it
 (tests, a single process) the default in-process registry is used.
@@ -24,27 +27,30 @@ NS = "wecom_dify"
 FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 SLOW = (0.25, 0.5, 1, 2, 5, 10, 20, 30, 60, 120, 330, 600, 1800)
 
-CALLBACKS = Counter(f"{NS}_callbacks_total", "WeCom callbacks by msgtype and outcome", ["msgtype", "outcome"])
+CALLBACKS = Counter(f"{NS}_callbacks_total", "WeCom callbacks by msgtype and outcome", ["bot", "msgtype", "outcome"])
 CALLBACK_SECONDS = Histogram(f"{NS}_callback_seconds", "Time to answer a WeCom callback (server side)",
                              ["msgtype"], buckets=FAST)
 FIRST_TEXT_SECONDS = Histogram(f"{NS}_first_text_seconds", "From the user's message to the first Dify text",
-                               buckets=SLOW)
+                               ["bot"], buckets=SLOW)
 STREAM_SECONDS = Histogram(f"{NS}_stream_seconds", "From the user's message to the end of the answer",
-                           ["status"], buckets=SLOW)
+                           ["bot", "status"], buckets=SLOW)
 POLLS_PER_STREAM = Histogram(f"{NS}_polls_per_stream", "Stream refreshes WeCom sent before the last frame",
                              buckets=(1, 2, 5, 10, 20, 50, 100, 200, 400))
-DUPLICATES = Counter(f"{NS}_duplicate_deliveries_total", "Re-delivered message callbacks (same msgid)")
+DUPLICATES = Counter(f"{NS}_duplicate_deliveries_total", "Re-delivered message callbacks (same msgid)", ["bot"])
 STREAMS_ENDED = Counter(f"{NS}_streams_ended_total",
                         "Streams by how they ended for WeCom: done, failed, stopped, refused, interrupted, "
-                        "expired, window (closed early, answer follows), overflow (rest follows)", ["reason"])
-DIFY_ERRORS = Counter(f"{NS}_dify_errors_total", "Dify failures by error code", ["code"])
-RESPONSE_URL = Counter(f"{NS}_response_url_total", "response_url deliveries by outcome", ["outcome"])
-AUTH = Counter(f"{NS}_auth_total", "User authentication: hit, miss (refreshed), refused, unavailable", ["result"])
+                        "expired, window (closed early, answer follows), overflow (rest follows)", ["bot", "reason"])
+DIFY_ERRORS = Counter(f"{NS}_dify_errors_total", "Dify failures by error code", ["bot", "code"])
+RESPONSE_URL = Counter(f"{NS}_response_url_total", "response_url deliveries by outcome", ["bot", "outcome"])
+AUTH = Counter(f"{NS}_auth_total", "User authentication: hit, miss (refreshed), refused, unavailable",
+               ["bot", "result"])
 ENGINE_JOBS = Gauge(f"{NS}_engine_jobs", "Answers admitted (authenticating, waiting for their turn or running)",
-                    multiprocess_mode="livesum")
+                    ["bot"], multiprocess_mode="livesum")
 ENGINE_CAPACITY = Gauge(f"{NS}_engine_capacity", "Answers the engines may hold at once (ENGINE_CAPACITY per worker)",
                         multiprocess_mode="livesum")
-ENGINE_REJECTED = Counter(f"{NS}_engine_rejected_total", "Messages refused because the engine was at capacity")
+ENGINE_REJECTED = Counter(f"{NS}_engine_rejected_total",
+                          "Messages refused because the engine was at capacity (or the bot at its share of it)",
+                          ["bot"])
 ENGINE_JOBS_TRACKED = Gauge(f"{NS}_engine_leases", "Owner leases the keeper renewed at its last renewal",
                             multiprocess_mode="livesum")
 ENGINE_LOOP_LAG = Gauge(f"{NS}_engine_loop_lag_seconds",

@@ -53,7 +53,8 @@ class Authenticator:
 
     def __init__(self, store: StreamStore, db: UserDB, api: AuthAPI, *, token_ttl: int, negative_ttl: int,
                  refresh_budget: float = 15.0, clock: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep) -> None:
+                 sleep: Callable[[float], None] = time.sleep, bot: str = "default") -> None:
+        self.bot = bot  # the metrics label
         self.store = store
         self.redis: redis.Redis = store.redis
         self.keys: Keys = store.keys
@@ -72,17 +73,17 @@ class Authenticator:
         """Return the user's identity; raises UserNotAuthorized, AuthUnavailable or StoreUnavailable."""
         identity = self._cached(userid)
         if identity is not None:
-            metrics.AUTH.labels("hit").inc()
+            metrics.AUTH.labels(self.bot, "hit").inc()
             return identity
         try:
             identity = self._single_flight(userid)
         except UserNotAuthorized:
-            metrics.AUTH.labels("refused").inc()
+            metrics.AUTH.labels(self.bot, "refused").inc()
             raise
         except AuthUnavailable:
-            metrics.AUTH.labels("unavailable").inc()
+            metrics.AUTH.labels(self.bot, "unavailable").inc()
             raise
-        metrics.AUTH.labels("miss").inc()
+        metrics.AUTH.labels(self.bot, "miss").inc()
         return identity
 
     def _single_flight(self, userid: str) -> Identity:

@@ -30,7 +30,7 @@ def no_window(app):  # type: ignore[no-untyped-def]
     from services.bridge import get_bridge
 
     with app.app_context():
-        get_bridge().crypto.timestamp_window = None
+        get_bridge().bots["default"].crypto.timestamp_window = None
     return app
 
 

@@ -23,6 +23,13 @@ from tools.wecom_client import WeComSigner, text_message
 KEYS = Keys("p:")
 
 
+def bot_of(store: StreamStore) -> Any:
+    """The part of a bot the keeper uses: its id and its store."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(id="t", store=store)
+
+
 @pytest.fixture
 def no_retry_store(redis_url: str, redis_client: redis.Redis) -> StreamStore:
     return StreamStore(redis.Redis.from_url(redis_url, retry=Retry(NoBackoff(), 0)), KEYS)
@@ -105,13 +112,13 @@ def test_dify_error_labels_are_a_fixed_set() -> None:
 def test_a_job_moves_only_along_its_life() -> None:
     from services.engine.job import IllegalTransition, Job, State
 
-    job = Job(sid="s", msgid="m", query="q", dify_user="u", scope="u:x")
+    job = Job(sid="s", bot=None, msgid="m", query="q", dify_user="u", scope="u:x")
     for state in (State.AUTHENTICATING, State.WAITING, State.RUNNING, State.SETTLED):
         job.move(state)
     assert job.settled
     with pytest.raises(IllegalTransition):
         job.move(State.SETTLED)  # settling twice is a bug, never a second release
-    late = Job(sid="t", msgid="m", query="q", dify_user="u", scope="u:x", state=State.RUNNING)
+    late = Job(sid="t", bot=None, msgid="m", query="q", dify_user="u", scope="u:x", state=State.RUNNING)
     with pytest.raises(IllegalTransition):
         late.move(State.WAITING)
 
@@ -134,9 +141,9 @@ def test_keeper_logs_a_rate_limited_traceback_counts_it_and_still_renews(
     from services.engine.keeper import TRACEBACK_EVERY, LeaseKeeper
 
     store = StreamStore(redis_client, KEYS, owner_lease_ms=60_000)
-    keeper = LeaseKeeper(store, "me", renew_every=5.0, wait_limit=3300.0)
+    keeper = LeaseKeeper([store], "me", renew_every=5.0, wait_limit=3300.0)
     store.claim("m", "s", "me", {})
-    job = Job(sid="s", msgid="m", query="q", dify_user="u", scope="u:x", state=State.RUNNING)
+    job = Job(sid="s", bot=bot_of(store), msgid="m", query="q", dify_user="u", scope="u:x", state=State.RUNNING)
     job.writer = Broken()  # type: ignore[assignment]
     keeper.track(job)
     redis_client.pexpire(KEYS.stream_owner("s"), 1000)
@@ -158,13 +165,13 @@ def test_keeper_hands_out_turns_and_reports_stops_and_losses(redis_client: redis
     from services.engine.keeper import LeaseKeeper
 
     store = StreamStore(redis_client, KEYS, owner_lease_ms=60_000)
-    keeper = LeaseKeeper(store, "me", renew_every=5.0, wait_limit=3300.0)
+    keeper = LeaseKeeper([store], "me", renew_every=5.0, wait_limit=3300.0)
     loop = asyncio.new_event_loop()
     try:
         jobs = {}
         for name, state in (("a", State.RUNNING), ("b", State.WAITING), ("c", State.WAITING)):
             store.claim(f"m{name}", name, "me", {}, scope="u:1")
-            jobs[name] = Job(sid=name, msgid=f"m{name}", query="q", dify_user="u", scope="u:1", state=state,
+            jobs[name] = Job(sid=name, bot=bot_of(store), msgid=f"m{name}", query="q", dify_user="u", scope="u:1", state=state,
                              created=0.0)
             keeper.track(jobs[name])
         jobs["b"].turn, jobs["c"].turn = loop.create_future(), loop.create_future()
@@ -296,9 +303,9 @@ def test_a_job_cancelled_before_its_first_step_still_settles(settings: Settings,
     [app, _] = two_apps(settings, apps)
     engine = app.extensions["wecom_dify"].engine
     engine.start()
-    job = Job(sid="f" * 32, msgid="first-step", query="q", dify_user="wecom:x", scope="u:x")
+    job = Job(sid="f" * 32, bot=engine.bots["default"], msgid="first-step", query="q", dify_user="wecom:x", scope="u:x")
     engine._claim(job, queue=True)
-    assert engine._reserve()
+    assert engine._reserve("default")
 
     def launch_and_cancel() -> None:  # the drain can run in the same loop pass as the launch
         engine._launch(job)
@@ -309,7 +316,7 @@ def test_a_job_cancelled_before_its_first_step_still_settles(settings: Settings,
     assert engine.keeper.jobs() == []
     frame = InProcessWeCom(app.test_client(), signer).poll(job.sid)["stream"]
     assert frame == {"id": job.sid, "finish": True, "content": settings.msg_interrupted}
-    assert redis_client.llen(engine.store.keys.queue("u:x")) == 0  # its ticket is gone too
+    assert redis_client.llen(engine.bots["default"].store.keys.queue("u:x")) == 0  # its ticket is gone too
 
 
 def test_a_busy_poll_on_another_replica_brings_the_whole_answer_once(
@@ -348,7 +355,7 @@ def test_a_refused_message_gives_its_ticket_back(settings: Settings, redis_clien
     a = wecom.send(text_message("hold", userid="q"))
     b = wecom.send(text_message("refused", userid="q"))  # the engine is full: busy
     assert a and b and b["stream"]["content"] == settings.msg_busy
-    queue = app.extensions["wecom_dify"].store.keys.queue("u:q")
+    queue = app.extensions["wecom_dify"].bots["default"].store.keys.queue("u:q")
     assert redis_client.lrange(queue, 0, -1) == [a["stream"]["id"].encode()]  # the next message is not stuck
 
 
@@ -361,7 +368,7 @@ def test_an_answer_lets_go_of_everything_it_held(settings: Settings, redis_clien
     wecom.until_finished(first["stream"]["id"])
     engine = app.extensions["wecom_dify"].engine
     wait_for(lambda: engine.admitted == 0)
-    keys = engine.store.keys
+    keys = engine.bots["default"].store.keys
     for key in (keys.stream_owner(first["stream"]["id"]), keys.active("u:g"), keys.queue("u:g")):
         assert not redis_client.exists(key), key
 
@@ -376,7 +383,7 @@ def test_a_stream_taken_from_its_owner_is_abandoned_without_stopping_dify(
     assert first is not None
     wecom.until_text(first["stream"]["id"])
     engine = app.extensions["wecom_dify"].engine
-    redis_client.set(engine.store.keys.stream_owner(first["stream"]["id"]), "another-worker", px=60_000)
+    redis_client.set(engine.bots["default"].store.keys.stream_owner(first["stream"]["id"]), "another-worker", px=60_000)
     wait_for(lambda: engine.admitted == 0, timeout=3)  # the next renewal finds it is no longer ours
     assert dify.stop_requests() == []  # not a /stop: the stream's new owner decides about Dify
 
@@ -388,10 +395,10 @@ def test_a_keeper_whose_write_fails_marks_the_job_and_sends_it_again(redis_serve
     store = StreamStore(redis.Redis.from_url(redis_server.url, socket_timeout=0.3,
                                              retry=Retry(NoBackoff(), 0)), KEYS)
     store.claim("m", "s", "me", {})
-    job = Job(sid="s", msgid="m", query="q", dify_user="u", scope="u:x", state=State.RUNNING)
+    job = Job(sid="s", bot=bot_of(store), msgid="m", query="q", dify_user="u", scope="u:x", state=State.RUNNING)
     job.writer = StreamWriter(store, "s")
     job.writer.add("待写")
-    keeper = LeaseKeeper(store, "me", renew_every=100.0, wait_limit=3300.0)
+    keeper = LeaseKeeper([store], "me", renew_every=100.0, wait_limit=3300.0)
     keeper.track(job)
     redis_server.stop()  # Redis is gone: the batch fails
     keeper.tick(0.0)

@@ -47,7 +47,7 @@ def test_answer_longer_than_its_leases_finishes_intact(apps: list[Flask], settin
 def test_orphan_is_recorded_as_interrupted(apps: list[Flask], settings: Settings, signer: WeComSigner,
                                            redis_client: redis.Redis) -> None:
     app = build(apps, settings)
-    store: StreamStore = app.extensions["wecom_dify"].store
+    store: StreamStore = app.extensions["wecom_dify"].bots["default"].store
     store.claim("orphan", "b" * 32, "gone", {})
     redis_client.delete(store.keys.stream_owner("b" * 32))
     InProcessWeCom(app.test_client(), signer).poll("b" * 32)
@@ -175,13 +175,13 @@ def test_response_url_is_used_once(apps: list[Flask], settings: Settings, respon
                                    redis_client: redis.Redis) -> None:
     app = build(apps, settings)
     bridge = app.extensions["wecom_dify"]
-    store: StreamStore = bridge.store
+    store: StreamStore = bridge.bots["default"].store
     store.claim("once", "e" * 32, "me", {"followup": "1"})
     store.write("e" * 32, 1, "全部回答")
     store.close("e" * 32, "window", "部分", 1)
     store.set_status("e" * 32, "done")
     for _ in range(3):
-        send_rest(store, bridge.engine.delivery, "e" * 32, responses.url(), "", settings)
+        send_rest(store, bridge.bots["default"].delivery, "e" * 32, responses.url(), "", settings)
     assert responses.contents() == ["全部回答"]
 
 
@@ -190,10 +190,10 @@ def test_response_url_retries_connection_failures_then_counts_them() -> None:
 
     sleeps: list[float] = []
     delivery = ResponseURL(["127.0.0.1"], timeout=1, retries=2, sleep=sleeps.append)
-    before = metrics.RESPONSE_URL.labels("failed")._value.get()
+    before = metrics.RESPONSE_URL.labels("default", "failed")._value.get()
     assert not delivery.send(f"http://127.0.0.1:{free_port()}/x", "hi", "")
     assert sleeps == [0.5, 1.0]
-    assert metrics.RESPONSE_URL.labels("failed")._value.get() == before + 1
+    assert metrics.RESPONSE_URL.labels("default", "failed")._value.get() == before + 1
 
 
 def test_close_script_semantics(redis_client: redis.Redis) -> None:
@@ -286,16 +286,16 @@ def test_threads_do_not_grow_with_answers(apps: list[Flask], settings: Settings,
 def test_send_rest_sends_nothing_twice_and_nothing_for_an_interrupted_stream(
         apps: list[Flask], settings: Settings, responses: ResponseServer, redis_client: redis.Redis) -> None:
     bridge = build(apps, settings).extensions["wecom_dify"]
-    store: StreamStore = bridge.store
+    store: StreamStore = bridge.bots["default"].store
     store.claim("busy-seen", "a" * 32, "me", {"followup": "1"})
     store.write("a" * 32, 1, "完整回答")
     store.set_status("a" * 32, "done")
     store.set_fields("a" * 32, {"busy": "1", "seen": "1"})  # answered busy once, then a poll showed it all
-    send_rest(store, bridge.engine.delivery, "a" * 32, responses.url(), "", settings)
+    send_rest(store, bridge.bots["default"].delivery, "a" * 32, responses.url(), "", settings)
     store.claim("interrupted", "b" * 32, "me", {"followup": "1"})
     store.write("b" * 32, 1, "一半")
     store.set_status("b" * 32, "interrupted", settings.msg_interrupted)  # its last frame says so
-    send_rest(store, bridge.engine.delivery, "b" * 32, responses.url(), settings.msg_interrupted, settings)
+    send_rest(store, bridge.bots["default"].delivery, "b" * 32, responses.url(), settings.msg_interrupted, settings)
     assert responses.contents() == []
 
 

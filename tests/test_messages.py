@@ -314,7 +314,7 @@ def test_crashing_dify_client_still_finishes_the_stream(app: Flask, wecom: InPro
         async def close(self) -> None:
             pass
 
-    app.extensions["wecom_dify"].engine.dify = Broken()
+    app.extensions["wecom_dify"].bots["default"].dify = Broken()
     first = wecom.send(text_message("anything"))
     assert first is not None
     assert contents(wecom.until_finished(first["stream"]["id"]))[-1] == settings.msg_dify_failed
@@ -334,7 +334,7 @@ def test_claim_replayed_after_a_lost_reply_still_answers(app: Flask, wecom: InPr
                                                          dify: DifySimulator, monkeypatch: pytest.MonkeyPatch) -> None:
     from tests.test_stream_store import LoseReplies
 
-    app.extensions["wecom_dify"].store.write("warm", 1, "")  # scripts loaded: the claim goes as EVALSHA
+    app.extensions["wecom_dify"].bots["default"].store.write("warm", 1, "")  # scripts loaded: the claim goes as EVALSHA
     loser = LoseReplies(monkeypatch, "EVALSHA")
     first = wecom.send(text_message("replayed claim"))
     assert loser.lost == 1

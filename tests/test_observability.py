@@ -73,24 +73,24 @@ def test_metrics_move_by_the_right_amounts_across_two_workers(replica: Replica, 
     def d(key: str) -> float:
         return delta(before, after, key)
 
-    assert d('wecom_dify_callbacks_total{msgtype="text",outcome="started"}') == 2
-    assert d('wecom_dify_callbacks_total{msgtype="text",outcome="duplicate"}') == 1
-    assert d('wecom_dify_duplicate_deliveries_total') == 1
-    assert d('wecom_dify_callbacks_total{msgtype="event",outcome="ignored"}') == 1
-    assert d('wecom_dify_callbacks_total{msgtype="verify",outcome="rejected_signature"}') == 1
-    refreshes = d('wecom_dify_callbacks_total{msgtype="stream",outcome="partial"}') + \
-        d('wecom_dify_callbacks_total{msgtype="stream",outcome="final"}')
-    assert d('wecom_dify_callbacks_total{msgtype="stream",outcome="final"}') == 2
+    assert d('wecom_dify_callbacks_total{bot="default",msgtype="text",outcome="started"}') == 2
+    assert d('wecom_dify_callbacks_total{bot="default",msgtype="text",outcome="duplicate"}') == 1
+    assert d('wecom_dify_duplicate_deliveries_total{bot="default"}') == 1
+    assert d('wecom_dify_callbacks_total{bot="default",msgtype="event",outcome="ignored"}') == 1
+    assert d('wecom_dify_callbacks_total{bot="default",msgtype="verify",outcome="rejected_signature"}') == 1
+    refreshes = d('wecom_dify_callbacks_total{bot="default",msgtype="stream",outcome="partial"}') + \
+        d('wecom_dify_callbacks_total{bot="default",msgtype="stream",outcome="final"}')
+    assert d('wecom_dify_callbacks_total{bot="default",msgtype="stream",outcome="final"}') == 2
     assert refreshes >= polls + 1
     assert d('wecom_dify_callback_seconds_count{msgtype="text"}') == 3
     assert d('wecom_dify_callback_seconds_count{msgtype="stream"}') == refreshes
-    assert d('wecom_dify_streams_ended_total{reason="done"}') == 1
-    assert d('wecom_dify_streams_ended_total{reason="failed"}') == 1
-    assert d('wecom_dify_dify_errors_total{code="completion_request_error"}') == 1
-    assert d('wecom_dify_first_text_seconds_count') == 2
-    assert d('wecom_dify_stream_seconds_count{status="done"}') == 1
+    assert d('wecom_dify_streams_ended_total{bot="default",reason="done"}') == 1
+    assert d('wecom_dify_streams_ended_total{bot="default",reason="failed"}') == 1
+    assert d('wecom_dify_dify_errors_total{bot="default",code="completion_request_error"}') == 1
+    assert d('wecom_dify_first_text_seconds_count{bot="default"}') == 2
+    assert d('wecom_dify_stream_seconds_count{bot="default",status="done"}') == 1
     assert d('wecom_dify_polls_per_stream_count') == 2
-    assert after['wecom_dify_engine_jobs'] == 0  # everything admitted was released
+    assert after['wecom_dify_engine_jobs{bot="default"}'] == 0  # everything admitted was released
 
 
 def test_logs_are_json_and_hold_no_secrets_or_message_text(replica: Replica, dify: DifySimulator) -> None:

@@ -98,7 +98,7 @@ def test_allowlist_refuses_other_hosts(make_app, signer: WeComSigner, dify: Dify
     assert final.endswith(settings.msg_window_no_followup)
     time.sleep(2)
     assert responses.received == []
-    delivery = app.extensions["wecom_dify"].engine.delivery
+    delivery = app.extensions["wecom_dify"].bots["default"].delivery
     assert not delivery.allowed("https://evil.example/cgi-bin/aibot/response")
     assert not delivery.allowed("http://qyapi.weixin.qq.com/x")  # plain http only for loopback
     assert delivery.allowed("https://qyapi.weixin.qq.com/cgi-bin/aibot/response?response_code=1")
@@ -164,7 +164,7 @@ def test_stop_with_nothing_running(make_app, signer: WeComSigner, settings: Sett
 def test_orphaned_stream_is_interrupted_once(make_app, signer: WeComSigner, redis_client: redis.Redis,  # type: ignore[no-untyped-def]
                                              settings: Settings) -> None:
     app = make_app()
-    store = app.extensions["wecom_dify"].store
+    store = app.extensions["wecom_dify"].bots["default"].store
     created, sid, _ = store.claim("orphan-msg", "a" * 32, "dead-producer", {"followup": "0"})
     assert created
     store.set_status(sid, "running")

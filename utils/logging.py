@@ -8,7 +8,13 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
+
+BOT: ContextVar[str] = ContextVar("bot", default="")
+"""The bot whose work the current request or engine task does; every log line carries it."""
 
 _STANDARD = set(vars(logging.makeLogRecord({})).keys()) | {"message", "asctime"}
 _user_mode = "hash"
@@ -36,12 +42,24 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "event": record.getMessage(),
         }
+        if bot := BOT.get():
+            out["bot"] = bot
         for key, value in vars(record).items():
             if key not in _STANDARD and not key.startswith("_"):
                 out[key] = value
         if record.exc_info and record.exc_info[0] is not None:
             out["exc_type"] = record.exc_info[0].__name__
         return json.dumps(out, ensure_ascii=False, default=str)
+
+
+@contextmanager
+def bot_context(bot_id: str) -> Iterator[None]:
+    """Name ``bot_id`` on every log line written inside this block (in this thread or task)."""
+    token = BOT.set(bot_id)
+    try:
+        yield
+    finally:
+        BOT.reset(token)
 
 
 def configure_logging(level: str, user_ids: str = "hash", salt: str = "") -> None:

@@ -8,6 +8,7 @@ from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
+from config import Settings
 from services import metrics
 from services.delivery import send_rest
 from services.dify import ConversationDropped, Delta, DifyEvent, Finished, Replace, Started, error_label
@@ -35,21 +36,19 @@ class Answers:
 
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
-        self.settings = engine.settings
-        self.store = engine.store
         self.last_chance = False  # the drain ran out of time: one Redis attempt each, no waiting
 
     async def run(self, job: Job) -> tuple[Outcome, str]:
         """Stream the Dify answer (the job has its conversation's turn); return how it ended."""
-        e, s = self.engine, self.settings
-        job.writer = StreamWriter(self.store, job.sid)
+        e, s, store = self.engine, job.bot.settings, job.bot.store
+        job.writer = StreamWriter(store, job.sid)
         if e.draining:
             return Outcome.INTERRUPTED, s.msg_interrupted
-        if not await e.redis(self.store.set_status, job.sid, "running"):
+        if not await e.redis(store.set_status, job.sid, "running"):
             return Outcome.ABANDONED, ""
-        active = self.store.keys.active(job.scope)
-        await e.redis(self.store.put_lease, active, job.sid, int(s.stream_window_seconds * 1000) + 60_000)
-        conversation = await e.redis(self.store.get_conversation, job.scope, s.conversation_idle_seconds)
+        active = store.keys.active(job.scope)
+        await e.redis(store.put_lease, active, job.sid, int(s.stream_window_seconds * 1000) + 60_000)
+        conversation = await e.redis(store.get_conversation, job.scope, s.conversation_idle_seconds)
         first_text = True
         try:
             async with aclosing(self._events(job, conversation)) as events:  # a cancel closes the response
@@ -57,45 +56,47 @@ class Answers:
                     if isinstance(event, Delta):
                         if first_text:
                             first_text = False
-                            metrics.FIRST_TEXT_SECONDS.observe(max(0.0, e.clock() - job.created))
+                            metrics.FIRST_TEXT_SECONDS.labels(job.bot.id).observe(max(0.0, e.clock() - job.created))
                         job.writer.add(event.text)  # the keeper writes it within one tick
                     elif isinstance(event, Replace):
                         job.writer.replace(event.text)
                     elif isinstance(event, Started):
                         conversation = event.conversation_id or conversation
                         job.task_id = event.task_id
-                        await self._best_effort(job, self.store.set_fields, job.sid,
+                        await self._best_effort(job, store.set_fields, job.sid,
                                                 {"task_id": event.task_id, "dify_user": job.dify_user})
                     elif isinstance(event, ConversationDropped):
-                        await self._best_effort(job, self.store.drop_conversation, job.scope)
+                        await self._best_effort(job, store.drop_conversation, job.scope)
                         conversation = None
                     elif isinstance(event, Finished):
                         conversation = event.conversation_id or conversation
         except DifyError as exc:
-            metrics.DIFY_ERRORS.labels(error_label(exc)).inc()
+            job.bot.health.record(error_label(exc))
+            metrics.DIFY_ERRORS.labels(job.bot.id, error_label(exc)).inc()
             log.warning("dify failed", extra={"sid": job.sid, "code": error_label(exc)})
-            return Outcome.FAILED, self._dify_message(exc)
+            return Outcome.FAILED, self._dify_message(s, exc)
         except UserNotAuthorized:  # refused while refreshing a token the backend rejected
             return Outcome.REFUSED, s.msg_unauthorized
         except AuthUnavailable:
             return Outcome.FAILED, s.msg_auth_unavailable
         finally:
-            await self._best_effort(job, self.store.release_lease, active, job.sid)  # else it lapses
+            await self._best_effort(job, store.release_lease, active, job.sid)  # else it lapses
+        job.bot.health.record("ok")
         if conversation:
-            await self._best_effort(job, self.store.set_conversation, job.scope, conversation,
+            await self._best_effort(job, store.set_conversation, job.scope, conversation,
                                     s.conversation_idle_seconds)
         return Outcome.FINISHED, ""
 
     async def settle(self, job: Job, outcome: Outcome, note: str) -> None:
         """Write the final status (retrying Redis), let the conversation go on, then follow up."""
-        e = self.engine
+        e, store, bot = self.engine, job.bot.store, job.bot.id
         status = STATUS.get(outcome)
         if status:
-            metrics.STREAM_SECONDS.labels(status).observe(max(0.0, e.clock() - job.created))
-            metrics.STREAMS_ENDED.labels("refused" if outcome is Outcome.REFUSED else status).inc()
+            metrics.STREAM_SECONDS.labels(bot, status).observe(max(0.0, e.clock() - job.created))
+            metrics.STREAMS_ENDED.labels(bot, "refused" if outcome is Outcome.REFUSED else status).inc()
         finished = bool(status) and await self._finish(job, status or "", note)
-        for step, args in ((self.store.queue_leave, (job.scope, job.sid)),
-                           (self.store.release_lease, (self.store.keys.stream_owner(job.sid), e.owner))):
+        for step, args in ((store.queue_leave, (job.scope, job.sid)),
+                           (store.release_lease, (store.keys.stream_owner(job.sid), e.owner))):
             await self._best_effort(job, step, *args)
         if outcome is Outcome.STOPPED and job.task_id:
             await self._stop_dify(job)
@@ -104,45 +105,45 @@ class Answers:
 
     async def _events(self, job: Job, conversation: str | None) -> AsyncGenerator[DifyEvent, None]:
         """Dify's events; a user token the backend rejects (401) is refreshed and retried once."""
-        e, s = self.engine, self.settings
+        e, s, auth = self.engine, job.bot.settings, job.bot.auth
         for attempt in (0, 1):
             identity = job.identity
             inputs = identity.dify_inputs(s.inputs_from_user) if identity else {}
             token = self._token(job)
             try:
-                async with aclosing(e.dify.chat(job.query, user=job.dify_user, conversation_id=conversation,
+                async with aclosing(job.bot.dify.chat(job.query, user=job.dify_user, conversation_id=conversation,
                                                 inputs=inputs, authorization=token)) as events:
                     async for event in events:
                         yield event
                 return
             except DifyHTTPError as exc:
-                if attempt or exc.status != 401 or token is None or e.auth is None or identity is None:
+                if attempt or exc.status != 401 or token is None or auth is None or identity is None:
                     raise
-                await e.io(e.auth.invalidate, identity)
-                job.identity = await e.io(e.auth.authenticate, job.wecom_user)
+                await e.io(auth.invalidate, identity)
+                job.identity = await e.io(auth.authenticate, job.wecom_user)
 
     def _token(self, job: Job) -> str | None:
-        if self.settings.dify_auth_source == "user_token" and job.identity is not None:
+        if job.bot.settings.dify_auth_source == "user_token" and job.identity is not None:
             return job.identity.token
         return None
 
     async def _stop_dify(self, job: Job) -> None:
         """Ask Dify to stop generating, as the job's own user when Dify is called with user tokens."""
         try:
-            await self.engine.dify.stop(job.task_id, user=job.dify_user, authorization=self._token(job))
+            await job.bot.dify.stop(job.task_id, user=job.dify_user, authorization=self._token(job))
         except DifyError as exc:
             log.warning("dify stop failed", extra={"sid": job.sid, "code": error_label(exc)})
 
     async def _finish(self, job: Job, status: str, note: str) -> bool:
         """Flush and set the final status, retrying Redis with backoff until the job's deadline."""
-        e = self.engine
-        deadline = job.created + self.settings.stream_window_seconds + 30
+        e, store = self.engine, job.bot.store
+        deadline = job.created + job.bot.settings.stream_window_seconds + 30
         delay = 0.1
         while True:
             try:
                 if job.writer is not None:
                     await e.redis(job.writer.flush)
-                await e.redis(self.store.set_status, job.sid, status, note)
+                await e.redis(store.set_status, job.sid, status, note)
                 return True
             except StoreUnavailable:
                 job.degraded = True
@@ -159,13 +160,14 @@ class Answers:
         and ended the stream for WeCom; whether one did shows in whether any poll showed its last
         frame. If none did, the whole answer goes out once (``mark_delivered``).
         """
-        e, s, url = self.engine, self.settings, job.response_url
-        degraded = job.degraded or self.store.failed_at >= job.created
+        e, s, url = self.engine, job.bot.settings, job.response_url
+        store, delivery = job.bot.store, job.bot.delivery
+        degraded = job.degraded or store.failed_at >= job.created
         for _ in range(2):
             if degraded and not await self._seen(job):
                 break
             try:
-                await e.io(send_rest, self.store, e.delivery, job.sid, url, note, s)
+                await e.io(send_rest, store, delivery, job.sid, url, note, s)
                 return
             except StoreUnavailable:
                 if degraded:  # a poll showed the last frame, and Redis is gone again: nothing is lost
@@ -173,12 +175,12 @@ class Answers:
                     return
                 degraded = job.degraded = True
         try:
-            claimed = await e.redis(self.store.mark_delivered, job.sid)
+            claimed = await e.redis(store.mark_delivered, job.sid)
         except StoreUnavailable:
             claimed = True  # nobody can have delivered it without Redis either
         if claimed:
             text = job.writer.text if job.writer else ""
-            await e.io(e.delivery.send, url, f"{text}\n\n{note}" if note and text else text or note, s.msg_truncated)
+            await e.io(delivery.send, url, f"{text}\n\n{note}" if note and text else text or note, s.msg_truncated)
 
     async def _seen(self, job: Job) -> bool:
         """Wait up to ``SEEN_GRACE`` for a poll to have shown the stream's last (or closing) frame."""
@@ -186,7 +188,7 @@ class Answers:
         until = e.clock() + SEEN_GRACE
         while True:
             try:
-                snap = await e.redis(self.store.snapshot, job.sid, 1)
+                snap = await e.redis(job.bot.store.snapshot, job.sid, 1)
                 if snap is not None and ("seen" in snap.meta or snap.final is not None):
                     return True
             except StoreUnavailable:
@@ -203,9 +205,10 @@ class Answers:
             job.degraded = True
             log.warning("redis step skipped", extra={"sid": job.sid, "step": getattr(step, "__name__", "?")})
 
-    def _dify_message(self, exc: DifyError) -> str:
+    @staticmethod
+    def _dify_message(s: Settings, exc: DifyError) -> str:
         if isinstance(exc, DifyTimeout):
-            return self.settings.msg_dify_timeout
+            return s.msg_dify_timeout
         if isinstance(exc, DifyHTTPError) and exc.status == 429:
-            return self.settings.msg_dify_busy
-        return self.settings.msg_dify_failed
+            return s.msg_dify_busy
+        return s.msg_dify_failed

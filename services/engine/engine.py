@@ -10,26 +10,25 @@ per answer: capacity is a number of jobs (``ENGINE_CAPACITY``), not of threads.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from config import Settings
 from services import metrics
-from services.delivery import ResponseURL
-from services.dify import DifyClient
+from services.bot import Bot
 from services.engine.answer import Answers
 from services.engine.job import Job, Outcome, State
 from services.engine.keeper import LeaseKeeper, Report
 from services.engine.loop import LoopThread
 from services.errors import AuthUnavailable, StoreUnavailable, UserNotAuthorized
-from services.streams.store import StreamStore
-from services.user_auth import Authenticator
+from utils.logging import BOT
 
 log = logging.getLogger(__name__)
 
@@ -64,18 +63,25 @@ class Expired(Exception):
 
 
 class Engine:
-    """Owns the loop, the executors, the keeper and every job's life in this worker."""
+    """Owns the loop, the executors, the keeper and every job's life in this worker, for all its bots.
 
-    def __init__(self, store: StreamStore, dify: DifyClient, settings: Settings, delivery: ResponseURL, *,
-                 auth: Authenticator | None = None, clock: Callable[[], float] = time.time) -> None:
-        self.store, self.dify, self.settings, self.delivery, self.auth = store, dify, settings, delivery, auth
+    Capacity is shared fairly: each bot has ``capacity_share`` of it kept for itself alone, and the
+    rest goes to whichever bot needs it, so a flood on one bot never starves the others.
+    """
+
+    def __init__(self, settings: Settings, bots: Mapping[str, Bot], *,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.settings, self.bots = settings, dict(bots)
         self.clock = clock
         self.owner = uuid.uuid4().hex  # this process's name on the stream leases it holds
         self.capacity = settings.engine_capacity
+        self.reserved = {bot_id: int(self.capacity * bot.capacity_share) for bot_id, bot in self.bots.items()}
+        self._by_bot = dict.fromkeys(self.bots, 0)  # admitted jobs per bot
         # a waiting job gives up while its stream can still carry the answer and its user be reached
         wait_limit = max(60.0, min(RESPONSE_URL_LIFE,
                                    settings.stream_ttl_seconds - settings.dify_total_timeout - 60))
-        self.keeper = LeaseKeeper(store, self.owner, renew_every=settings.producer_lease_seconds / 3,
+        self.keeper = LeaseKeeper([bot.store for bot in self.bots.values()], self.owner,
+                                  renew_every=settings.producer_lease_seconds / 3,
                                   wait_limit=wait_limit)
         self.answers = Answers(self)
         self.draining = False
@@ -112,11 +118,11 @@ class Engine:
         created, sid = self._claim(job, queue=True)
         if not created:
             return Admission("duplicate", sid)
-        if not self._reserve():
-            self._best_effort(self.store.queue_leave, job.scope, sid)
-            metrics.ENGINE_REJECTED.inc()
+        if not self._reserve(job.bot.id):
+            self._best_effort(job.bot.store.queue_leave, job.scope, sid)
+            metrics.ENGINE_REJECTED.labels(job.bot.id).inc()
             log.warning("engine at capacity", extra={"sid": sid, "msgid": job.msgid})
-            self.store.set_status(sid, "failed", self.settings.msg_busy)
+            job.bot.store.set_status(sid, "failed", job.bot.settings.msg_busy)
             return Admission("busy", sid)
         self.start()
         loop = self._thread.start()
@@ -127,7 +133,7 @@ class Engine:
         """Claim ``job`` and finish its stream at once with ``note`` (e.g. an empty question)."""
         created, sid = self._claim(job, queue=False)
         if created:
-            self.store.set_status(sid, "done", note)
+            job.bot.store.set_status(sid, "done", note)
         return Admission("empty" if created else "duplicate", sid, note)
 
     def stop(self, job: Job) -> Admission:
@@ -135,14 +141,15 @@ class Engine:
         created, sid = self._claim(job, queue=False)
         if not created:
             return Admission("duplicate", sid)
-        active = self.store.get_value(self.store.keys.active(job.scope))
-        stopped = active is not None and self.store.set_status(active, "done", self.settings.msg_stopped)
-        ack = self.settings.msg_stop_ack if stopped else self.settings.msg_nothing_to_stop
-        self.store.set_status(sid, "done", ack)
+        store, s = job.bot.store, job.bot.settings
+        active = store.get_value(store.keys.active(job.scope))
+        stopped = active is not None and store.set_status(active, "done", s.msg_stopped)
+        ack = s.msg_stop_ack if stopped else s.msg_nothing_to_stop
+        store.set_status(sid, "done", ack)
         if stopped and active is not None:
-            metrics.STREAMS_ENDED.labels("stopped").inc()
+            metrics.STREAMS_ENDED.labels(job.bot.id, "stopped").inc()
             log.info("answer stopped by the user", extra={"sid": active})
-            local = next((j for j in self.keeper.jobs() if j.sid == active), None)
+            local = next((j for j in self.keeper.jobs() if j.sid == active and j.bot is job.bot), None)
             if local is not None and self._thread.loop is not None:  # ours: no need to wait for the keeper
                 self._thread.loop.call_soon_threadsafe(self._cancel, local, Outcome.STOPPED)
         return Admission("stop", sid, ack)
@@ -165,17 +172,19 @@ class Engine:
 
     # -- helpers for the job's steps (used by answer.py) ---------------------------------------------
     async def redis(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run one Redis round trip off the loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._redis, fn, *args)
+        """Run one Redis round trip off the loop (in the job's logging context)."""
+        return await asyncio.get_running_loop().run_in_executor(self._redis, contextvars.copy_context().run,
+                                                                fn, *args)
 
     async def io(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run slow blocking I/O (MySQL, auth API, response_url) off the loop."""
-        return await asyncio.get_running_loop().run_in_executor(self._io, fn, *args)
+        """Run slow blocking I/O (MySQL, auth API, response_url) off the loop (in the job's logging context)."""
+        return await asyncio.get_running_loop().run_in_executor(self._io, contextvars.copy_context().run,
+                                                                fn, *args)
 
     # -- the job's life --------------------------------------------------------------------------------
     def _claim(self, job: Job, *, queue: bool) -> tuple[bool, str]:
         meta = {"user": job.wecom_user, "chat": job.chat, "followup": "1" if job.response_url else "0"}
-        created, winner, first = self.store.claim(job.msgid, job.sid, self.owner, meta,
+        created, winner, first = job.bot.store.claim(job.msgid, job.sid, self.owner, meta,
                                                   scope=job.scope if queue else None)
         # redis-py may re-run the claim after a lost reply; it then reports our own fresh sid as the
         # existing one. That is still our first delivery, not a re-delivery.
@@ -183,12 +192,18 @@ class Engine:
         job.first_in_line = first
         return created, winner
 
-    def _reserve(self) -> bool:
+    def _reserve(self, bot_id: str) -> bool:
+        """Take a slot: one kept for this bot, else one of the shared rest that no bot's reserve holds."""
         with self._lock:
-            if self.draining or self._admitted >= self.capacity:
+            if self.draining:
                 return False
+            if self._by_bot[bot_id] >= self.reserved[bot_id]:
+                held = sum(max(n, self.reserved[b]) for b, n in self._by_bot.items())
+                if held >= self.capacity:
+                    return False
+            self._by_bot[bot_id] += 1
             self._admitted += 1
-        metrics.ENGINE_JOBS.inc()
+        metrics.ENGINE_JOBS.labels(bot_id).inc()
         return True
 
     def _launch(self, job: Job) -> None:
@@ -197,29 +212,31 @@ class Engine:
         self._tasks.add(job.task)
 
     async def _run(self, job: Job) -> None:
+        BOT.set(job.bot.id)  # this task's log lines name its bot
+        s = job.bot.settings
         try:
             try:
                 await self._prepare(job)
                 job.move(State.RUNNING)
                 outcome, note = await self.answers.run(job)
             except asyncio.CancelledError:
-                outcome, note = job.stop_reason or Outcome.INTERRUPTED, self.settings.msg_interrupted
+                outcome, note = job.stop_reason or Outcome.INTERRUPTED, s.msg_interrupted
             except Gone:
                 outcome, note = Outcome.ABANDONED, ""
             except Interrupted:
-                outcome, note = Outcome.INTERRUPTED, self.settings.msg_interrupted
+                outcome, note = Outcome.INTERRUPTED, s.msg_interrupted
             except Expired:
-                outcome, note = Outcome.FAILED, self.settings.msg_dify_timeout
+                outcome, note = Outcome.FAILED, s.msg_dify_timeout
             except UserNotAuthorized:
-                outcome, note = Outcome.REFUSED, self.settings.msg_unauthorized
+                outcome, note = Outcome.REFUSED, s.msg_unauthorized
             except AuthUnavailable as exc:
                 log.warning("authentication unavailable", extra={"sid": job.sid, "reason": str(exc)})
-                outcome, note = Outcome.FAILED, self.settings.msg_auth_unavailable
+                outcome, note = Outcome.FAILED, s.msg_auth_unavailable
             except StoreUnavailable:
-                outcome, note = Outcome.FAILED, self.settings.msg_busy
+                outcome, note = Outcome.FAILED, s.msg_busy
             except Exception:  # a job must never leave its stream open
                 log.exception("answer crashed", extra={"sid": job.sid})
-                outcome, note = Outcome.FAILED, self.settings.msg_dify_failed
+                outcome, note = Outcome.FAILED, s.msg_dify_failed
             job.move(State.SETTLED)
             job.outcome = outcome
             await self.answers.settle(job, outcome, note)
@@ -229,7 +246,8 @@ class Engine:
             self.keeper.untrack(job)
             with self._lock:
                 self._admitted -= 1
-            metrics.ENGINE_JOBS.dec()
+                self._by_bot[job.bot.id] -= 1
+            metrics.ENGINE_JOBS.labels(job.bot.id).dec()
             if job.task is not None:
                 self._tasks.discard(job.task)
 
@@ -239,14 +257,15 @@ class Engine:
             raise asyncio.CancelledError
         if self.draining:
             raise Interrupted
-        if self.auth is not None:
+        store, auth = job.bot.store, job.bot.auth
+        if auth is not None:
             job.move(State.AUTHENTICATING)
-            if not await self.redis(self.store.set_status, job.sid, "authenticating"):
+            if not await self.redis(store.set_status, job.sid, "authenticating"):
                 raise Gone
-            job.identity = await self.io(self.auth.authenticate, job.wecom_user)
+            job.identity = await self.io(auth.authenticate, job.wecom_user)
         if not job.first_in_line:
             job.move(State.WAITING)
-            if not await self.redis(self.store.set_status, job.sid, "waiting"):
+            if not await self.redis(store.set_status, job.sid, "waiting"):
                 raise Gone
             job.turn = asyncio.get_running_loop().create_future()
             if not await job.turn:
@@ -308,7 +327,8 @@ class Engine:
             await asyncio.wait(pending, timeout=SETTLE_AFTER_DRAIN)
         if self._keeping is not None:
             self._keeping.cancel()
-        await self.dify.close()
+        for bot in self.bots.values():
+            await bot.dify.close()
 
 
 def _spawn_all(pool: ThreadPoolExecutor, size: int) -> None:

@@ -13,6 +13,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
+from services.bot import Bot
 from services.streams.writer import StreamWriter
 from services.user_auth import Identity
 
@@ -56,6 +57,7 @@ class Job:
     """One user message to answer, and what the engine holds for it."""
 
     sid: str
+    bot: Bot  # whose message it is: its store, its Dify app, its texts
     msgid: str
     query: str
     dify_user: str

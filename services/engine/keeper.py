@@ -5,13 +5,15 @@ whether waiting answers may run (two pipelines), records the "busy" frames this 
 answered while Redis was away (one pipeline, only when there are some), and every third of the
 owner lease renews every lease this worker holds (one script call per 500), learning which streams
 were finished elsewhere (``/stop``) or taken from it. It only reports; the engine acts on the report. Time is injected:
-``tick(now)`` is all a test needs to drive it.
+``tick(now)`` is all a test needs to drive it. With several bots, each step runs once per bot's store
+(their keys differ, their Redis is the same), so a tick costs a few round trips per bot with work.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from services import metrics
@@ -38,8 +40,8 @@ class Report:
 class LeaseKeeper:
     """Flush, renew and hand out turns for the jobs of one worker."""
 
-    def __init__(self, store: StreamStore, owner: str, *, renew_every: float, wait_limit: float) -> None:
-        self.store = store
+    def __init__(self, stores: Sequence[StreamStore], owner: str, *, renew_every: float, wait_limit: float) -> None:
+        self.stores = list(stores)
         self.owner = owner
         self.renew_every = renew_every
         self.wait_limit = wait_limit  # seconds a job may wait for its turn (its stream must outlive it)
@@ -81,6 +83,10 @@ class LeaseKeeper:
         return report
 
     def _flush(self, jobs: list[Job], now: float, report: Report) -> None:
+        for store, group in _by_store(jobs):
+            self._flush_store(store, group, report)
+
+    def _flush_store(self, store: StreamStore, jobs: list[Job], report: Report) -> None:
         taken: list[tuple[Job, StreamWriter, Write]] = []
         for job in jobs:
             writer = job.writer
@@ -89,7 +95,7 @@ class LeaseKeeper:
         if not taken:
             return
         try:
-            results = self.store.write_many([write for _, _, write in taken])
+            results = store.write_many([write for _, _, write in taken])
         except BaseException:
             for _, writer, _ in taken:
                 writer.settle(None)  # sent again on the next tick
@@ -111,14 +117,16 @@ class LeaseKeeper:
                 report.expired.append(job)
             else:
                 ask.append(job)
-        heads = self.store.queue_heads([job.scope for job in ask]) if ask else []
-        behind = [(job, head) for job, head in zip(ask, heads, strict=True) if head != job.sid]
-        report.turns += [job for job, head in zip(ask, heads, strict=True) if head == job.sid]
-        turns = self.store.queue_turns([(job.scope, job.sid, head) for job, head in behind])
-        report.turns += [job for (job, _), turn in zip(behind, turns, strict=True) if turn is Turn.MINE]
+        for store, group in _by_store(ask):
+            heads = store.queue_heads([job.scope for job in group])
+            behind = [(job, head) for job, head in zip(group, heads, strict=True) if head != job.sid]
+            report.turns += [job for job, head in zip(group, heads, strict=True) if head == job.sid]
+            turns = store.queue_turns([(job.scope, job.sid, head) for job, head in behind])
+            report.turns += [job for (job, _), turn in zip(behind, turns, strict=True) if turn is Turn.MINE]
 
     def _busy(self, jobs: list[Job], now: float, report: Report) -> None:
-        self.store.record_busy_shown()  # "busy" polls this worker answered while Redis was away
+        for store in self.stores:
+            store.record_busy_shown()  # "busy" polls this worker answered while Redis was away
 
     def _renew(self, jobs: list[Job], now: float, report: Report) -> None:
         if now - self._last_renew < self.renew_every and now >= self._last_renew:
@@ -127,11 +135,21 @@ class LeaseKeeper:
         if not jobs:
             self._last_renew = now
             return
-        found = self.store.renew_owners([j.sid for j in jobs], self.owner)  # on failure: again next tick
+        found: list[tuple[Job, Lease]] = []
+        for store, group in _by_store(jobs):  # on failure: again next tick
+            found += zip(group, store.renew_owners([j.sid for j in group], self.owner), strict=True)
         self._last_renew = now
-        for job, lease in zip(jobs, found, strict=True):
+        for job, lease in found:
             if lease is Lease.FINISHED and job.state in (State.RUNNING, State.WAITING, State.AUTHENTICATING):
                 report.finished_elsewhere.append(job)
             elif lease is Lease.LOST and not job.settled:
                 report.lost.append(job)
 
+
+
+def _by_store(jobs: list[Job]) -> list[tuple[StreamStore, list[Job]]]:
+    """``jobs`` grouped by their bot's store, in first-seen order."""
+    groups: dict[int, tuple[StreamStore, list[Job]]] = {}
+    for job in jobs:
+        groups.setdefault(id(job.bot.store), (job.bot.store, []))[1].append(job)
+    return list(groups.values())

@@ -1,4 +1,9 @@
-"""The WeCom callback endpoint: URL verification (GET) and encrypted messages (POST)."""
+"""The WeCom callback endpoints: URL verification (GET) and encrypted messages (POST), one URL per bot.
+
+``/wecom/callback/<bot_id>`` serves each configured bot; ``/wecom/callback`` serves the bot ``default``.
+An unknown bot is a 404 before anything is decrypted, and each bot checks signatures with its own
+token, so a callback signed for one bot and sent to another's URL is a 403.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,13 @@ import time
 
 from flask import Blueprint, Response, abort, request
 
+from config import DEFAULT_BOT
 from crypto import SignatureError, WeComCryptoError
 from services import metrics
+from services.bot import Bot
 from services.bridge import get_bridge
+from services.messages import MessageHandler
+from utils.logging import bot_context
 
 bp = Blueprint("callback", __name__)
 log = logging.getLogger(__name__)
@@ -30,53 +39,71 @@ def query_params(*extra: str) -> list[str]:
     return values
 
 
-def reject(exc: WeComCryptoError, msgtype: str = "verify") -> Response:
+def find_bot(bot_id: str) -> tuple[Bot, MessageHandler]:
+    """The configured bot ``bot_id`` and its handler, or abort with 404 (nothing is decrypted)."""
+    bridge = get_bridge()
+    bot, handler = bridge.bots.get(bot_id), bridge.handlers.get(bot_id)
+    if bot is None or handler is None:
+        abort(404, description="no such bot")
+    return bot, handler
+
+
+def reject(bot: Bot, exc: WeComCryptoError, msgtype: str = "verify") -> Response:
     """Turn a crypto failure into 403 (signature) or 400 (anything after it); never a 5xx."""
     status = 403 if isinstance(exc, SignatureError) else 400
-    metrics.CALLBACKS.labels(msgtype, "rejected_signature" if status == 403 else "rejected_crypto").inc()
+    metrics.CALLBACKS.labels(bot.id, msgtype, "rejected_signature" if status == 403 else "rejected_crypto").inc()
     log.warning("callback rejected", extra={"errcode": exc.code, "status": status})
     return Response(f"rejected: {exc.code}\n", status=status, mimetype="text/plain")
 
 
-@bp.get("/wecom/callback")
-def verify_url() -> Response:
+@bp.get("/wecom/callback", defaults={"bot_id": DEFAULT_BOT})
+@bp.get("/wecom/callback/<bot_id>")
+def verify_url(bot_id: str) -> Response:
     """Answer WeCom's URL verification with the bare decrypted ``echostr``."""
-    signature, timestamp, nonce, echostr = query_params("echostr")
-    try:
-        plaintext = get_bridge().crypto.verify_url(signature, timestamp, nonce, echostr)
-    except WeComCryptoError as exc:
-        return reject(exc)
-    metrics.CALLBACKS.labels("verify", "ok").inc()
-    log.info("url verified")
-    return Response(plaintext, mimetype="text/plain")
+    bot, _ = find_bot(bot_id)
+    with bot_context(bot.id):
+        signature, timestamp, nonce, echostr = query_params("echostr")
+        try:
+            plaintext = bot.crypto.verify_url(signature, timestamp, nonce, echostr)
+        except WeComCryptoError as exc:
+            return reject(bot, exc)
+        metrics.CALLBACKS.labels(bot.id, "verify", "ok").inc()
+        log.info("url verified")
+        return Response(plaintext, mimetype="text/plain")
 
 
-@bp.post("/wecom/callback")
-def receive() -> Response:
+@bp.post("/wecom/callback", defaults={"bot_id": DEFAULT_BOT})
+@bp.post("/wecom/callback/<bot_id>")
+def receive(bot_id: str) -> Response:
     """Verify and decrypt an AI-bot callback, handle it, and answer with an encrypted reply."""
+    bot, handler = find_bot(bot_id)
+    with bot_context(bot.id):
+        return _receive(bot, handler)
+
+
+def _receive(bot: Bot, handler: MessageHandler) -> Response:
     started = time.perf_counter()
     signature, timestamp, nonce = query_params()
-    bridge = get_bridge()
     try:
-        plaintext = bridge.crypto.decrypt_json(signature, timestamp, nonce, request.get_data())
+        plaintext = bot.crypto.decrypt_json(signature, timestamp, nonce, request.get_data())
     except WeComCryptoError as exc:
-        return reject(exc, "unknown")
+        return reject(bot, exc, "unknown")
     try:
         msg = json.loads(plaintext)
     except (ValueError, RecursionError):  # RecursionError: absurdly deep nesting
         msg = None
     if not isinstance(msg, dict):
-        metrics.CALLBACKS.labels("unknown", "bad_plaintext").inc()
+        metrics.CALLBACKS.labels(bot.id, "unknown", "bad_plaintext").inc()
         log.warning("callback plaintext is not a JSON object")
         return Response("rejected: plaintext is not a JSON object\n", status=400, mimetype="text/plain")
-    reply, outcome = bridge.handler.handle(msg)
+    reply, outcome = handler.handle(msg)
     raw_type = msg.get("msgtype")
     msgtype = raw_type if isinstance(raw_type, str) and raw_type in KNOWN_TYPES else "other"
     if reply is None:
         response = Response(b"", status=200)
     else:
-        body = bridge.crypto.encrypt_json(json.dumps(reply, ensure_ascii=False), nonce)
+        body = bot.crypto.encrypt_json(json.dumps(reply, ensure_ascii=False), nonce)
         response = Response(body, mimetype="application/json")
-    metrics.CALLBACKS.labels(msgtype, outcome).inc()
+    metrics.CALLBACKS.labels(bot.id, msgtype, outcome).inc()
     metrics.CALLBACK_SECONDS.labels(msgtype).observe(time.perf_counter() - started)
     return response

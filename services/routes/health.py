@@ -19,7 +19,11 @@ def livez() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Answer 200 only when Redis (and MySQL, with ``AUTH_MODE=mysql``) answer."""
+    """Answer 200 only when Redis (and MySQL, with ``AUTH_MODE=mysql``) answer.
+
+    ``dify`` shows, per bot, how its latest Dify answer in this worker went. It is informational
+    (an outage of a shared Dify must not take every replica out of service) and costs no request.
+    """
     bridge = get_bridge()
     checks: dict[str, str] = {}
     if bridge.engine.draining:
@@ -36,4 +40,5 @@ def readyz() -> tuple[Response, int]:
         except AuthUnavailable as exc:
             checks["mysql"] = f"unavailable: {exc}"
     ready = all(v == "ok" for v in checks.values())
-    return jsonify(status="ok" if ready else "unavailable", checks=checks), (200 if ready else 503)
+    dify = {bot_id: bot.health.describe() for bot_id, bot in bridge.bots.items()}
+    return jsonify(status="ok" if ready else "unavailable", checks=checks, dify=dify), (200 if ready else 503)

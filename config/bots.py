@@ -1,0 +1,190 @@
+"""The bots a deployment serves: read from ``BOTS_FILE`` (TOML), or the one bot of the environment.
+
+Each bot overrides some settings (its WeCom credentials, its Dify app, its texts…) over the global
+environment ones; what it leaves unset falls back to them. A string may refer to environment
+variables (``"${DIFY_KEY_HR}"``), so the file can live in a ConfigMap and the secrets in a Secret.
+Every problem raises :class:`ConfigError` naming the bot and the field (``bots.hr.dify_api_key``),
+and never shows a secret's value.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from config.settings import ConfigError, Settings, _env_name
+
+BOT_ID = re.compile(r"[a-z0-9-]{1,32}")
+DEFAULT_BOT = "default"
+"""The bot of an environment-only configuration; ``/wecom/callback`` serves the bot of this id."""
+
+RESERVED_PART = 0.5
+"""Of each worker's ENGINE_CAPACITY, the part kept for the bots without a ``capacity_share`` of
+their own, split evenly among them; the rest is shared by all bots, first come first served."""
+
+FIELDS: dict[str, str] = {
+    "wecom_token": "wecom_token",
+    "wecom_encoding_aes_key": "wecom_encoding_aes_key",
+    "wecom_receive_id": "wecom_receive_id",
+    "bot_names": "wecom_bot_names",
+    "dify_base_url": "dify_base_url",
+    "dify_api_key": "dify_api_key",
+    "dify_response_mode": "dify_response_mode",
+    "dify_inputs_from_user": "dify_inputs_from_user",
+    "dify_auth_source": "dify_auth_source",
+    "conversation_scope": "conversation_scope",
+    "conversation_idle_seconds": "conversation_idle_seconds",
+    "response_url_hosts": "wecom_response_url_hosts",
+    "auth_mode": "auth_mode",
+    "stop_commands": "stop_commands",
+}
+"""A bot's keys in the file → the setting each one overrides."""
+
+LISTS = frozenset({"bot_names", "response_url_hosts", "stop_commands"})
+"""Keys that may be written as a list of strings (or as one comma-separated string)."""
+
+SECRETS = frozenset({"wecom_token", "wecom_encoding_aes_key", "dify_api_key"})
+MESSAGES = {f.removeprefix("msg_"): f for f in Settings.__dataclass_fields__ if f.startswith("msg_")}
+"""``[bots.<id>.messages]`` keys → the user-facing text each one overrides (``busy`` → ``msg_busy``)."""
+
+OWN_KEYS = frozenset({"name", "capacity_share", "messages"})
+REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class BotConfig:
+    """One bot: its id, its settings (the global ones with its own values laid over) and its share."""
+
+    id: str
+    settings: Settings
+    namespace: str
+    """Prefix of its Redis keys and Dify user ids; empty only for the environment-only bot, whose
+    names stay as they were before bots files existed (a rolling upgrade keeps its live streams)."""
+    capacity_share: float
+    """The part of each worker's answer capacity kept for this bot alone."""
+    name: str = ""
+
+
+def load_bots(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, BotConfig]:
+    """The configured bots: ``settings.bots_file`` if set, else the environment's single bot."""
+    if not settings.bots_file:
+        bot = BotConfig(DEFAULT_BOT, settings, "", RESERVED_PART)
+        return {bot.id: bot}
+    path = Path(settings.bots_file)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError("BOTS_FILE", f"cannot read {path}: {type(exc).__name__}") from None
+    return parse_bots(text, settings, os.environ if environ is None else environ)
+
+
+def parse_bots(text: str, settings: Settings, environ: Mapping[str, str]) -> dict[str, BotConfig]:
+    """Parse and validate a bots file's ``text`` against the global ``settings``."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("BOTS_FILE", f"is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - {"bots"})
+    if unknown:
+        raise ConfigError(unknown[0], "unknown top-level key (the file has one table, [bots.<id>])")
+    tables = data.get("bots")
+    if not isinstance(tables, dict) or not tables:
+        raise ConfigError("bots", "the file lists no bots (add a [bots.<id>] table)")
+    parsed: dict[str, tuple[Settings, float | None, str]] = {}
+    for bot_id, table in tables.items():
+        if not BOT_ID.fullmatch(bot_id):
+            raise ConfigError(f"bots.{bot_id}", "a bot id is 1-32 characters of a-z, 0-9 and '-'")
+        if not isinstance(table, dict):
+            raise ConfigError(f"bots.{bot_id}", "must be a table of settings")
+        parsed[bot_id] = _parse_bot(bot_id, table, settings, environ)
+    return _with_shares(parsed)
+
+
+def _parse_bot(bot_id: str, table: dict[str, Any], base: Settings,
+               environ: Mapping[str, str]) -> tuple[Settings, float | None, str]:
+    where = f"bots.{bot_id}"
+    changes: dict[str, Any] = {}
+    origin: dict[str, str] = {}  # setting → the key in the file that set it
+    for key, raw in table.items():
+        if key in OWN_KEYS:
+            continue
+        if key not in FIELDS:
+            raise ConfigError(f"{where}.{key}", f"unknown setting (known: {', '.join(sorted([*FIELDS, *OWN_KEYS]))})")
+        changes[FIELDS[key]] = _value(f"{where}.{key}", raw, base, FIELDS[key], key in LISTS, key in SECRETS, environ)
+        origin[FIELDS[key]] = f"{where}.{key}"
+    messages = table.get("messages", {})
+    if not isinstance(messages, dict):
+        raise ConfigError(f"{where}.messages", "must be a table of texts ([bots.<id>.messages])")
+    for key, raw in messages.items():
+        if key not in MESSAGES:
+            raise ConfigError(f"{where}.messages.{key}", f"unknown text (known: {', '.join(sorted(MESSAGES))})")
+        changes[MESSAGES[key]] = _value(f"{where}.messages.{key}", raw, base, MESSAGES[key], False, False, environ)
+        origin[MESSAGES[key]] = f"{where}.messages.{key}"
+    name = table.get("name", "")
+    if not isinstance(name, str) or len(name) > 64:
+        raise ConfigError(f"{where}.name", "must be a string of at most 64 characters")
+    share = table.get("capacity_share")
+    if share is not None and (isinstance(share, bool) or not isinstance(share, int | float)
+                              or not math.isfinite(share) or not 0 < share <= 1):
+        raise ConfigError(f"{where}.capacity_share", "must be a number in (0, 1]: the part of each worker's "
+                                                     "ENGINE_CAPACITY kept for this bot")
+    try:
+        settings = base.replace(bots_file="", **changes)  # each bot's settings are complete on their own
+    except ConfigError as exc:
+        own = next((f for f in changes if _env_name(f) == exc.variable), None)
+        if own is not None:
+            raise ConfigError(origin[own], exc.problem) from None
+        # a global value this bot falls back to (e.g. its token, left to WECOM_TOKEN)
+        fallback = next((k for k, f in FIELDS.items() if _env_name(f) == exc.variable), None)
+        problem = f"is required but not set (here or in {exc.variable})" if "required" in exc.problem else \
+            f"{exc.problem} (from {exc.variable})"
+        raise ConfigError(f"{where}.{fallback}" if fallback else where, problem) from None
+    return settings, (float(share) if share is not None else None), name
+
+
+def _value(where: str, raw: Any, base: Settings, field: str, listed: bool, secret: bool,
+           environ: Mapping[str, str]) -> Any:
+    """One value from the file, type-checked against the setting it overrides, references resolved."""
+    kind = type(getattr(base, field))
+    if listed and isinstance(raw, list):
+        if not all(isinstance(item, str) for item in raw):
+            raise ConfigError(where, "must be a list of strings")
+        raw = ",".join(_resolve(where, item, environ) for item in raw)
+    elif isinstance(raw, str):
+        raw = _resolve(where, raw, environ)
+        if kind is not str:
+            try:
+                return kind(raw.strip())
+            except ValueError:
+                raise ConfigError(where, f"expected {kind.__name__}" + ("" if secret else f", got {raw!r}")) from None
+    ok = isinstance(raw, kind) or (kind is float and isinstance(raw, int))
+    if not ok or isinstance(raw, bool) != (kind is bool):
+        shown = "" if secret else f", got {raw!r}"
+        raise ConfigError(where, f"expected {'a list of strings or ' if listed else ''}{kind.__name__}{shown}")
+    return float(raw) if kind is float else raw
+
+
+def _resolve(where: str, text: str, environ: Mapping[str, str]) -> str:
+    """Replace ``${NAME}`` with environment variable NAME; an unset one is an error."""
+    def lookup(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise ConfigError(where, f"refers to ${{{name}}}, which is not set in the environment")
+        return environ[name]
+    return REF.sub(lookup, text)
+
+
+def _with_shares(parsed: dict[str, tuple[Settings, float | None, str]]) -> dict[str, BotConfig]:
+    explicit = sum(share for _, share, _ in parsed.values() if share is not None)
+    if explicit > 1 + 1e-9:
+        raise ConfigError("bots.*.capacity_share", f"the shares add up to {explicit:g}; they must add up to at most 1")
+    unset = [bot_id for bot_id, (_, share, _) in parsed.items() if share is None]
+    default = min(RESERVED_PART, 1 - explicit) / len(unset) if unset else 0.0
+    return {bot_id: BotConfig(bot_id, settings, bot_id, default if share is None else share, name)
+            for bot_id, (settings, share, name) in parsed.items()}

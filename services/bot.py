@@ -1,0 +1,98 @@
+"""One configured bot at run time: its crypto, its namespaced store, its Dify client and its delivery.
+
+Every bot of a deployment shares the worker's Redis connection pool and answer engine; what makes
+bots separate lives here: its WeCom credentials, its own key namespace (streams, msgid claims,
+conversations, queues, leases, the auth negative cache) and its own Dify app.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import redis
+
+from config import BotConfig, Settings
+from crypto import WeComCrypto
+from services.auth_api import AuthAPI
+from services.delivery import ResponseURL
+from services.dify import DifyClient
+from services.streams.keys import Keys
+from services.streams.store import StreamStore
+from services.user_auth import Authenticator
+from services.user_db import UserDB
+
+
+class DifyHealth:
+    """What the bot's last Dify answers showed, for ``/readyz``: it costs no request of its own."""
+
+    def __init__(self, clock: Callable[[], float] = time.time) -> None:
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._last: tuple[str, float] | None = None  # ("ok" or an error label, when)
+
+    def record(self, outcome: str) -> None:
+        """Note how the latest Dify call ended: ``ok`` or an error label."""
+        with self._lock:
+            self._last = (outcome, self.clock())
+
+    def describe(self) -> str:
+        """``unknown`` (no answer yet), ``ok`` or ``failing: <label> (<n> s ago)``."""
+        with self._lock:
+            last = self._last
+        if last is None:
+            return "unknown"
+        outcome, when = last
+        return "ok" if outcome == "ok" else f"failing: {outcome} ({max(0, int(self.clock() - when))} s ago)"
+
+
+@dataclass
+class Bot:
+    """Everything that belongs to one bot; built once per app, connecting lazily."""
+
+    id: str
+    settings: Settings
+    crypto: WeComCrypto
+    store: StreamStore
+    dify: DifyClient
+    delivery: ResponseURL
+    namespace: str
+    capacity_share: float
+    auth: Authenticator | None = None
+    health: DifyHealth = field(default_factory=DifyHealth)
+
+    @classmethod
+    def build(cls, config: BotConfig, client: redis.Redis, *, users: UserDB | None = None,
+              api: AuthAPI | None = None, dify: DifyClient | None = None) -> Bot:
+        """Create the bot's clients on the shared Redis ``client`` (and, with AUTH_MODE=mysql, ``users``)."""
+        s = config.settings
+        crypto = WeComCrypto(s.wecom_token, s.wecom_encoding_aes_key, s.wecom_receive_id,
+                             timestamp_window=s.wecom_timestamp_window_seconds or None)
+        prefix = f"{s.redis_key_prefix}{config.namespace}:" if config.namespace else s.redis_key_prefix
+        keys = Keys(prefix, s.auth_redis_wechatid_key, s.auth_redis_token_key)
+        store = StreamStore(client, keys, stream_ttl=s.stream_ttl_seconds,
+                            owner_lease_ms=int(s.producer_lease_seconds * 1000))
+        auth = None
+        if s.auth_mode == "mysql" and users is not None and api is not None:
+            budget = s.mysql_connect_timeout + s.mysql_read_timeout + (api.retries + 1) * 2 * s.auth_service_timeout
+            auth = Authenticator(store, users, api, token_ttl=s.auth_token_ttl_seconds,
+                                 negative_ttl=s.auth_negative_ttl_seconds, refresh_budget=budget, bot=config.id)
+        if dify is None:
+            dify = DifyClient(
+                s.dify_base_url, s.dify_api_key,
+                response_mode="blocking" if s.dify_response_mode == "blocking" else "streaming",
+                connect_timeout=s.dify_connect_timeout, read_timeout=s.dify_read_timeout,
+                total_timeout=s.dify_total_timeout, idle_timeout=s.dify_idle_timeout,
+                max_retries=s.dify_max_retries, max_connections=s.engine_capacity)
+        delivery = ResponseURL(s.response_url_hosts, timeout=s.response_url_timeout, bot=config.id)
+        return cls(id=config.id, settings=s, crypto=crypto, store=store, dify=dify, delivery=delivery,
+                   namespace=config.namespace, capacity_share=config.capacity_share, auth=auth)
+
+    def dify_user(self, user: str, chat: str) -> str:
+        """The Dify ``user`` of a message: one per WeCom user, or per group when groups share conversations."""
+        ns = f"{self.namespace}:" if self.namespace else ""
+        if chat and self.settings.conversation_scope == "chat":
+            return f"wecom-group:{ns}{chat}"  # Dify scopes conversations by user: a shared one needs one user
+        return f"wecom:{ns}{user}"
