@@ -13,14 +13,15 @@ from tools.wecom_client import WeComSigner, stream_refresh
 class InProcessWeCom:
     """Send callbacks through Flask's test client and open the encrypted replies."""
 
-    def __init__(self, client: FlaskClient, signer: WeComSigner) -> None:
+    def __init__(self, client: FlaskClient, signer: WeComSigner, path: str = "/wecom/callback") -> None:
         self.client = client
         self.signer = signer
+        self.path = path
 
     def send(self, payload: dict[str, Any] | str) -> dict[str, Any] | None:
         """POST one callback; return the decrypted reply or None for an empty body."""
         req = self.signer.callback(payload)
-        resp = self.client.post("/wecom/callback?" + req.query_string, data=req.body,
+        resp = self.client.post(f"{self.path}?" + req.query_string, data=req.body,
                                 content_type="application/json")
         assert resp.status_code == 200, (resp.status_code, resp.data)
         if not resp.data:

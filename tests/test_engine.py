@@ -171,8 +171,8 @@ def test_keeper_hands_out_turns_and_reports_stops_and_losses(redis_client: redis
         jobs = {}
         for name, state in (("a", State.RUNNING), ("b", State.WAITING), ("c", State.WAITING)):
             store.claim(f"m{name}", name, "me", {}, scope="u:1")
-            jobs[name] = Job(sid=name, bot=bot_of(store), msgid=f"m{name}", query="q", dify_user="u", scope="u:1", state=state,
-                             created=0.0)
+            jobs[name] = Job(sid=name, bot=bot_of(store), msgid=f"m{name}", query="q", dify_user="u", scope="u:1",
+                             state=state, created=0.0)
             keeper.track(jobs[name])
         jobs["b"].turn, jobs["c"].turn = loop.create_future(), loop.create_future()
         report = keeper.tick(0.0)

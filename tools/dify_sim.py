@@ -226,6 +226,12 @@ class DifySimulator:
             return list(self._requests)
 
     @property
+    def open_now(self) -> int:
+        """Chat requests open (answering) right now."""
+        with self._lock:
+            return len(self._tasks)
+
+    @property
     def peak_open(self) -> int:
         """The most chat requests that were open (answering) at the same time since the last reset."""
         with self._lock:

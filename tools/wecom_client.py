@@ -95,17 +95,19 @@ def stream_refresh(stream_id: str, *, userid: str = "zhangsan", chattype: str = 
 class WeComClient:
     """Send callbacks to running bots over HTTP and poll their streams, as WeCom does."""
 
-    def __init__(self, signer: WeComSigner, session: Any = None, timeout: float = 10.0) -> None:
+    def __init__(self, signer: WeComSigner, session: Any = None, timeout: float = 10.0,
+                 path: str = "/wecom/callback") -> None:
         import requests
 
         self.signer = signer
+        self.path = path  # a bot's callback path: /wecom/callback/<bot_id> (the default bot's is shorter)
         self.session = session or requests.Session()
         self.timeout = timeout
 
     def send(self, base_url: str, payload: dict[str, Any]) -> dict[str, Any] | None:
         """POST one encrypted callback to ``base_url``; return the decrypted reply (None if empty)."""
         req = self.signer.callback(payload)
-        resp = self.session.post(f"{base_url}/wecom/callback?{req.query_string}", data=req.body,
+        resp = self.session.post(f"{base_url}{self.path}?{req.query_string}", data=req.body,
                                  headers={"Content-Type": "application/json"}, timeout=self.timeout)
         resp.raise_for_status()
         if not resp.content:

@@ -56,7 +56,6 @@ def reject(bot: Bot, exc: WeComCryptoError, msgtype: str = "verify") -> Response
     return Response(f"rejected: {exc.code}\n", status=status, mimetype="text/plain")
 
 
-@bp.get("/wecom/callback", defaults={"bot_id": DEFAULT_BOT})
 @bp.get("/wecom/callback/<bot_id>")
 def verify_url(bot_id: str) -> Response:
     """Answer WeCom's URL verification with the bare decrypted ``echostr``."""
@@ -72,13 +71,26 @@ def verify_url(bot_id: str) -> Response:
         return Response(plaintext, mimetype="text/plain")
 
 
-@bp.post("/wecom/callback", defaults={"bot_id": DEFAULT_BOT})
 @bp.post("/wecom/callback/<bot_id>")
 def receive(bot_id: str) -> Response:
     """Verify and decrypt an AI-bot callback, handle it, and answer with an encrypted reply."""
     bot, handler = find_bot(bot_id)
     with bot_context(bot.id):
         return _receive(bot, handler)
+
+
+# The bot ``default`` also answers at the short URL (separate views: a rule with defaults would
+# make Flask redirect /wecom/callback/default there, and WeCom does not follow redirects).
+@bp.get("/wecom/callback")
+def verify_default_url() -> Response:
+    """URL verification of the bot ``default``."""
+    return verify_url(DEFAULT_BOT)
+
+
+@bp.post("/wecom/callback")
+def receive_default() -> Response:
+    """A callback for the bot ``default``."""
+    return receive(DEFAULT_BOT)
 
 
 def _receive(bot: Bot, handler: MessageHandler) -> Response:
