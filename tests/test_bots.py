@@ -7,8 +7,6 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from types import SimpleNamespace
-from typing import Any
 
 import pytest
 import redis
@@ -16,7 +14,7 @@ from flask import Flask
 
 from app import create_app
 from config import Settings, parse_bots
-from services.engine import Engine
+from services.engine.capacity import Capacity
 from tests.conftest import AES_KEY, TOKEN
 from tests.helpers import InProcessWeCom, contents
 from tools.dify_sim import DifySimulator, Script
@@ -196,27 +194,29 @@ def test_metrics_count_per_bot(multi: Flask, difys: dict[str, DifySimulator]) ->
     assert {bot: after[bot] - before[bot] for bot in CREDENTIALS} == {"hr": 2, "it": 1, "default": 0}
 
 
-def fake_bots(shares: dict[str, float]) -> dict[str, Any]:
-    return {bot: SimpleNamespace(id=bot, capacity_share=share, store=None) for bot, share in shares.items()}
-
-
-def test_each_bot_keeps_its_share_of_the_capacity(settings: Settings) -> None:
-    engine = Engine(settings.replace(engine_capacity=10), fake_bots({"a": 0.25, "b": 0.25}))  # type: ignore[arg-type]
-    assert engine.reserved == {"a": 2, "b": 2}
+def test_each_bot_keeps_its_share_of_the_capacity() -> None:
+    capacity = Capacity(10, {"a": 0.25, "b": 0.25})
+    assert capacity.reserved == {"a": 2, "b": 2}
     taken = 0
-    while engine._reserve("a"):
+    while capacity.take("a"):
         taken += 1
     assert taken == 8  # its own 2 and the 6 nobody reserved
-    assert engine._reserve("b") and engine._reserve("b")  # b's own 2 are still there
-    assert not engine._reserve("b")  # the shared rest is a's now
-    engine._by_bot["a"] -= 1  # one of a's answers ended
-    engine._admitted -= 1
-    assert engine._reserve("b") and not engine._reserve("a")  # first come, first served for the shared rest
+    assert capacity.take("b") and capacity.take("b")  # b's own 2 are still there
+    assert not capacity.take("b")  # the shared rest is a's now
+    capacity.give_back("a")  # one of a's answers ended
+    assert capacity.take("b") and not capacity.take("a")  # first come, first served for the shared rest
+    assert (capacity.held("a"), capacity.held("b"), capacity.admitted) == (7, 3, 10)
 
 
-def test_one_bot_alone_still_gets_the_whole_capacity(settings: Settings) -> None:
-    engine = Engine(settings.replace(engine_capacity=7), fake_bots({"default": 0.5}))  # type: ignore[arg-type]
-    assert sum(engine._reserve("default") for _ in range(10)) == 7
+def test_one_bot_alone_still_gets_the_whole_capacity() -> None:
+    capacity = Capacity(7, {"default": 0.5})
+    assert sum(capacity.take("default") for _ in range(10)) == 7
+
+
+def test_shares_that_add_up_to_everything_partition_the_capacity() -> None:
+    capacity = Capacity(10, {"a": 0.6, "b": 0.4})
+    assert sum(capacity.take("a") for _ in range(10)) == 6
+    assert sum(capacity.take("b") for _ in range(10)) == 4
 
 
 def test_poll_of_a_bot_answers_with_its_own_texts(multi: Flask) -> None:

@@ -152,3 +152,18 @@ def test_a_flood_on_one_bot_does_not_starve_another(tmp_path: Path, redis_url: s
     finally:
         for r in pair:
             r.stop()
+
+
+def test_gunicorn_refuses_to_start_on_a_bad_bots_file(tmp_path: Path, redis_url: str) -> None:
+    secret = "app-must-not-be-printed"
+    (tmp_path / "bots.toml").write_text('[bots.hr]\nwecom_token = "${T}"\nwecom_encoding_aes_key = "${K}"\n'
+                                        'dify_base_url = "http://127.0.0.1:9/v1"\ndify_api_key = "${DIFY_KEY_HR}"\n',
+                                        encoding="utf-8")
+    env = {"REDIS_URL": redis_url, "BOTS_FILE": str(tmp_path / "bots.toml"), "T": "tok", "K": "short-" + secret,
+           "DIFY_KEY_HR": secret}
+    replica = Replica(env)
+    with pytest.raises(RuntimeError) as exited:
+        replica.start(timeout=20)
+    replica.stop()
+    assert "bots.hr.wecom_encoding_aes_key: must be 43 letters" in str(exited.value)
+    assert secret not in str(exited.value)

@@ -27,7 +27,7 @@ def bot_of(store: StreamStore) -> Any:
     """The part of a bot the keeper uses: its id and its store."""
     from types import SimpleNamespace
 
-    return SimpleNamespace(id="t", store=store)
+    return SimpleNamespace(id=store.keys.prefix, store=store)
 
 
 @pytest.fixture
@@ -305,7 +305,7 @@ def test_a_job_cancelled_before_its_first_step_still_settles(settings: Settings,
     engine.start()
     job = Job(sid="f" * 32, bot=engine.bots["default"], msgid="first-step", query="q", dify_user="wecom:x", scope="u:x")
     engine._claim(job, queue=True)
-    assert engine._reserve("default")
+    assert engine.capacity.take("default")
 
     def launch_and_cancel() -> None:  # the drain can run in the same loop pass as the launch
         engine._launch(job)
@@ -405,3 +405,23 @@ def test_a_keeper_whose_write_fails_marks_the_job_and_sends_it_again(redis_serve
     assert job.degraded
     assert job.writer.take() == ("s", 1, "待写", False)  # the same write goes out again, not lost
     store.redis.close()
+
+
+def test_keeper_writes_and_renews_each_bot_in_its_own_namespace(redis_client: redis.Redis) -> None:
+    from services.engine.job import Job, State
+    from services.engine.keeper import LeaseKeeper
+
+    stores = [StreamStore(redis_client, Keys(f"p:{bot}:"), owner_lease_ms=60_000) for bot in ("hr", "it")]
+    keeper = LeaseKeeper(stores, "me", renew_every=5.0, wait_limit=3300.0)
+    for store in stores:
+        store.claim("m", "same-sid", "me", {})  # the same ids in both bots: only the bot differs
+        job = Job(sid="same-sid", bot=bot_of(store), msgid="m", query="q", dify_user="u", scope="u:x",
+                  state=State.RUNNING)
+        job.writer = StreamWriter(store, "same-sid")
+        job.writer.add(f"{store.keys.prefix} 的回答")
+        keeper.track(job)
+        redis_client.pexpire(store.keys.stream_owner("same-sid"), 1000)
+    keeper.tick(100.0)
+    for store in stores:
+        assert redis_client.get(store.keys.stream_text("same-sid")) == f"{store.keys.prefix} 的回答".encode()
+        assert redis_client.pttl(store.keys.stream_owner("same-sid")) > 50_000

@@ -24,6 +24,7 @@ from config import Settings
 from services import metrics
 from services.bot import Bot
 from services.engine.answer import Answers
+from services.engine.capacity import Capacity
 from services.engine.job import Job, Outcome, State
 from services.engine.keeper import LeaseKeeper, Report
 from services.engine.loop import LoopThread
@@ -63,20 +64,15 @@ class Expired(Exception):
 
 
 class Engine:
-    """Owns the loop, the executors, the keeper and every job's life in this worker, for all its bots.
-
-    Capacity is shared fairly: each bot has ``capacity_share`` of it kept for itself alone, and the
-    rest goes to whichever bot needs it, so a flood on one bot never starves the others.
-    """
+    """Owns the loop, the executors, the keeper and every job's life in this worker, for all its bots."""
 
     def __init__(self, settings: Settings, bots: Mapping[str, Bot], *,
                  clock: Callable[[], float] = time.time) -> None:
         self.settings, self.bots = settings, dict(bots)
         self.clock = clock
         self.owner = uuid.uuid4().hex  # this process's name on the stream leases it holds
-        self.capacity = settings.engine_capacity
-        self.reserved = {bot_id: int(self.capacity * bot.capacity_share) for bot_id, bot in self.bots.items()}
-        self._by_bot = dict.fromkeys(self.bots, 0)  # admitted jobs per bot
+        self.capacity = Capacity(settings.engine_capacity,
+                                 {bot_id: bot.capacity_share for bot_id, bot in self.bots.items()})
         # a waiting job gives up while its stream can still carry the answer and its user be reached
         wait_limit = max(60.0, min(RESPONSE_URL_LIFE,
                                    settings.stream_ttl_seconds - settings.dify_total_timeout - 60))
@@ -91,16 +87,14 @@ class Engine:
         # the keeper's own thread: lease renewals never queue behind the jobs' Redis calls
         self._keeper_thread = ThreadPoolExecutor(1, thread_name_prefix="engine-keeper")
         self._lock = threading.Lock()
-        self._admitted = 0
         self._tasks: set[asyncio.Task[None]] = set()
         self._keeping: asyncio.Task[None] | None = None
-        metrics.ENGINE_CAPACITY.set(self.capacity)
 
     # -- the interface for request threads ----------------------------------------------------------
     @property
     def admitted(self) -> int:
         """Jobs admitted and not yet settled."""
-        return self._admitted
+        return self.capacity.admitted
 
     def start(self) -> None:
         """Start the loop and the keeper (once; gunicorn's post_worker_init or the first message)."""
@@ -118,7 +112,7 @@ class Engine:
         created, sid = self._claim(job, queue=True)
         if not created:
             return Admission("duplicate", sid)
-        if not self._reserve(job.bot.id):
+        if self.draining or not self.capacity.take(job.bot.id):
             self._best_effort(job.bot.store.queue_leave, job.scope, sid)
             metrics.ENGINE_REJECTED.labels(job.bot.id).inc()
             log.warning("engine at capacity", extra={"sid": sid, "msgid": job.msgid})
@@ -192,20 +186,6 @@ class Engine:
         job.first_in_line = first
         return created, winner
 
-    def _reserve(self, bot_id: str) -> bool:
-        """Take a slot: one kept for this bot, else one of the shared rest that no bot's reserve holds."""
-        with self._lock:
-            if self.draining:
-                return False
-            if self._by_bot[bot_id] >= self.reserved[bot_id]:
-                held = sum(max(n, self.reserved[b]) for b, n in self._by_bot.items())
-                if held >= self.capacity:
-                    return False
-            self._by_bot[bot_id] += 1
-            self._admitted += 1
-        metrics.ENGINE_JOBS.labels(bot_id).inc()
-        return True
-
     def _launch(self, job: Job) -> None:
         self.keeper.track(job)
         job.task = asyncio.get_running_loop().create_task(self._run(job))
@@ -244,10 +224,7 @@ class Engine:
             log.exception("settling a job failed", extra={"sid": job.sid})
         finally:
             self.keeper.untrack(job)
-            with self._lock:
-                self._admitted -= 1
-                self._by_bot[job.bot.id] -= 1
-            metrics.ENGINE_JOBS.labels(job.bot.id).dec()
+            self.capacity.give_back(job.bot.id)
             if job.task is not None:
                 self._tasks.discard(job.task)
 

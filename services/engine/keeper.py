@@ -45,7 +45,7 @@ class LeaseKeeper:
         self.owner = owner
         self.renew_every = renew_every
         self.wait_limit = wait_limit  # seconds a job may wait for its turn (its stream must outlive it)
-        self._jobs: dict[str, Job] = {}
+        self._jobs: dict[tuple[str, str], Job] = {}  # by bot and stream
         self._lock = threading.Lock()
         self._last_renew = float("-inf")
         self._last_traceback = float("-inf")
@@ -53,12 +53,12 @@ class LeaseKeeper:
     def track(self, job: Job) -> None:
         """Keep ``job``'s owner lease alive (and its writes flowing) until ``untrack``."""
         with self._lock:
-            self._jobs[job.sid] = job
+            self._jobs[(job.bot.id, job.sid)] = job
 
     def untrack(self, job: Job) -> None:
         """Stop looking after ``job``."""
         with self._lock:
-            self._jobs.pop(job.sid, None)
+            self._jobs.pop((job.bot.id, job.sid), None)
 
     def jobs(self) -> list[Job]:
         """Every tracked job."""

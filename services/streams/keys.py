@@ -18,7 +18,11 @@ OWNER_LEASE_MS = 15_000
 
 @dataclass(frozen=True)
 class Keys:
-    """Key names under one configurable prefix (from ``REDIS_KEY_PREFIX``).
+    """Key names under one prefix: ``REDIS_KEY_PREFIX``, then the bot's id (``wecomdify:hr:``).
+
+    Each bot has its own ``Keys`` (services/bot.py), so nothing a bot writes can be read through
+    another bot. The bot of an environment-only configuration keeps the bare prefix (the names
+    from before bots files), so a rolling upgrade keeps its live streams.
 
     The two ``authorization:*`` templates are shared with other company systems, so they are
     configured verbatim (``AUTH_REDIS_WECHATID_KEY``, ``AUTH_REDIS_TOKEN_KEY``), not prefixed.
