@@ -302,3 +302,34 @@ def test_users_tool_enable(mysql_params: MySQLParams, monkeypatch: pytest.Monkey
                             "tool_enable"))
     record = db.find("zhaoliu")
     assert record is not None and record.enabled
+
+
+def test_auth_mode_is_per_bot_and_shares_only_the_company_keys(
+        settings: Settings, users: UserDB, auth_server: AuthServer, redis_client: redis.Redis,
+        dify: DifySimulator) -> None:
+    from config import parse_bots
+
+    c = users.config
+    base = settings.replace(bots_file="bots.toml", mysql_host=c.host, mysql_port=c.port, mysql_user=c.user,
+                            mysql_password=c.password, mysql_database=c.database,
+                            auth_service_url=auth_server.url, auth_service_secret=SECRET)
+    bots = parse_bots('[bots.hr]\nauth_mode = "mysql"\ndify_inputs_from_user = "user_token=token"\n'
+                      '[bots.open]\n', base, {})
+    app = create_app(base, bots)
+    try:
+        hr = InProcessWeCom(app.test_client(), WeComSigner(settings.wecom_token, settings.wecom_encoding_aes_key),
+                            "/wecom/callback/hr")
+        public = InProcessWeCom(app.test_client(), WeComSigner(settings.wecom_token, settings.wecom_encoding_aes_key),
+                                "/wecom/callback/open")
+        assert ask(hr, "你好", userid="lisi") == base.msg_unauthorized  # disabled: refused by the HR bot ...
+        assert ask(public, "你好", userid="lisi") == "echo: 你好"  # ... while the open bot answers anyone
+        assert ask(hr, "工资", userid="zhangsan") == "echo: 工资"
+        by_user = {r.json["user"]: r.json["inputs"] for r in dify.chat_requests()}
+        assert by_user == {"wecom:open:lisi": {}, "wecom:hr:zhangsan": {"user_token": "tok-zs001-1"}}
+        keys = {k.decode() for k in redis_client.scan_iter(count=1000)}
+        assert "wecomdify:hr:auth:unknown:lisi" in keys  # the negative cache is the bot's own
+        assert {k for k in keys if not k.startswith(("wecomdify:hr:", "wecomdify:open:"))} == {
+            "authorization:wechatid:zhangsan", "authorization:token:tok-zs001-1"}  # shared with company systems
+        assert all(redis_client.ttl(k) > 0 for k in keys)
+    finally:
+        app.extensions["wecom_dify"].engine.drain(5)
