@@ -28,7 +28,7 @@ MIXED_ANSWER = filler(3000)  # 1000 characters in 20 deltas of 50
 POLLERS_QUERY = "pollers seed"  # answered at once with POLLERS_BYTES, then finished
 POLLERS_BYTES = 3000  # the finished stream the pollers poll, as big as a mixed answer
 POLLERS_POOL = 4  # pre-signed refreshes per poller connection, sent in turn
-SCENARIOS = ("crypto", "poll", "mixed", "pollers")  # what --skip can skip ("poll" includes new message)
+SCENARIOS = ("crypto", "poll", "mixed", "pollers", "bots")  # what --skip can skip ("poll" includes new message)
 
 
 @dataclass(frozen=True)
@@ -51,14 +51,19 @@ class Profile:
     ttft_rate: float  # first-token probes started per second
     ttft_delay: float  # the simulated Dify's time to first token, in seconds
     crypto_ops: int
+    bots_capacity: int  # ENGINE_CAPACITY per worker in the bots scenario
+    bots_flood: int  # messages to bot a whose answers never end (more than the node holds)
+    bots_probes: int  # bot b's first-token probes per phase
 
 
 FULL = Profile(seconds=6, rounds=3, sizes=(1024, 10240, 20000), streams=200, concurrency=32, requests=30000,
                warmup=300, mixed=(10, 100, 500, 2000), mixed_seconds=20, mixed_grace=60, poll_interval=1.0,
-               dify_delay=0.5, ttft_conversations=200, ttft_rate=20, ttft_delay=0.3, crypto_ops=20000)
+               dify_delay=0.5, ttft_conversations=200, ttft_rate=20, ttft_delay=0.3, crypto_ops=20000,
+               bots_capacity=512, bots_flood=1536, bots_probes=40)
 SMOKE = Profile(seconds=0.3, rounds=2, sizes=(1024,), streams=8, concurrency=4, requests=400, warmup=10,
                 mixed=(5,), mixed_seconds=1.0, mixed_grace=5, poll_interval=0.2, dify_delay=0.02,
-                ttft_conversations=5, ttft_rate=50, ttft_delay=0.05, crypto_ops=300)
+                ttft_conversations=5, ttft_rate=50, ttft_delay=0.05, crypto_ops=300,
+                bots_capacity=16, bots_flood=48, bots_probes=3)
 
 
 def override(profile: Profile, items: list[str]) -> Profile:

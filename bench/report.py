@@ -65,14 +65,24 @@ def goals(bench: Bench) -> list[str]:
         t = facts["ttft_added_ms"]
         out.append(f"Dify first token added by the bridge <= 150 ms over the poll interval: median {t['median']:.1f} ms"
                    f"  {mark(t['median'] <= 150)}, p99 {t['p99']:.1f} ms  {mark(t['p99'] <= 150)}")
+    if "bots" in facts:
+        b = facts["bots"]
+        fair, unfair = b["a_flooded_fair"], b["a_flooded_a takes all"]
+        alone, during = b["b_alone"]["added_ms"], fair["b"]["added_ms"]
+        ok = fair["b"]["busy"] == 0 and fair["a_busy"] > 0 and during["p99"] <= 150
+        out.append(f"bot b while bot a is flooded past its share (issue 11): a {fair['a_admitted']} admitted / "
+                   f"{fair['a_busy']} busy; b {fair['b']['answered']}/{b['probes']} answered, first token added "
+                   f"p50 {during['p50']:.1f} / p99 {during['p99']:.1f} ms (alone {alone['p50']:.1f} / "
+                   f"{alone['p99']:.1f})  {mark(ok)};  with all capacity given to a: b busy "
+                   f"{unfair['b']['busy']}/{b['probes']}")
     return out
 
 
 def report(bench: Bench) -> str:
     """The table plus the goals."""
-    lines = [f"{'scenario':<26} {'impl':<6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}"]
+    lines = [f"{'scenario':<34} {'impl':<6} {'req/s':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'errors':>6}"]
     for r in bench.rows:
-        lines.append(f"{r.scenario:<26} {r.impl:<6} {r.rps:8.0f} {r.p50:8.2f} {r.p95:8.2f} {r.p99:8.2f} "
+        lines.append(f"{r.scenario:<34} {r.impl:<6} {r.rps:8.0f} {r.p50:8.2f} {r.p95:8.2f} {r.p99:8.2f} "
                      f"{r.errors:6d}  {r.note}".rstrip())
-    lines += ["", "goals (issue 10):"] + [f"  {line}" for line in goals(bench)]
+    lines += ["", "goals (issues 10, 11):"] + [f"  {line}" for line in goals(bench)]
     return "\n".join(lines)

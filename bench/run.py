@@ -26,10 +26,12 @@ Scenarios:
 - first token: the latency the bridge adds to Dify's first token (see ``bench.mixed.first_token``).
 - pollers N: N keep-alive pollers, one refresh a second each, of one finished 3 KB stream: the floor
   and ours side by side, to show what the gunicorn/Flask stack itself carries at each N of mixed.
+- bots: two bots on one node; bot b's first token alone, and while bot a is flooded past what the
+  node holds, with the default shares and with everything given to a (``bench/bots.py``).
 
 Modules: ``profiles`` (settings, Profile), ``servers`` (gunicorn apps, Dify), ``measure`` (results,
 closed-loop runs), ``throughput``, ``mixed``, ``pollers`` (the scenarios), ``loadgen``/``openloop``
-(the load generators), ``report`` (table and goals); ``--skip`` leaves out a scenario.
+(the load generators), ``bots`` (several bots), ``report`` (table and goals); ``--skip`` leaves out a scenario.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from bench import loadgen
+from bench.bots import bots
 from bench.measure import Bench
 from bench.mixed import mixed
 from bench.pollers import pollers
@@ -77,6 +80,8 @@ def run(profile: Profile, use_wrk: bool, threaded_dify: bool = False, skip: tupl
                 mixed(bench, redis_server.url, dify_url)
             if "pollers" not in skip:
                 pollers(bench, redis_server.url, dify_url)
+            if "bots" not in skip:
+                bots(bench, redis_server.url, dify_url)
     finally:
         redis_server.close()
     return bench
