@@ -14,6 +14,7 @@ $(STAMP): requirements.txt requirements-dev.txt requirements-bench.txt
 
 venv: $(STAMP)
 
+# Several bots: make run BOTS_FILE=config/bots.example.toml (make exports command-line variables).
 run: $(STAMP)
 	$(BIN)/python -m tools.devserver
 

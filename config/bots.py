@@ -10,7 +10,6 @@ and never shows a secret's value.
 from __future__ import annotations
 
 import math
-import os
 import re
 import tomllib
 from collections.abc import Mapping
@@ -18,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from config.settings import ConfigError, Settings, _env_name
+from config.settings import ConfigError, Settings, _env_name, read_environment
 
 BOT_ID = re.compile(r"[a-z0-9-]{1,32}")
 DEFAULT_BOT = "default"
@@ -72,7 +71,11 @@ class BotConfig:
 
 
 def load_bots(settings: Settings, environ: Mapping[str, str] | None = None) -> dict[str, BotConfig]:
-    """The configured bots: ``settings.bots_file`` if set, else the environment's single bot."""
+    """The configured bots: ``settings.bots_file`` if set, else the environment's single bot.
+
+    ``${VAR}`` references resolve against ``environ``, by default the process environment over
+    ``./.env``: the same values the settings were read from.
+    """
     if not settings.bots_file:
         bot = BotConfig(DEFAULT_BOT, settings, "", RESERVED_PART)
         return {bot.id: bot}
@@ -81,7 +84,7 @@ def load_bots(settings: Settings, environ: Mapping[str, str] | None = None) -> d
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError("BOTS_FILE", f"cannot read {path}: {type(exc).__name__}") from None
-    return parse_bots(text, settings, os.environ if environ is None else environ)
+    return parse_bots(text, settings, read_environment() if environ is None else environ)
 
 
 def parse_bots(text: str, settings: Settings, environ: Mapping[str, str]) -> dict[str, BotConfig]:

@@ -115,12 +115,7 @@ class Settings:
         cls, environ: Mapping[str, str] | None = None, dotenv: str | Path | None = ".env"
     ) -> Settings:
         """Build settings from ``environ`` (default ``os.environ``) over an optional ``.env`` file."""
-        values: dict[str, str] = {}
-        if dotenv is not None and Path(dotenv).is_file():
-            from dotenv import dotenv_values
-
-            values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
-        values.update(os.environ if environ is None else environ)
+        values = read_environment(environ, dotenv)
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
             name = f.metadata["env"]
@@ -155,6 +150,17 @@ class Settings:
         current = {f.name: getattr(self, f.name) for f in fields(self)}
         current.update(changes)
         return Settings(**current)
+
+
+def read_environment(environ: Mapping[str, str] | None = None, dotenv: str | Path | None = ".env") -> dict[str, str]:
+    """``environ`` (default ``os.environ``) over the values of an optional ``.env`` file."""
+    values: dict[str, str] = {}
+    if dotenv is not None and Path(dotenv).is_file():
+        from dotenv import dotenv_values
+
+        values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    values.update(os.environ if environ is None else environ)
+    return values
 
 
 PER_BOT_REQUIRED = frozenset({"WECOM_TOKEN", "WECOM_ENCODING_AES_KEY", "DIFY_BASE_URL", "DIFY_API_KEY"})

@@ -131,3 +131,13 @@ def test_create_app_fails_fast_on_a_bad_bots_file(tmp_path: Path) -> None:
     path.write_text('[bots.hr]\ndify_api_key = "${DIFY_KEY_HR}"\n', encoding="utf-8")
     with pytest.raises(ConfigError, match=r"^bots.hr.dify_api_key: refers to \$\{DIFY_KEY_HR\}"):
         create_app(GLOBAL.replace(bots_file=str(path)))
+
+
+def test_references_resolve_from_dotenv_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / ".env").write_text("DIFY_KEY_HR=app-from-dotenv\nTOKEN_HR=fromDotenv\n", encoding="utf-8")
+    (tmp_path / "bots.toml").write_text('[bots.hr]\ndify_api_key = "${DIFY_KEY_HR}"\nwecom_token = "${TOKEN_HR}"\n',
+                                        encoding="utf-8")
+    monkeypatch.setenv("TOKEN_HR", "fromEnvironment")  # the environment wins, as for every setting
+    hr = load_bots(GLOBAL.replace(bots_file="bots.toml"))["hr"].settings
+    assert (hr.dify_api_key, hr.wecom_token) == ("app-from-dotenv", "fromEnvironment")

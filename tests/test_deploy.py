@@ -17,7 +17,7 @@ import yaml
 from config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-K8S = ROOT / "k8s"
+K8S = ROOT / "k8s" / "base"
 K8S_VERSION = "1.33"
 
 

@@ -1,32 +1,51 @@
 """Play WeCom against a running bot: ``python -m tools.wecom_sim "你好"``.
 
 Sends an encrypted text callback exactly as WeCom does, polls the stream about once a second,
-and prints the answer as it grows. Credentials come from the environment or ``./.env``.
+and prints the answer as it grows. Credentials come from the environment or ``./.env``; with
+``--bot ID`` they are that bot's, from the bots file (``BOTS_FILE``), and the message goes to
+``/wecom/callback/ID``.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import uuid
-from pathlib import Path
 from typing import Any
 
+from config.settings import read_environment
 from tools.wecom_client import WeComClient, WeComSigner, text_message
 
+PLACEHOLDER_DIFY = {"DIFY_BASE_URL": "http://127.0.0.1:1/v1", "DIFY_API_KEY": "app-unused"}
+"""Dify settings for loading the bots file when none are set: `make run` gives the server its own
+(the built-in simulator), and playing WeCom needs only each bot's WeCom credentials."""
 
-def _credentials() -> tuple[str, str, str]:
-    values: dict[str, str] = {}
-    if Path(".env").is_file():
-        from dotenv import dotenv_values
 
-        values.update({k: v for k, v in dotenv_values(".env").items() if v is not None})
-    values.update(os.environ)
+def _credentials(values: dict[str, str]) -> tuple[str, str, str]:
     try:
         return values["WECOM_TOKEN"], values["WECOM_ENCODING_AES_KEY"], values.get("WECOM_RECEIVE_ID", "")
     except KeyError as exc:
         raise SystemExit(f"{exc.args[0]} is not set (run `make run` once to create .env)") from None
+
+
+def _bot_credentials(values: dict[str, str], bot_id: str) -> tuple[str, str, str]:
+    """Bot ``bot_id``'s token, EncodingAESKey and receive id, from the bots file of ``values``."""
+    from config import DEFAULT_BOT, ConfigError, Settings, load_bots
+
+    if not values.get("BOTS_FILE"):
+        if bot_id != DEFAULT_BOT:
+            raise SystemExit(f"no bot {bot_id!r}: BOTS_FILE is not set (in the environment or .env), so the only "
+                             f"bot is {DEFAULT_BOT!r}; pass the server's, e.g. BOTS_FILE=config/bots.example.toml")
+        return _credentials(values)
+    env = {**PLACEHOLDER_DIFY, **values}
+    try:
+        bots = load_bots(Settings.from_env(env, dotenv=None), env)
+    except ConfigError as exc:
+        raise SystemExit(f"cannot load the bots: {exc}") from None
+    if bot_id not in bots:
+        raise SystemExit(f"no bot {bot_id!r} in {values['BOTS_FILE']}; configured: {', '.join(sorted(bots))}")
+    s = bots[bot_id].settings
+    return s.wecom_token, s.wecom_encoding_aes_key, s.wecom_receive_id
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -34,13 +53,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("text", help="the message to send")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="bot base URL (default %(default)s)")
+    parser.add_argument("--bot", default=None, metavar="ID",
+                        help="talk to bot ID of the bots file (BOTS_FILE), at /wecom/callback/ID")
     parser.add_argument("--user", default="dev-user", help="WeCom userid to send as")
     parser.add_argument("--chat", default=None, help="send as a group message in this chatid")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
     args = parser.parse_args(argv)
 
-    token, key, receive_id = _credentials()
-    client = WeComClient(WeComSigner(token, key, receive_id))
+    values = read_environment()  # ./.env overlaid with the process environment, as the server reads them
+    if args.bot is None:
+        token, key, receive_id = _credentials(values)
+        client = WeComClient(WeComSigner(token, key, receive_id))
+    else:
+        token, key, receive_id = _bot_credentials(values, args.bot)
+        client = WeComClient(WeComSigner(token, key, receive_id), path=f"/wecom/callback/{args.bot}")
     payload = text_message(args.text, userid=args.user, chattype="group" if args.chat else "single",
                            chatid=args.chat, msgid=uuid.uuid4().hex)
     shown = ""
