@@ -19,7 +19,7 @@ def create_app(config: Settings | None = None, bots: Mapping[str, BotConfig] | N
     settings = config if config is not None else load_settings()
     bots = bots if bots is not None else load_bots(settings)
     # a token is a stable per-deployment secret: hashed user ids are stable but not reversible (with
-    # a bots file and no global WECOM_TOKEN, the first bot's: adding bots after it changes nothing)
+    # a bots file and no global WECOM_TOKEN, the alphabetically first bot's)
     salt = settings.wecom_token or bots[min(bots)].settings.wecom_token
     configure_logging(settings.log_level, settings.log_user_ids, salt=salt)
     app = Flask(__name__)

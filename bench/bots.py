@@ -9,7 +9,8 @@ Three phases:
 - b while a is flooded: ``bots_flood`` messages to a whose Dify answers never end (more than the
   whole node holds), then b's probes. With the default shares, a fills its own part and the shared
   rest and is answered "busy" beyond that; b's own part stays free;
-- the same flood with ``capacity_share = 1.0`` for a (nothing kept for b): b is answered "busy".
+- the same flood with ``capacity_share = 1.0`` for a: b keeps only the minimum, one answer per
+  worker, and b's answers (each still running for seconds after its first token) mostly find it taken.
 """
 
 from __future__ import annotations

@@ -73,7 +73,7 @@ def goals(bench: Bench) -> list[str]:
         out.append(f"bot b while bot a is flooded past its share (issue 11): a {fair['a_admitted']} admitted / "
                    f"{fair['a_busy']} busy; b {fair['b']['answered']}/{b['probes']} answered, first token added "
                    f"p50 {during['p50']:.1f} / p99 {during['p99']:.1f} ms (alone {alone['p50']:.1f} / "
-                   f"{alone['p99']:.1f})  {mark(ok)};  with all capacity given to a: b busy "
+                   f"{alone['p99']:.1f})  {mark(ok)};  with all but one answer per worker given to a: b busy "
                    f"{unfair['b']['busy']}/{b['probes']}")
     return out
 

@@ -21,10 +21,11 @@ from crypto import IllegalAesKeyError, decode_aes_key
 class ConfigError(ValueError):
     """A configuration value is missing or invalid; the message names the variable."""
 
-    def __init__(self, variable: str, problem: str) -> None:
+    def __init__(self, variable: str, problem: str, *, missing: bool = False) -> None:
         super().__init__(f"{variable}: {problem}")
         self.variable = variable
         self.problem = problem
+        self.missing = missing  # the value is required and was not given at all
 
 
 def _env(name: str, default: Any = MISSING) -> Any:
@@ -189,7 +190,8 @@ def _convert(name: str, raw: str, type_name: Any) -> Any:
         raise ConfigError(name, f"expected {kind}, got {raw!r}") from None
 
 
-def _env_name(field_name: str) -> str:
+def env_name(field_name: str) -> str:
+    """The environment variable of setting ``field_name``."""
     for f in fields(Settings):
         if f.name == field_name:
             return str(f.metadata["env"])
@@ -211,7 +213,7 @@ _TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (
 
 def _require(condition: bool, field_name: str, problem: str) -> None:
     if not condition:
-        raise ConfigError(_env_name(field_name), problem)
+        raise ConfigError(env_name(field_name), problem, missing=problem.startswith("is required"))
 
 
 def _validate(s: Settings) -> None:
@@ -264,8 +266,7 @@ def _validate(s: Settings) -> None:
     _require(s.auth_token_ttl_seconds > 0, "auth_token_ttl_seconds", "must be > 0")
     _require(s.auth_negative_ttl_seconds > 0, "auth_negative_ttl_seconds", "must be > 0")
     if s.auth_mode == "mysql":
-        auth = urlsplit(s.auth_service_url)
-        _require(auth.scheme in {"http", "https"} and bool(auth.hostname), "auth_service_url",
+        _require(_is_http_url(s.auth_service_url), "auth_service_url",
                  "must be an http(s) URL when AUTH_MODE=mysql")
         _require(bool(s.auth_service_secret), "auth_service_secret", "is required when AUTH_MODE=mysql")
         _require(bool(s.mysql_host) and bool(s.mysql_database), "mysql_database",
@@ -280,13 +281,23 @@ def _validate_bot(s: Settings) -> None:
     _require(bool(s.wecom_token), "wecom_token", "is required but empty")
     _require(s.wecom_token.isascii() and s.wecom_token.isalnum() and len(s.wecom_token) <= 32,
              "wecom_token", "must be 1-32 letters or digits (as shown in the WeCom admin console)")
+    _require(bool(s.wecom_encoding_aes_key), "wecom_encoding_aes_key", "is required but empty")
     try:
         decode_aes_key(s.wecom_encoding_aes_key)
     except IllegalAesKeyError:
         raise ConfigError(
             "WECOM_ENCODING_AES_KEY", "must be 43 letters/digits that base64-decode to 32 bytes"
         ) from None
-    dify = urlsplit(s.dify_base_url)
-    _require(dify.scheme in {"http", "https"} and bool(dify.hostname), "dify_base_url",
+    _require(_is_http_url(s.dify_base_url), "dify_base_url",
              "must be an http(s) URL including /v1, e.g. https://api.dify.ai/v1")
     _require(bool(s.dify_api_key.strip()), "dify_api_key", "is required but empty")
+
+
+def _is_http_url(url: str) -> bool:
+    """True for an http(s) URL with a host and, if any, a valid port."""
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError:
+        return False
+    return parts.scheme in {"http", "https"} and bool(parts.hostname)

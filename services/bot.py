@@ -70,12 +70,13 @@ class Bot:
         s = config.settings
         crypto = WeComCrypto(s.wecom_token, s.wecom_encoding_aes_key, s.wecom_receive_id,
                              timestamp_window=s.wecom_timestamp_window_seconds or None)
-        prefix = f"{s.redis_key_prefix}{config.namespace}:" if config.namespace else s.redis_key_prefix
-        keys = Keys(prefix, s.auth_redis_wechatid_key, s.auth_redis_token_key)
+        keys = Keys.for_bot(s.redis_key_prefix, config.namespace, s.auth_redis_wechatid_key, s.auth_redis_token_key)
         store = StreamStore(client, keys, stream_ttl=s.stream_ttl_seconds,
                             owner_lease_ms=int(s.producer_lease_seconds * 1000))
         auth = None
-        if s.auth_mode == "mysql" and users is not None and api is not None:
+        if s.auth_mode == "mysql":
+            if users is None or api is None:
+                raise ValueError(f"bot {config.id} has AUTH_MODE=mysql: it needs the user table and the auth API")
             budget = s.mysql_connect_timeout + s.mysql_read_timeout + (api.retries + 1) * 2 * s.auth_service_timeout
             auth = Authenticator(store, users, api, token_ttl=s.auth_token_ttl_seconds,
                                  negative_ttl=s.auth_negative_ttl_seconds, refresh_budget=budget, bot=config.id)

@@ -48,6 +48,9 @@ ENGINE_JOBS = Gauge(f"{NS}_engine_jobs", "Answers admitted (authenticating, wait
                     ["bot"], multiprocess_mode="livesum")
 ENGINE_CAPACITY = Gauge(f"{NS}_engine_capacity", "Answers the engines may hold at once (ENGINE_CAPACITY per worker)",
                         multiprocess_mode="livesum")
+ENGINE_RESERVED = Gauge(f"{NS}_engine_reserved", "Answers kept for each bot alone (its capacity_share)",
+                        ["bot"], multiprocess_mode="livesum")
+UNKNOWN_BOT = Counter(f"{NS}_unknown_bot_total", "Callbacks to a bot id that is not configured (404, not decrypted)")
 ENGINE_REJECTED = Counter(f"{NS}_engine_rejected_total",
                           "Messages refused because the engine was at capacity (or the bot at its share of it)",
                           ["bot"])

@@ -314,13 +314,12 @@ def test_auth_mode_is_per_bot_and_shares_only_the_company_keys(
                             mysql_password=c.password, mysql_database=c.database,
                             auth_service_url=auth_server.url, auth_service_secret=SECRET)
     bots = parse_bots('[bots.hr]\nauth_mode = "mysql"\ndify_inputs_from_user = "user_token=token"\n'
-                      '[bots.open]\n', base, {})
+                      f'[bots.open]\nwecom_token = "openToken1"\nwecom_encoding_aes_key = "{"O" * 43}"\n', base, {})
     app = create_app(base, bots)
     try:
         hr = InProcessWeCom(app.test_client(), WeComSigner(settings.wecom_token, settings.wecom_encoding_aes_key),
                             "/wecom/callback/hr")
-        public = InProcessWeCom(app.test_client(), WeComSigner(settings.wecom_token, settings.wecom_encoding_aes_key),
-                                "/wecom/callback/open")
+        public = InProcessWeCom(app.test_client(), WeComSigner("openToken1", "O" * 43), "/wecom/callback/open")
         assert ask(hr, "你好", userid="lisi") == base.msg_unauthorized  # disabled: refused by the HR bot ...
         assert ask(public, "你好", userid="lisi") == "echo: 你好"  # ... while the open bot answers anyone
         assert ask(hr, "工资", userid="zhangsan") == "echo: 工资"
@@ -331,5 +330,39 @@ def test_auth_mode_is_per_bot_and_shares_only_the_company_keys(
         assert {k for k in keys if not k.startswith(("wecomdify:hr:", "wecomdify:open:"))} == {
             "authorization:wechatid:zhangsan", "authorization:token:tok-zs001-1"}  # shared with company systems
         assert all(redis_client.ttl(k) > 0 for k in keys)
+    finally:
+        app.extensions["wecom_dify"].engine.drain(5)
+
+
+def test_one_user_on_two_bots_is_looked_up_once(settings: Settings, users: UserDB, auth_server: AuthServer,
+                                                redis_client: redis.Redis, dify: DifySimulator) -> None:
+    """The refresh lock guards the company-wide token, so it is shared by the bots like the token."""
+    import threading
+
+    from config import parse_bots
+
+    c = users.config
+    base = settings.replace(bots_file="bots.toml", auth_mode="mysql", mysql_host=c.host, mysql_port=c.port,
+                            mysql_user=c.user, mysql_password=c.password, mysql_database=c.database,
+                            auth_service_url=auth_server.url, auth_service_secret=SECRET)
+    bots = parse_bots(f'[bots.hr]\n[bots.it]\nwecom_token = "itToken1"\nwecom_encoding_aes_key = "{"I" * 43}"\n',
+                      base, {})
+    auth_server.delay = 0.5  # both bots ask while the first lookup is still running
+    app = create_app(base, bots)
+    try:
+        clients = {"hr": InProcessWeCom(app.test_client(), WeComSigner(settings.wecom_token,
+                                                                        settings.wecom_encoding_aes_key),
+                                        "/wecom/callback/hr"),
+                   "it": InProcessWeCom(app.test_client(), WeComSigner("itToken1", "I" * 43), "/wecom/callback/it")}
+        answers: dict[str, str] = {}
+        threads = [threading.Thread(target=lambda b=b: answers.__setitem__(b, ask(clients[b], f"{b} 问")))
+                   for b in clients]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert answers == {"hr": "echo: hr 问", "it": "echo: it 问"}
+        assert len(auth_server.calls) == 1  # one token issued for both bots
+        assert redis_client.exists("wecomdify:auth:lock:zhangsan") == 0  # released, under the shared prefix
     finally:
         app.extensions["wecom_dify"].engine.drain(5)

@@ -222,3 +222,50 @@ def test_shares_that_add_up_to_everything_partition_the_capacity() -> None:
 def test_poll_of_a_bot_answers_with_its_own_texts(multi: Flask) -> None:
     reply = wecom(multi, "hr").send(stream_refresh("f" * 32))
     assert reply is not None and reply["stream"]["content"] == "hr: expired"
+
+
+def test_a_bot_keeps_at_least_one_slot_whatever_the_shares() -> None:
+    capacity = Capacity(512, {"a": 1.0, "b": 0.0})  # shares adding up to 1 leave the others nothing ...
+    assert capacity.reserved == {"a": 511, "b": 1}  # ... but each bot still keeps one
+    assert capacity.take("b")
+    assert Capacity(100, {"a": 0.29, "b": 0.57}).reserved == {"a": 29, "b": 57}  # no slot lost to float rounding
+    assert Capacity(3, {"a": 1 / 6, "b": 1 / 6, "c": 1 / 6}).reserved == {"a": 1, "b": 1, "c": 1}
+
+
+def test_slow_io_of_one_bot_leaves_threads_for_the_others(multi: Flask) -> None:
+    import threading
+
+    from services.engine import Job
+
+    bridge = multi.extensions["wecom_dify"]
+    engine = bridge.engine
+    engine.start()
+    release = threading.Event()
+    hung = [Job(sid=f"{i:032x}", bot=bridge.bots["hr"], msgid=f"m{i}", query="q", dify_user="u", scope="u:x")
+            for i in range(8)]
+    try:
+        stuck = [engine._thread.submit(engine.io(job, release.wait, 30)) for job in hung]  # e.g. a hung auth API
+        other = Job(sid="f" * 32, bot=bridge.bots["it"], msgid="m", query="q", dify_user="u", scope="u:y")
+        assert engine._thread.submit(engine.io(other, lambda: "answered")).result(timeout=5) == "answered"
+    finally:
+        release.set()
+    assert all(f.result(timeout=5) is True for f in stuck)
+
+
+def test_the_bot_of_a_request_does_not_stay_on_its_thread(multi: Flask, log_lines: io.StringIO) -> None:
+    app = multi
+    wecom(app, "hr").send(stream_refresh("f" * 32))
+    with app.test_request_context("/livez"):
+        logging.getLogger("tests").warning("not a bot's line")
+    lines = [json.loads(line) for line in log_lines.getvalue().splitlines()]
+    assert [line.get("bot") for line in lines if line["event"] == "not a bot's line"] == [None]
+
+
+def test_without_a_bots_file_the_bot_default_also_has_the_long_url(app: Flask, signer: WeComSigner,
+                                                                   dify: DifySimulator) -> None:
+    client = InProcessWeCom(app.test_client(), signer, "/wecom/callback/default")
+    first = client.send(text_message("你好"))
+    assert first is not None
+    assert contents(client.until_finished(first["stream"]["id"]))[-1] == "echo: 你好"
+    assert InProcessWeCom(app.test_client(), signer).poll(first["stream"]["id"])["stream"]["content"] == "echo: 你好"
+    assert dify.chat_requests()[0].json["user"] == "wecom:zhangsan"  # the single bot's names are unchanged

@@ -90,12 +90,17 @@ def test_global_credentials_are_optional_with_a_bots_file() -> None:
     ('[bots.hr]\nconversation_idle_seconds = "soon"\n', {}, "bots.hr.conversation_idle_seconds", "expected int"),
     ('[bots.hr]\nconversation_scope = "team"\n', {}, "bots.hr.conversation_scope", "must be 'user' or 'chat'"),
     ('[bots.hr]\nresponse_url_hosts = [1, 2]\n', {}, "bots.hr.response_url_hosts", "must be a list of strings"),
-    ('[bots.hr]\nauth_mode = "mysql"\n', {}, "bots.hr", "(from AUTH_SERVICE_URL)"),
+    ('[bots.hr]\nauth_mode = "mysql"\n', {}, "bots.hr", "AUTH_SERVICE_URL: must be an http(s) URL"),
     ('[bots.hr]\ncolour = "blue"\n', {}, "bots.hr.colour", "unknown setting"),
     ('[bots.hr.messages]\nbsuy = "x"\n', {}, "bots.hr.messages.bsuy", "unknown text"),
     ('[bots.hr]\ncapacity_share = 0\n', {}, "bots.hr.capacity_share", "must be a number in (0, 1]"),
-    ('[bots.a]\ncapacity_share = 0.7\n[bots.b]\ncapacity_share = 0.6\n', {}, "bots.*.capacity_share",
-     "add up to 1.3"),
+    ('[bots.a]\ncapacity_share = 0.7\n[bots.b]\ncapacity_share = 0.6\nwecom_token = "other"\n', {},
+     "bots.*.capacity_share", "add up to 1.3"),
+    ('[bots.a]\n[bots.b]\n', {}, "bots.b.wecom_token", "is the Token of bots.a too"),
+    ('[bots.hr]\ndify_api_key = "$DIFY_KEY_HR"\n', {}, "bots.hr.dify_api_key", "malformed reference"),
+    ('[bots.hr]\ndify_api_key = "${DIFY_KEY_HR"\n', {}, "bots.hr.dify_api_key", "malformed reference"),
+    ('[bots.hr]\ndify_api_key = "${ DIFY_KEY_HR }"\n', {}, "bots.hr.dify_api_key", "malformed reference"),
+    ('[bots.hr]\nwecom_encoding_aes_key = ""\n', {}, "bots.hr.wecom_encoding_aes_key", "is required but empty"),
     ('[bots.HR]\n', {}, "bots.HR", "a bot id is 1-32 characters"),
     (f'[bots.{"x" * 33}]\n', {}, f"bots.{'x' * 33}", "a bot id is 1-32 characters"),
     ('[bots]\n', {}, "bots", "lists no bots"),
@@ -107,7 +112,7 @@ def test_bad_files_fail_naming_the_bot_and_the_field(text: str, env: dict[str, s
                                                      problem: str) -> None:
     bare = Settings(dify_base_url="http://127.0.0.1:9/v1", bots_file="bots.toml")  # no global credentials
     with pytest.raises(ConfigError) as caught:
-        parse_bots(text, bare if "required" in problem else GLOBAL, env)
+        parse_bots(text, bare if "required but not set" in problem else GLOBAL, env)
     assert caught.value.variable == variable
     assert problem in caught.value.problem
 
@@ -124,6 +129,26 @@ def test_errors_never_show_a_secret() -> None:
     with pytest.raises(ConfigError) as caught:
         parse_bots('[bots.hr]\nwecom_token = "${K}"\n', GLOBAL, {"K": secret})
     assert secret not in str(caught.value)
+
+
+def test_references_never_show_what_they_resolve_to() -> None:
+    secret = "sup3r-secret"
+    for text in ('[bots.hr]\nconversation_idle_seconds = "${S}"\n', '[bots.hr]\ndify_inputs_from_user = "${S}"\n',
+                 '[bots.hr]\nresponse_url_hosts = ["${S}", 3]\n', '[bots.hr]\ndify_base_url = "https://${S}:x/v1"\n'):
+        with pytest.raises(ConfigError) as caught:
+            parse_bots(text, GLOBAL, {"S": secret})
+        assert secret not in str(caught.value), text
+        assert caught.value.variable.startswith("bots.hr."), text
+
+
+def test_the_number_of_bots_is_bounded_by_the_capacity_and_a_maximum() -> None:
+    three = "".join(f'[bots.b{i}]\nwecom_token = "t{i}"\n' for i in range(3))
+    with pytest.raises(ConfigError, match="^ENGINE_CAPACITY: is 2, fewer than the 3 bots"):
+        parse_bots(three, GLOBAL.replace(engine_capacity=2), {})
+    assert len(parse_bots(three, GLOBAL.replace(engine_capacity=3), {})) == 3
+    many = "".join(f'[bots.b{i}]\nwecom_token = "t{i}"\n' for i in range(101))
+    with pytest.raises(ConfigError, match="^bots: lists 101 bots; at most 100"):
+        parse_bots(many, GLOBAL, {})
 
 
 def test_create_app_fails_fast_on_a_bad_bots_file(tmp_path: Path) -> None:

@@ -8,8 +8,6 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
@@ -50,16 +48,6 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             out["exc_type"] = record.exc_info[0].__name__
         return json.dumps(out, ensure_ascii=False, default=str)
-
-
-@contextmanager
-def bot_context(bot_id: str) -> Iterator[None]:
-    """Name ``bot_id`` on every log line written inside this block (in this thread or task)."""
-    token = BOT.set(bot_id)
-    try:
-        yield
-    finally:
-        BOT.reset(token)
 
 
 def configure_logging(level: str, user_ids: str = "hash", salt: str = "") -> None:

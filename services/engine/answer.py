@@ -119,8 +119,8 @@ class Answers:
             except DifyHTTPError as exc:
                 if attempt or exc.status != 401 or token is None or auth is None or identity is None:
                     raise
-                await e.io(auth.invalidate, identity)
-                job.identity = await e.io(auth.authenticate, job.wecom_user)
+                await e.io(job, auth.invalidate, identity)
+                job.identity = await e.io(job, auth.authenticate, job.wecom_user)
 
     def _token(self, job: Job) -> str | None:
         if job.bot.settings.dify_auth_source == "user_token" and job.identity is not None:
@@ -167,7 +167,7 @@ class Answers:
             if degraded and not await self._seen(job):
                 break
             try:
-                await e.io(send_rest, store, delivery, job.sid, url, note, s)
+                await e.io(job, send_rest, store, delivery, job.sid, url, note, s)
                 return
             except StoreUnavailable:
                 if degraded:  # a poll showed the last frame, and Redis is gone again: nothing is lost
@@ -180,7 +180,7 @@ class Answers:
             claimed = True  # nobody can have delivered it without Redis either
         if claimed:
             text = job.writer.text if job.writer else ""
-            await e.io(delivery.send, url, f"{text}\n\n{note}" if note and text else text or note, s.msg_truncated)
+            await e.io(job, delivery.send, url, f"{text}\n\n{note}" if note and text else text or note, s.msg_truncated)
 
     async def _seen(self, job: Job) -> bool:
         """Wait up to ``SEEN_GRACE`` for a poll to have shown the stream's last (or closing) frame."""

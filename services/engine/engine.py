@@ -84,6 +84,8 @@ class Engine:
         self._thread = LoopThread()
         self._redis = ThreadPoolExecutor(REDIS_THREADS, thread_name_prefix="engine-redis")
         self._io = ThreadPoolExecutor(IO_THREADS, thread_name_prefix="engine-io")
+        per_bot = max(1, IO_THREADS - (len(self.bots) - 1))
+        self._io_slots = {bot_id: asyncio.Semaphore(per_bot) for bot_id in self.bots}
         # the keeper's own thread: lease renewals never queue behind the jobs' Redis calls
         self._keeper_thread = ThreadPoolExecutor(1, thread_name_prefix="engine-keeper")
         self._lock = threading.Lock()
@@ -170,10 +172,15 @@ class Engine:
         return await asyncio.get_running_loop().run_in_executor(self._redis, contextvars.copy_context().run,
                                                                 fn, *args)
 
-    async def io(self, fn: Callable[..., T], *args: Any) -> T:
-        """Run slow blocking I/O (MySQL, auth API, response_url) off the loop (in the job's logging context)."""
-        return await asyncio.get_running_loop().run_in_executor(self._io, contextvars.copy_context().run,
-                                                                fn, *args)
+    async def io(self, job: Job, fn: Callable[..., T], *args: Any) -> T:
+        """Run slow blocking I/O (MySQL, auth API, response_url) for ``job`` off the loop.
+
+        A bot holds at most ``IO_THREADS - (bots - 1)`` of the threads, so a bot whose auth API
+        hangs leaves one for each other bot.
+        """
+        async with self._io_slots[job.bot.id]:
+            return await asyncio.get_running_loop().run_in_executor(self._io, contextvars.copy_context().run,
+                                                                    fn, *args)
 
     # -- the job's life --------------------------------------------------------------------------------
     def _claim(self, job: Job, *, queue: bool) -> tuple[bool, str]:
@@ -239,7 +246,7 @@ class Engine:
             job.move(State.AUTHENTICATING)
             if not await self.redis(store.set_status, job.sid, "authenticating"):
                 raise Gone
-            job.identity = await self.io(auth.authenticate, job.wecom_user)
+            job.identity = await self.io(job, auth.authenticate, job.wecom_user)
         if not job.first_in_line:
             job.move(State.WAITING)
             if not await self.redis(store.set_status, job.sid, "waiting"):
@@ -266,6 +273,7 @@ class Engine:
         return asyncio.get_running_loop().create_task(self._keep())
 
     async def _keep(self) -> None:
+        BOT.set("")  # started from some bot's request: its lines are the engine's, not that bot's
         loop = asyncio.get_running_loop()
         while True:
             slept = time.monotonic()

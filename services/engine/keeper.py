@@ -146,7 +146,6 @@ class LeaseKeeper:
                 report.lost.append(job)
 
 
-
 def _by_store(jobs: list[Job]) -> list[tuple[StreamStore, list[Job]]]:
     """``jobs`` grouped by their bot's store, in first-seen order."""
     groups: dict[int, tuple[StreamStore, list[Job]]] = {}

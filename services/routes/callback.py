@@ -11,7 +11,7 @@ import json
 import logging
 import time
 
-from flask import Blueprint, Response, abort, request
+from flask import Blueprint, Response, abort, g, request
 
 from config import DEFAULT_BOT
 from crypto import SignatureError, WeComCryptoError
@@ -19,7 +19,7 @@ from services import metrics
 from services.bot import Bot
 from services.bridge import get_bridge
 from services.messages import MessageHandler
-from utils.logging import bot_context
+from utils.logging import BOT
 
 bp = Blueprint("callback", __name__)
 log = logging.getLogger(__name__)
@@ -44,8 +44,25 @@ def find_bot(bot_id: str) -> tuple[Bot, MessageHandler]:
     bridge = get_bridge()
     bot, handler = bridge.bots.get(bot_id), bridge.handlers.get(bot_id)
     if bot is None or handler is None:
+        metrics.UNKNOWN_BOT.inc()
         abort(404, description="no such bot")
     return bot, handler
+
+
+@bp.before_request
+def name_the_bot() -> None:
+    """Every log line of this request, its error traceback included, names its (configured) bot."""
+    bot_id = (request.view_args or {}).get("bot_id", DEFAULT_BOT)
+    if bot_id in get_bridge().bots:
+        g.bot_log = BOT.set(bot_id)
+
+
+@bp.teardown_request
+def forget_the_bot(exc: BaseException | None) -> None:
+    """The thread serves other bots next."""
+    token = g.pop("bot_log", None)
+    if token is not None:
+        BOT.reset(token)
 
 
 def reject(bot: Bot, exc: WeComCryptoError, msgtype: str = "verify") -> Response:
@@ -60,23 +77,21 @@ def reject(bot: Bot, exc: WeComCryptoError, msgtype: str = "verify") -> Response
 def verify_url(bot_id: str) -> Response:
     """Answer WeCom's URL verification with the bare decrypted ``echostr``."""
     bot, _ = find_bot(bot_id)
-    with bot_context(bot.id):
-        signature, timestamp, nonce, echostr = query_params("echostr")
-        try:
-            plaintext = bot.crypto.verify_url(signature, timestamp, nonce, echostr)
-        except WeComCryptoError as exc:
-            return reject(bot, exc)
-        metrics.CALLBACKS.labels(bot.id, "verify", "ok").inc()
-        log.info("url verified")
-        return Response(plaintext, mimetype="text/plain")
+    signature, timestamp, nonce, echostr = query_params("echostr")
+    try:
+        plaintext = bot.crypto.verify_url(signature, timestamp, nonce, echostr)
+    except WeComCryptoError as exc:
+        return reject(bot, exc)
+    metrics.CALLBACKS.labels(bot.id, "verify", "ok").inc()
+    log.info("url verified")
+    return Response(plaintext, mimetype="text/plain")
 
 
 @bp.post("/wecom/callback/<bot_id>")
 def receive(bot_id: str) -> Response:
     """Verify and decrypt an AI-bot callback, handle it, and answer with an encrypted reply."""
     bot, handler = find_bot(bot_id)
-    with bot_context(bot.id):
-        return _receive(bot, handler)
+    return _receive(bot, handler)
 
 
 # The bot ``default`` also answers at the short URL (separate views: a rule with defaults would

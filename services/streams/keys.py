@@ -31,6 +31,13 @@ class Keys:
     prefix: str
     wechatid_template: str = "authorization:wechatid:{userid}"
     token_template: str = "authorization:token:{token}"  # noqa: S105 - a key template, not a secret
+    shared_prefix: str = ""
+    """``REDIS_KEY_PREFIX`` alone: for what all bots share (the lock on a user's shared token)."""
+
+    @classmethod
+    def for_bot(cls, prefix: str, namespace: str, wechatid_template: str, token_template: str) -> Keys:
+        """The keys of one bot: ``prefix`` then its namespace (none: the single bot of the environment)."""
+        return cls(f"{prefix}{namespace}:" if namespace else prefix, wechatid_template, token_template, prefix)
 
     def auth_wechatid(self, userid: str) -> str:
         """Shared key: WeCom userid → the user's token (TTL from the auth API's expiry)."""
@@ -45,8 +52,8 @@ class Keys:
         return f"{self.prefix}auth:unknown:{userid}"
 
     def auth_lock(self, userid: str) -> str:
-        """Single-flight lock for refreshing one user's token."""
-        return f"{self.prefix}auth:lock:{userid}"
+        """Single-flight lock for refreshing one user's token; shared by all bots, like the token."""
+        return f"{self.shared_prefix or self.prefix}auth:lock:{userid}"
 
     def msg(self, msgid: str) -> str:
         """WeCom msgid → the stream id that answers it (first delivery wins)."""
