@@ -29,7 +29,7 @@ pytest: $(STAMP)
 
 test: lint typecheck pytest
 
-# Loopback only, bounded (about 6-7 minutes on 2 cores). Installs wrk when it can (root + apt).
+# Loopback only, bounded (about 9 minutes on 2 cores). Installs wrk when it can (root + apt).
 # Part of it: make bench BENCH_ARGS="--set sizes= --set mixed=2000" (see python -m bench.run --help).
 bench: $(STAMP)
 	command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
