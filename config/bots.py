@@ -43,6 +43,7 @@ FIELDS: dict[str, str] = {
     "response_url_hosts": "wecom_response_url_hosts",
     "auth_mode": "auth_mode",
     "stop_commands": "stop_commands",
+    "quote_template": "quote_template",
 }
 """A bot's keys in the file → the setting each one overrides."""
 

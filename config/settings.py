@@ -70,6 +70,8 @@ class Settings:
     msg_busy: str = _env("MSG_BUSY", "服务繁忙，请稍后重试。")
     msg_dify_failed: str = _env("MSG_DIFY_FAILED", "抱歉，生成回答时出错了，请稍后重试。")
     msg_empty_query: str = _env("MSG_EMPTY_QUERY", "请输入你的问题。")
+    msg_unsupported: str = _env("MSG_UNSUPPORTED", "目前只能读文字和语音，图片、文件和视频还看不了，请用文字描述。")
+    quote_template: str = _env("QUOTE_TEMPLATE", "「{quote}」\n{query}")
     stream_window_seconds: float = _env("STREAM_WINDOW_SECONDS", 330.0)
     wecom_response_url_hosts: str = _env("WECOM_RESPONSE_URL_HOSTS", "qyapi.weixin.qq.com")
     response_url_timeout: float = _env("RESPONSE_URL_TIMEOUT", 5.0)
@@ -258,6 +260,8 @@ def _validate(s: Settings) -> None:
              "must be 'app_key' or 'user_token'")
     _require(s.dify_auth_source == "app_key" or s.auth_mode == "mysql", "dify_auth_source",
              "user_token needs AUTH_MODE=mysql")
+    _require("{query}" in s.quote_template, "quote_template",
+             "must contain {query} (the question) and may contain {quote} (the quoted message)")
     _require("{userid}" in s.auth_redis_wechatid_key, "auth_redis_wechatid_key", "must contain {userid}")
     _require("{token}" in s.auth_redis_token_key, "auth_redis_token_key", "must contain {token}")
     _parse_mapping(s.dify_inputs_from_user)

@@ -16,8 +16,9 @@ from services.bot import Bot
 from services.engine import Engine, Job
 from services.errors import StoreUnavailable
 from services.frames import MAX_CONTENT_BYTES, Notes, decide, stream_frame
+from services.inbound import MESSAGE_TYPES, read
 from utils.logging import user_ref
-from utils.text import clean, strip_mention
+from utils.text import strip_mention
 
 log = logging.getLogger(__name__)
 
@@ -46,23 +47,31 @@ class MessageHandler:
     def handle(self, msg: dict[str, Any]) -> Outcome:
         """Dispatch on ``msgtype``; return the reply and an outcome label for the metrics."""
         msgtype = msg.get("msgtype")
-        if msgtype == "text":
-            return self.on_text(msg)
         if msgtype == "stream":
             return self.on_refresh(msg)
-        log.info("callback ignored", extra={"msgtype": _str(msgtype)[:32]})
-        return None, "ignored"
+        if msgtype == "event":  # feedback_event must get an empty reply; the others (welcome, cards) too, for now
+            log.info("callback ignored", extra={"msgtype": "event"})
+            return None, "ignored"
+        return self.on_message(msg)
 
-    def on_text(self, msg: dict[str, Any]) -> Outcome:
-        """Start answering a text message (once per msgid) and reply with its stream."""
+    def on_message(self, msg: dict[str, Any]) -> Outcome:
+        """Start answering a user's message (once per msgid) and reply with its stream.
+
+        Text and voice are asked as they are, with any quoted text as context. A message the bot
+        cannot use yet (an image, a file, a video, or a type it does not know) is answered at once
+        with a text saying what it can take: never silence.
+        """
         msgid, user = _str(msg.get("msgid")), _str(_dict(msg.get("from")).get("userid"))
-        raw = _dict(msg.get("text")).get("content")
-        content = clean(raw) if isinstance(raw, str) else ""
+        inbound = read(msg)
         chat = _str(msg.get("chatid")) if msg.get("chattype") == "group" else ""
         if not msgid or not user or max(len(msgid), len(user), len(chat)) > MAX_ID_LEN:
-            log.warning("text callback without a usable msgid, userid or chatid")
+            log.warning("message callback without a usable msgid, userid or chatid")
             return None, "invalid"
-        query = strip_mention(content, self.settings.bot_names) if chat else content.strip()
+        asked = strip_mention(inbound.text, self.settings.bot_names) if chat else inbound.text.strip()
+        unusable = inbound.has_media or _str(msg.get("msgtype")) not in MESSAGE_TYPES
+        query = asked
+        if asked and inbound.quote:
+            query = self.settings.quote_template.replace("{quote}", inbound.quote).replace("{query}", asked)
         response_url = _str(msg.get("response_url"))
         followup = bool(response_url) and self.delivery.allowed(response_url)
         job = Job(sid=uuid.uuid4().hex,  # 32 hex digits: unguessable, and what SID accepts
@@ -70,9 +79,11 @@ class MessageHandler:
                   scope=self._scope(user, chat),
                   wecom_user=user, chat=chat, response_url=response_url if followup else "")
         try:
-            if query.lower() in self.settings.stop_words:
+            if unusable:
+                admission = self.engine.answer_now(job, self.settings.msg_unsupported, "unsupported")
+            elif asked.lower() in self.settings.stop_words:
                 admission = self.engine.stop(job)
-            elif not query:
+            elif not asked:
                 admission = self.engine.answer_now(job, self.settings.msg_empty_query)
             else:
                 admission = self.engine.admit(job)
@@ -86,7 +97,8 @@ class MessageHandler:
             return self._frame_or_busy(sid), "duplicate"
         if admission.outcome != "started":
             return stream_frame(sid, admission.text or self.settings.msg_busy, True), admission.outcome
-        extra = {"msgid": msgid, "sid": sid, "user": user_ref(user), "chat": user_ref(chat) if chat else ""}
+        extra = {"msgid": msgid, "sid": sid, "user": user_ref(user), "chat": user_ref(chat) if chat else "",
+                 "kinds": ",".join(inbound.kinds)}
         if self.settings.log_content:
             extra["content"] = query
         log.info("stream started", extra=extra)

@@ -92,8 +92,10 @@ def test_unknown_stream_gets_a_terminal_frame(wecom: InProcessWeCom, settings: S
 
 @pytest.mark.parametrize("payload", [
     {"msgid": "e1", "msgtype": "event", "event": {"eventtype": "enter_chat"}, "from": {"userid": "u"}},
-    {"msgid": "i1", "msgtype": "image", "image": {"url": "https://x"}, "from": {"userid": "u"}},
+    {"msgid": "f1", "msgtype": "event", "event": {"eventtype": "feedback_event", "feedback_event": {"id": "x"}},
+     "from": {"userid": "u"}},
     {"msgid": "x1", "msgtype": "no-such-type"},
+    {"msgid": "i1", "msgtype": "image", "image": {"url": "https://x"}},
     {"msgtype": "text", "text": {"content": "no msgid"}, "from": {"userid": "u"}},
     {"msgid": "s0", "msgtype": "stream", "stream": {}},
 ])

@@ -46,7 +46,7 @@ IO_THREADS = 8
 class Admission:
     """What became of a message handed to the engine: ``outcome`` is a metrics label."""
 
-    outcome: str  # started | duplicate | busy | stop | empty
+    outcome: str  # started | duplicate | busy | stop | empty | unsupported
     sid: str
     text: str = ""  # the final answer when the engine answered at once (stop, empty)
 
@@ -125,12 +125,12 @@ class Engine:
         loop.call_soon_threadsafe(self._launch, job)
         return Admission("started", sid)
 
-    def answer_now(self, job: Job, note: str) -> Admission:
+    def answer_now(self, job: Job, note: str, outcome: str = "empty") -> Admission:
         """Claim ``job`` and finish its stream at once with ``note`` (e.g. an empty question)."""
         created, sid = self._claim(job, queue=False)
         if created:
             job.bot.store.set_status(sid, "done", note)
-        return Admission("empty" if created else "duplicate", sid, note)
+        return Admission(outcome if created else "duplicate", sid, note)
 
     def stop(self, job: Job) -> Admission:
         """``/stop``: finish the conversation's running answer; its owner then stops Dify's generation."""

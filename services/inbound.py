@@ -1,0 +1,77 @@
+"""What a user's WeCom message says: its text, the media it carries, and what it quotes.
+
+Message types (wecom-protocol.md §1.4): ``text``; ``voice`` (WeCom already transcribed it, so its
+text is the question); ``mixed`` (text and image items, in order); ``image``, ``file`` and
+``video`` (a URL each); and an optional ``quote`` of any of them on a text or mixed message.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from utils.text import clean
+
+MESSAGE_TYPES = frozenset({"text", "voice", "mixed", "image", "file", "video"})
+MEDIA_TYPES = frozenset({"image", "file", "video"})
+MEDIA_MARKERS = {"image": "[图片]", "file": "[文件]", "video": "[视频]"}
+"""How quoted media shows in the quoted text, until media reach Dify."""
+
+
+@dataclass(frozen=True)
+class Inbound:
+    """One message, read: its text (items joined by newlines), its media types in order, its quote."""
+
+    text: str = ""
+    media: tuple[str, ...] = ()
+    quote: str = ""  # the quoted message as text, with markers for its media
+    kinds: tuple[str, ...] = ()  # what the message was made of, for logs
+
+    @property
+    def has_media(self) -> bool:
+        """True when the message carries an image, a file or a video."""
+        return bool(self.media)
+
+
+def read(msg: dict[str, Any]) -> Inbound:
+    """Read a message callback (any ``msgtype``; an unknown one reads as nothing)."""
+    text, media = _parts(msg)
+    quote_text, quote_media = _parts(_dict(msg.get("quote")))
+    quoted = "\n".join(p for p in (quote_text, *(MEDIA_MARKERS[m] for m in quote_media)) if p)
+    msgtype = msg.get("msgtype")
+    kind = msgtype if isinstance(msgtype, str) and msgtype in MESSAGE_TYPES else "other"
+    kinds = (kind,) + (("quote",) if quoted else ())
+    return Inbound(text=text, media=media, quote=quoted, kinds=kinds)
+
+
+def _parts(msg: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """The text and the media types of one message (or of a quote, which has the same shape)."""
+    msgtype = msg.get("msgtype")
+    if not isinstance(msgtype, str):
+        return "", ()
+    if msgtype in ("text", "voice"):
+        return _content(msg, msgtype), ()
+    if msgtype in MEDIA_TYPES:
+        return "", (msgtype,)
+    if msgtype == "mixed":
+        texts: list[str] = []
+        media: list[str] = []
+        items = _dict(msg.get("mixed")).get("msg_item")
+        for item in items if isinstance(items, list) else []:
+            item = _dict(item)
+            kind = item.get("msgtype")
+            if kind == "text":
+                texts.append(_content(item, "text"))
+            elif isinstance(kind, str) and kind in MEDIA_TYPES:
+                media.append(kind)
+        return "\n".join(t for t in texts if t), tuple(media)
+    return "", ()
+
+
+def _content(msg: dict[str, Any], key: str) -> str:
+    raw = _dict(msg.get(key)).get("content")
+    return clean(raw) if isinstance(raw, str) else ""
+
+
+def _dict(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
