@@ -110,6 +110,25 @@ class Script:
         return [self.answer[i : i + size] for i in range(0, len(self.answer), size)]
 
 
+DEFAULT_FILE_UPLOAD: dict[str, Any] = {
+    "enabled": True, "allowed_file_types": ["image", "document"], "allowed_file_upload_methods": ["local_file"],
+    "number_limits": 5, "image": {"enabled": True, "number_limits": 5, "transfer_methods": ["local_file"]}}
+"""An app that reads images and documents (Dify's /parameters ``file_upload`` shape)."""
+_KINDS = {"image": ("jpg", "jpeg", "png", "webp", "gif", "svg"), "video": ("mp4", "mov", "mpeg", "webm"),
+          "audio": ("mp3", "m4a", "wav", "amr", "mpga")}
+
+
+@dataclass(frozen=True)
+class Upload:
+    """One file received on ``POST /v1/files/upload``."""
+
+    id: str
+    name: str
+    mime: str
+    user: str
+    data: bytes
+
+
 @dataclass(frozen=True)
 class RecordedRequest:
     """One request the simulator received; ``headers`` has lower-case names."""
@@ -158,6 +177,9 @@ class DifySimulator:
         self._conversations: dict[str, tuple[str, int]] = {}  # id -> (user, dialogue count)
         self._tasks: dict[str, _Task] = {}
         self._peak_open = 0  # most chat requests ever open at once (since the last reset)
+        self.file_upload: dict[str, Any] = dict(DEFAULT_FILE_UPLOAD)  # what GET /parameters says
+        self.size_limits_mb: dict[str, int] = {"image": 10, "document": 15, "audio": 50, "video": 100}
+        self.uploads: dict[str, Upload] = {}  # upload_file_id -> what was uploaded
         self._conns: set[socket.socket] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -218,6 +240,8 @@ class DifySimulator:
             self._attempts.clear()
             self._conversations.clear()
             self._peak_open = len(self._tasks)
+            self.uploads.clear()
+            self.file_upload = dict(DEFAULT_FILE_UPLOAD)
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -320,6 +344,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._record(None)
+        if not self._authorized():
+            return
+        if urlsplit(self.path).path == "/v1/parameters":
+            sim = self.server.sim
+            limits = {"file_size_limit": sim.size_limits_mb["document"],
+                      "image_file_size_limit": sim.size_limits_mb["image"],
+                      "audio_file_size_limit": sim.size_limits_mb["audio"],
+                      "video_file_size_limit": sim.size_limits_mb["video"], "workflow_file_upload_limit": 10}
+            body = {"opening_statement": "", "suggested_questions": [], "user_input_form": [],
+                    "file_upload": sim.file_upload, "system_parameters": limits}
+            self._send(200, json.dumps(body).encode(), "application/json")
+            return
         self._error(404, "not_found", "The requested URL was not found on the server.")
 
     def do_POST(self) -> None:
@@ -335,7 +371,9 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._authorized():
                 return
             stop = _STOP_PATH.fullmatch(path)
-            if path == "/v1/chat-messages":
+            if path == "/v1/files/upload":
+                self._upload(raw)
+            elif path == "/v1/chat-messages":
                 self._chat(body if isinstance(body, dict) else {})
             elif stop:
                 self._stop(stop.group(1), body if isinstance(body, dict) else {})
@@ -383,6 +421,43 @@ class _Handler(BaseHTTPRequestHandler):
 
     # -- endpoints --------------------------------------------------------------------------------
 
+    def _upload(self, raw: bytes) -> None:
+        """Dify's /files/upload: one multipart ``file`` part and a ``user`` field; 201 with the record."""
+        import email.parser
+        import email.policy
+
+        head = f"Content-Type: {self.headers.get('Content-Type', '')}\r\n\r\n".encode()
+        message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
+        parts = list(message.iter_parts()) if message.is_multipart() else []
+        files = [p for p in parts if p.get_param("name", header="content-disposition") == "file"]
+        users = [p for p in parts if p.get_param("name", header="content-disposition") == "user"]
+        if not files:
+            return self._error(400, "no_file_uploaded", "Please upload your file.")
+        if len(files) > 1:
+            return self._error(400, "too_many_files", "Only one file is allowed.")
+        part, sim = files[0], self.server.sim
+        name = part.get_filename() or ""
+        if not name:
+            return self._error(400, "filename_not_exists_error", "The specified filename does not exist.")
+        mime = part.get("Content-Type", "")
+        if not mime:
+            return self._error(415, "unsupported_file_type", "File type not allowed.")
+        payload = part.get_payload(decode=True)
+        data = payload if isinstance(payload, bytes) else b""
+        extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
+        kind = next((k for k, exts in _KINDS.items() if extension in exts), "document")
+        if len(data) > sim.size_limits_mb[kind] * 1024 * 1024:
+            return self._error(413, "file_too_large", "")
+        given = users[0].get_payload(decode=True) if users else None
+        user = given.decode() if isinstance(given, bytes) and given else "DEFAULT-USER"
+        upload = Upload(str(uuid.uuid4()), name, mime, user, bytes(data))
+        with sim._lock:
+            sim.uploads[upload.id] = upload
+        record = {"id": upload.id, "name": name, "size": len(data), "extension": extension, "mime_type": mime,
+                  "created_by": str(uuid.uuid5(uuid.NAMESPACE_OID, user)), "created_at": int(time.time()),
+                  "preview_url": None, "source_url": f"/files/{upload.id}/file-preview"}
+        self._send(201, json.dumps(record).encode(), "application/json")
+
     def _stop(self, task_id: str, body: dict[str, Any]) -> None:
         user = body.get("user")
         if not isinstance(user, str) or not user:
@@ -405,6 +480,10 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(400, "invalid_param", _MISSING_INPUTS)
         if mode not in ("streaming", "blocking"):
             return self._error(400, "invalid_param", "response_mode must be 'streaming' or 'blocking'")
+        for item in body.get("files") or []:  # local files must be this user's uploads
+            upload = sim.uploads.get(item.get("upload_file_id", "")) if isinstance(item, dict) else None
+            if upload is None or upload.user != user or item.get("transfer_method") != "local_file":
+                return self._error(400, "invalid_param", "Invalid upload file id.")
         script, fail = sim._script_for(query)
         if mode == "blocking" and script.app == "agent":
             return self._error(400, "invalid_param", "Agent Chat App does not support blocking mode")

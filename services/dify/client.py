@@ -9,6 +9,7 @@ engine's event loop at first use. Cancelling the task that iterates ``chat`` clo
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import re
@@ -109,8 +110,12 @@ class DifyClient:
         conversation_id: str | None = None,
         inputs: Mapping[str, Any] | None = None,
         authorization: str | None = None,
+        files: list[dict[str, str]] | None = None,
     ) -> AsyncGenerator[DifyEvent, None]:
-        """Send ``query`` and yield its events; the total deadline starts now."""
+        """Send ``query`` (with ``files``: uploaded ``local_file`` items) and yield its events.
+
+        The total deadline starts now.
+        """
         deadline = self._clock() + self.total_timeout
         body: dict[str, Any] = {
             "query": query,
@@ -120,6 +125,8 @@ class DifyClient:
         }
         if conversation_id:
             body["conversation_id"] = conversation_id
+        if files:
+            body["files"] = files
         return self._chat(body, self._headers(authorization), deadline)
 
     async def stop(self, task_id: str, *, user: str, authorization: str | None = None) -> None:
@@ -132,6 +139,50 @@ class DifyClient:
                 raise await _http_error(resp)
         finally:
             resp.release()
+
+    async def upload(self, data: bytes, *, filename: str, mime: str, user: str,
+                     authorization: str | None = None) -> str:
+        """Upload one file (``POST /files/upload``) as ``user``; return its ``upload_file_id``.
+
+        Dify answers 201 with the file's record; 400/413/415 come as its error envelope (DifyHTTPError).
+        The same ``user`` must then send the chat that uses the file.
+        """
+        form = aiohttp.FormData()
+        form.add_field("user", user)
+        form.add_field("file", io.BytesIO(data), filename=filename, content_type=mime)  # bytes would block the loop
+        return str((await self._json("POST", "/files/upload", form, authorization, expect_id=True))["id"])
+
+    async def parameters(self, authorization: str | None = None) -> dict[str, Any]:
+        """The app's ``GET /parameters`` (its features and file upload settings)."""
+        return await self._json("GET", "/parameters", None, authorization)
+
+    async def _json(self, method: str, path: str, body: Any, authorization: str | None, *,
+                    expect_id: bool = False) -> dict[str, Any]:
+        deadline = self._clock() + self.total_timeout
+        headers = {**self._headers(authorization), "Accept": "application/json"}
+        resp = await self._post(f"{self.base_url}{path}", body, headers, deadline, method=method)
+        if resp.status >= 300:
+            raise await _http_error(resp)
+        try:
+            raw = await self._read_all(resp, deadline, _ERROR_BODY_LIMIT * 4)
+        finally:
+            resp.release() if resp.content.at_eof() else resp.close()
+        try:
+            obj = json.loads(raw)
+        except ValueError as e:
+            raise DifyIncompleteError(f"{path} answered with no JSON") from e
+        if not isinstance(obj, dict) or (expect_id and not isinstance(obj.get("id"), str)):
+            raise DifyIncompleteError(f"{path} answered without the expected fields")
+        return obj
+
+    async def _read_all(self, resp: aiohttp.ClientResponse, deadline: float, limit: int) -> bytes:
+        body = bytearray()
+        while len(body) <= limit:
+            data = await self._read(resp, deadline)
+            if not data:
+                return bytes(body)
+            body += data
+        raise DifyIncompleteError("answer body too large")
 
     def _headers(self, authorization: str | None) -> dict[str, str]:
         accept = "text/event-stream" if self.response_mode == "streaming" else "application/json"
@@ -171,8 +222,9 @@ class DifyClient:
         finally:
             resp.release() if resp.content.at_eof() else resp.close()
 
-    async def _post(self, url: str, body: dict[str, Any], headers: dict[str, str],
-                    deadline: float) -> aiohttp.ClientResponse:
+    async def _post(self, url: str, body: Any, headers: dict[str, str], deadline: float,
+                    method: str = "POST") -> aiohttp.ClientResponse:
+        """Send a request (``body``: a dict sent as JSON, or aiohttp form data) and wait for its headers."""
         remaining = deadline - self._clock()
         if remaining <= 0:
             raise DifyTimeout("total deadline exceeded")
@@ -180,8 +232,9 @@ class DifyClient:
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(self.connect_timeout, remaining))
         try:
             async with asyncio.timeout(min(self.connect_timeout + self.read_timeout, remaining)):
-                return await self._http().post(url, json=body, headers=headers, timeout=timeout,
-                                               allow_redirects=False)
+                payload = {"json": body} if isinstance(body, dict) else {"data": body}
+                return await self._http().request(method, url, headers=headers, timeout=timeout,
+                                                  allow_redirects=False, **payload)
         except (aiohttp.ConnectionTimeoutError, aiohttp.ServerTimeoutError) as e:
             raise DifyTimeout("connect timeout", code="connect_timeout") from e
         except TimeoutError as e:
