@@ -70,8 +70,17 @@ class Settings:
     msg_busy: str = _env("MSG_BUSY", "服务繁忙，请稍后重试。")
     msg_dify_failed: str = _env("MSG_DIFY_FAILED", "抱歉，生成回答时出错了，请稍后重试。")
     msg_empty_query: str = _env("MSG_EMPTY_QUERY", "请输入你的问题。")
-    msg_unsupported: str = _env("MSG_UNSUPPORTED", "目前只能读文字和语音，图片、文件和视频还看不了，请用文字描述。")
+    msg_unsupported: str = _env("MSG_UNSUPPORTED", "这类消息我还看不懂：请发文字、语音、图片、文件或视频。")
     quote_template: str = _env("QUOTE_TEMPLATE", "「{quote}」\n{query}")
+    wecom_media_hosts: str = _env("WECOM_MEDIA_HOSTS", "*.qq.com,*.myqcloud.com")
+    media_max_bytes: int = _env("MEDIA_MAX_BYTES", 20 * 1024 * 1024)
+    media_timeout: float = _env("MEDIA_TIMEOUT", 30.0)
+    media_query: str = _env("MEDIA_QUERY", "请看附件。")
+    msg_media_expired: str = _env("MSG_MEDIA_EXPIRED", "文件已过期，请重新发送。")
+    msg_media_failed: str = _env("MSG_MEDIA_FAILED", "没能读取你发的文件，请重新发送。")
+    msg_media_not_accepted: str = _env("MSG_MEDIA_NOT_ACCEPTED", "这个机器人不能读这类文件。")
+    msg_media_too_large: str = _env("MSG_MEDIA_TOO_LARGE", "文件太大了（上限 {limit} MB）。")
+    msg_media_too_many: str = _env("MSG_MEDIA_TOO_MANY", "一次最多发 {limit} 个文件。")
     stream_window_seconds: float = _env("STREAM_WINDOW_SECONDS", 330.0)
     wecom_response_url_hosts: str = _env("WECOM_RESPONSE_URL_HOSTS", "qyapi.weixin.qq.com")
     response_url_timeout: float = _env("RESPONSE_URL_TIMEOUT", 5.0)
@@ -137,6 +146,11 @@ class Settings:
     def response_url_hosts(self) -> list[str]:
         """Hosts (``host`` or ``host:port``) that ``response_url`` may point to."""
         return [h.strip() for h in self.wecom_response_url_hosts.split(",") if h.strip()]
+
+    @property
+    def media_hosts(self) -> list[str]:
+        """Hosts (``host``, ``host:port`` or ``*.domain``) that a message's media may be downloaded from."""
+        return [h.strip() for h in self.wecom_media_hosts.split(",") if h.strip()]
 
     @property
     def stop_words(self) -> frozenset[str]:
@@ -260,6 +274,9 @@ def _validate(s: Settings) -> None:
              "must be 'app_key' or 'user_token'")
     _require(s.dify_auth_source == "app_key" or s.auth_mode == "mysql", "dify_auth_source",
              "user_token needs AUTH_MODE=mysql")
+    _require(1024 <= s.media_max_bytes <= 200 * 1024 * 1024, "media_max_bytes", "must be between 1024 and 209715200")
+    _require(s.media_timeout > 0, "media_timeout", "must be > 0 seconds")
+    _require(bool(s.media_query.strip()), "media_query", "must not be empty (Dify needs a question with the file)")
     _require("{query}" in s.quote_template, "quote_template",
              "must contain {query} (the question) and may contain {quote} (the quoted message)")
     _require("{userid}" in s.auth_redis_wechatid_key, "auth_redis_wechatid_key", "must contain {userid}")

@@ -19,6 +19,7 @@ from crypto import WeComCrypto
 from services.auth_api import AuthAPI
 from services.delivery import ResponseURL
 from services.dify import DifyClient
+from services.media import MediaFetcher
 from services.streams.keys import Keys
 from services.streams.store import StreamStore
 from services.user_auth import Authenticator
@@ -60,6 +61,7 @@ class Bot:
     delivery: ResponseURL
     namespace: str
     capacity_share: float
+    media: MediaFetcher
     auth: Authenticator | None = None
     health: DifyHealth = field(default_factory=DifyHealth)
 
@@ -88,8 +90,9 @@ class Bot:
                 total_timeout=s.dify_total_timeout, idle_timeout=s.dify_idle_timeout,
                 max_retries=s.dify_max_retries, max_connections=s.engine_capacity)
         delivery = ResponseURL(s.response_url_hosts, timeout=s.response_url_timeout, bot=config.id)
+        media = MediaFetcher(s.media_hosts, max_bytes=s.media_max_bytes, timeout=s.media_timeout)
         return cls(id=config.id, settings=s, crypto=crypto, store=store, dify=dify, delivery=delivery,
-                   namespace=config.namespace, capacity_share=config.capacity_share, auth=auth)
+                   namespace=config.namespace, capacity_share=config.capacity_share, media=media, auth=auth)
 
     def dify_user(self, user: str, chat: str) -> str:
         """The Dify ``user`` of a message: one per WeCom user, or per group when groups share conversations."""

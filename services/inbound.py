@@ -26,6 +26,7 @@ class Inbound:
     media: tuple[str, ...] = ()
     quote: str = ""  # the quoted message as text, with markers for its media
     kinds: tuple[str, ...] = ()  # what the message was made of, for logs
+    attachments: tuple[str, ...] = ()  # the media URLs, the message's in order, then the quote's
 
     @property
     def has_media(self) -> bool:
@@ -35,27 +36,28 @@ class Inbound:
 
 def read(msg: dict[str, Any]) -> Inbound:
     """Read a message callback (any ``msgtype``; an unknown one reads as nothing)."""
-    text, media = _parts(msg)
-    quote_text, quote_media = _parts(_dict(msg.get("quote")))
+    text, media, urls = _parts(msg)
+    quote_text, quote_media, quote_urls = _parts(_dict(msg.get("quote")))
     quoted = "\n".join(p for p in (quote_text, *(MEDIA_MARKERS[m] for m in quote_media)) if p)
     msgtype = msg.get("msgtype")
     kind = msgtype if isinstance(msgtype, str) and msgtype in MESSAGE_TYPES else "other"
     kinds = (kind,) + (("quote",) if quoted else ())
-    return Inbound(text=text, media=media, quote=quoted, kinds=kinds)
+    return Inbound(text=text, media=media + quote_media, quote=quoted, kinds=kinds, attachments=urls + quote_urls)
 
 
-def _parts(msg: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
-    """The text and the media types of one message (or of a quote, which has the same shape)."""
+def _parts(msg: dict[str, Any]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
+    """The text, media types and media URLs of one message (or of a quote, which has the same shape)."""
     msgtype = msg.get("msgtype")
     if not isinstance(msgtype, str):
-        return "", ()
+        return "", (), ()
     if msgtype in ("text", "voice"):
-        return _content(msg, msgtype), ()
+        return _content(msg, msgtype), (), ()
     if msgtype in MEDIA_TYPES:
-        return "", (msgtype,)
+        return "", (msgtype,), (_url(msg, msgtype),)
     if msgtype == "mixed":
         texts: list[str] = []
         media: list[str] = []
+        urls: list[str] = []
         items = _dict(msg.get("mixed")).get("msg_item")
         for item in items if isinstance(items, list) else []:
             item = _dict(item)
@@ -64,8 +66,14 @@ def _parts(msg: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
                 texts.append(_content(item, "text"))
             elif isinstance(kind, str) and kind in MEDIA_TYPES:
                 media.append(kind)
-        return "\n".join(t for t in texts if t), tuple(media)
-    return "", ()
+                urls.append(_url(item, kind))
+        return "\n".join(t for t in texts if t), tuple(media), tuple(urls)
+    return "", (), ()
+
+
+def _url(msg: dict[str, Any], key: str) -> str:
+    raw = _dict(msg.get(key)).get("url")
+    return raw if isinstance(raw, str) else ""
 
 
 def _content(msg: dict[str, Any], key: str) -> str:

@@ -57,9 +57,9 @@ class MessageHandler:
     def on_message(self, msg: dict[str, Any]) -> Outcome:
         """Start answering a user's message (once per msgid) and reply with its stream.
 
-        Text and voice are asked as they are, with any quoted text as context. A message the bot
-        cannot use yet (an image, a file, a video, or a type it does not know) is answered at once
-        with a text saying what it can take: never silence.
+        Text and voice are asked as they are, with any quoted text as context; images, files and
+        videos (the message's and the quote's) go to Dify as files (``engine/attach.py``). A type
+        the bot does not know is answered at once with a text saying what it can take: never silence.
         """
         msgid, user = _str(msg.get("msgid")), _str(_dict(msg.get("from")).get("userid"))
         inbound = read(msg)
@@ -68,7 +68,9 @@ class MessageHandler:
             log.warning("message callback without a usable msgid, userid or chatid")
             return None, "invalid"
         asked = strip_mention(inbound.text, self.settings.bot_names) if chat else inbound.text.strip()
-        unusable = inbound.has_media or _str(msg.get("msgtype")) not in MESSAGE_TYPES
+        unusable = _str(msg.get("msgtype")) not in MESSAGE_TYPES
+        if inbound.has_media and not asked:
+            asked = self.settings.media_query  # Dify needs a question with the file
         query = asked
         if asked and inbound.quote:
             query = self.settings.quote_template.replace("{quote}", inbound.quote).replace("{query}", asked)
@@ -77,7 +79,8 @@ class MessageHandler:
         job = Job(sid=uuid.uuid4().hex,  # 32 hex digits: unguessable, and what SID accepts
                   bot=self.bot, msgid=msgid, query=query, dify_user=self.bot.dify_user(user, chat),
                   scope=self._scope(user, chat),
-                  wecom_user=user, chat=chat, response_url=response_url if followup else "")
+                  wecom_user=user, chat=chat, response_url=response_url if followup else "",
+                  attachments=inbound.attachments)
         try:
             if unusable:
                 admission = self.engine.answer_now(job, self.settings.msg_unsupported, "unsupported")

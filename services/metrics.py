@@ -42,6 +42,9 @@ STREAMS_ENDED = Counter(f"{NS}_streams_ended_total",
                         "expired, window (closed early, answer follows), overflow (rest follows)", ["bot", "reason"])
 DIFY_ERRORS = Counter(f"{NS}_dify_errors_total", "Dify failures by error code", ["bot", "code"])
 RESPONSE_URL = Counter(f"{NS}_response_url_total", "response_url deliveries by outcome", ["bot", "outcome"])
+MEDIA = Counter(f"{NS}_media_total", "Files of messages: uploaded to Dify, or why not (expired, too_large, "
+                "host_not_allowed, undecryptable, unavailable, not_accepted, too_many, upload_refused)",
+                ["bot", "outcome"])
 AUTH = Counter(f"{NS}_auth_total", "User authentication: hit, miss (refreshed), refused, unavailable",
                ["bot", "result"])
 ENGINE_JOBS = Gauge(f"{NS}_engine_jobs", "Answers admitted (authenticating, waiting for their turn or running)",

@@ -109,10 +109,11 @@ class Answers:
         for attempt in (0, 1):
             identity = job.identity
             inputs = identity.dify_inputs(s.inputs_from_user) if identity else {}
-            token = self._token(job)
+            token = self.token(job)
             try:
                 async with aclosing(job.bot.dify.chat(job.query, user=job.dify_user, conversation_id=conversation,
-                                                inputs=inputs, authorization=token)) as events:
+                                                      inputs=inputs, authorization=token,
+                                                      files=job.files or None)) as events:
                     async for event in events:
                         yield event
                 return
@@ -122,7 +123,8 @@ class Answers:
                 await e.io(job, auth.invalidate, identity)
                 job.identity = await e.io(job, auth.authenticate, job.wecom_user)
 
-    def _token(self, job: Job) -> str | None:
+    def token(self, job: Job) -> str | None:
+        """The user's token when Dify is called with user tokens, else None (the app key)."""
         if job.bot.settings.dify_auth_source == "user_token" and job.identity is not None:
             return job.identity.token
         return None
@@ -130,7 +132,7 @@ class Answers:
     async def _stop_dify(self, job: Job) -> None:
         """Ask Dify to stop generating, as the job's own user when Dify is called with user tokens."""
         try:
-            await job.bot.dify.stop(job.task_id, user=job.dify_user, authorization=self._token(job))
+            await job.bot.dify.stop(job.task_id, user=job.dify_user, authorization=self.token(job))
         except DifyError as exc:
             log.warning("dify stop failed", extra={"sid": job.sid, "code": error_label(exc)})
 

@@ -24,6 +24,7 @@ from config import Settings
 from services import metrics
 from services.bot import Bot
 from services.engine.answer import Answers
+from services.engine.attach import AttachmentRefused, attach
 from services.engine.capacity import Capacity
 from services.engine.job import Job, Outcome, State
 from services.engine.keeper import LeaseKeeper, Report
@@ -216,6 +217,8 @@ class Engine:
                 outcome, note = Outcome.FAILED, s.msg_dify_timeout
             except UserNotAuthorized:
                 outcome, note = Outcome.REFUSED, s.msg_unauthorized
+            except AttachmentRefused as exc:
+                outcome, note = Outcome.REFUSED, exc.text
             except AuthUnavailable as exc:
                 log.warning("authentication unavailable", extra={"sid": job.sid, "reason": str(exc)})
                 outcome, note = Outcome.FAILED, s.msg_auth_unavailable
@@ -247,6 +250,8 @@ class Engine:
             if not await self.redis(store.set_status, job.sid, "authenticating"):
                 raise Gone
             job.identity = await self.io(job, auth.authenticate, job.wecom_user)
+        if job.attachments:  # now: their URLs expire 5 minutes after the message
+            job.files = await attach(self, job, self.answers.token(job))
         if not job.first_in_line:
             job.move(State.WAITING)
             if not await self.redis(store.set_status, job.sid, "waiting"):

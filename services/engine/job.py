@@ -65,6 +65,8 @@ class Job:
     wecom_user: str = ""
     chat: str = ""
     response_url: str = ""
+    attachments: tuple[str, ...] = ()  # media URLs to download and hand to Dify (they expire after 5 minutes)
+    files: list[dict[str, str]] = field(default_factory=list)  # the uploaded files, for Dify's chat
     created: float = field(default_factory=time.time)
     state: State = State.QUEUED
     outcome: Outcome | None = None

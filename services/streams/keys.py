@@ -8,6 +8,9 @@ STREAM_TTL = 2 * 3600
 """Stream text + meta + msgid dedupe (``STREAM_TTL_SECONDS``): outlive the 6 min polling window, WeCom's
 re-deliveries and a late ``response_url`` delivery (the URL lives 1 h)."""
 
+PARAMETERS_TTL = 300
+"""Seconds a Dify app's ``/parameters`` stay cached: a change in the app reaches the bridge within it."""
+
 OWNER_LEASE_MS = 15_000
 """Producer lease on a stream (``PRODUCER_LEASE_SECONDS``), renewed every third of it while it works."""
 
@@ -78,6 +81,10 @@ class Keys:
     def conversation(self, scope: str) -> str:
         """Dify conversation id of a user or chat; expires after the idle period."""
         return f"{self.prefix}conv:{scope}"
+
+    def dify_parameters(self) -> str:
+        """The bot's Dify ``/parameters`` (its file rules), cached for ``PARAMETERS_TTL``."""
+        return f"{self.prefix}dify:parameters"
 
     def queue(self, scope: str) -> str:
         """Ticket queue (a list of stream ids) running one conversation's answers in arrival order."""

@@ -1,0 +1,99 @@
+"""A job's media, from WeCom to Dify: download and decrypt each file, check the app takes it, upload it.
+
+It runs right after authentication, before the job waits for its conversation's turn, because a
+media URL expires 5 minutes after the message. A file the app would refuse (its type, how many,
+how large, from the app's ``/parameters``, cached in Redis) is never uploaded: the user is told the
+limit instead, and Dify is not asked.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import TYPE_CHECKING
+
+from services import metrics
+from services.dify.files import FileRules, Refusal
+from services.engine.job import Job
+from services.errors import DifyError, DifyHTTPError, StoreUnavailable
+from services.media import Media, MediaError
+from services.streams.keys import PARAMETERS_TTL
+
+if TYPE_CHECKING:
+    from services.engine.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+class AttachmentRefused(Exception):
+    """The job's files cannot go to Dify; ``text`` tells the user why (its stream's final answer)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+
+async def attach(engine: Engine, job: Job, token: str | None) -> list[dict[str, str]]:
+    """Download, check and upload ``job``'s attachments; return Dify's ``files`` (raises AttachmentRefused)."""
+    bot, s = job.bot, job.bot.settings
+    media: list[Media] = []
+    for url in job.attachments:
+        try:
+            media.append(await engine.io(job, bot.media.fetch, url, s.wecom_encoding_aes_key))
+        except MediaError as exc:
+            metrics.MEDIA.labels(bot.id, exc.code).inc()
+            log.warning("media not downloaded", extra={"sid": job.sid, "code": exc.code})
+            raise AttachmentRefused(s.msg_media_expired if exc.code == "expired" else s.msg_media_failed) from None
+    rules = await _rules(engine, job)
+    refusal = rules.check([m.kind.dify_type for m in media], [len(m.data) for m in media]) if rules else None
+    if refusal is not None:
+        metrics.MEDIA.labels(bot.id, refusal.code).inc()
+        raise AttachmentRefused(_explain(job, refusal))
+    files = []
+    for number, item in enumerate(media, 1):
+        try:
+            file_id = await bot.dify.upload(item.data, filename=f"wecom-{number}.{item.kind.extension}",
+                                            mime=item.kind.mime, user=job.dify_user, authorization=token)
+        except DifyHTTPError as exc:
+            metrics.MEDIA.labels(bot.id, "upload_refused").inc()
+            log.warning("dify refused an upload", extra={"sid": job.sid, "status": exc.status, "code": exc.code})
+            text = s.msg_media_not_accepted if exc.status in (400, 415) else s.msg_media_failed
+            if exc.status == 413:
+                text = s.msg_media_too_large.replace("{limit}", str(rules.limits_mb[item.kind.dify_type]
+                                                                    if rules else "?"))
+            raise AttachmentRefused(text) from None
+        except DifyError as exc:
+            metrics.MEDIA.labels(bot.id, "upload_failed").inc()
+            log.warning("upload to dify failed", extra={"sid": job.sid, "code": exc.code})
+            raise AttachmentRefused(s.msg_media_failed) from None
+        metrics.MEDIA.labels(bot.id, "uploaded").inc()
+        files.append({"type": item.kind.dify_type, "transfer_method": "local_file", "upload_file_id": file_id})
+    return files
+
+
+async def _rules(engine: Engine, job: Job) -> FileRules | None:
+    """The app's file rules: from Redis, else from Dify (then cached); None when neither can tell."""
+    store, key = job.bot.store, job.bot.store.keys.dify_parameters()
+    try:
+        cached = await engine.redis(store.get_value, key)
+        if cached is not None:
+            return FileRules.from_parameters(json.loads(cached))
+    except (ValueError, StoreUnavailable):  # unreadable, or Redis away: ask Dify
+        pass
+    try:
+        parameters = await job.bot.dify.parameters()
+    except DifyError as exc:  # Dify will refuse what it does not take: upload without checking first
+        log.warning("dify parameters unavailable", extra={"sid": job.sid, "code": exc.code})
+        return None
+    try:
+        await engine.redis(store.put_lease, key, json.dumps(parameters), PARAMETERS_TTL * 1000)
+    except StoreUnavailable:
+        pass  # a cache: the next message asks again
+    return FileRules.from_parameters(parameters)
+
+
+def _explain(job: Job, refusal: Refusal) -> str:
+    s = job.bot.settings
+    text = {"too_large": s.msg_media_too_large, "too_many": s.msg_media_too_many}.get(refusal.code,
+                                                                                      s.msg_media_not_accepted)
+    return text.replace("{limit}", str(refusal.limit))

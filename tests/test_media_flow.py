@@ -1,0 +1,131 @@
+"""Images, files and videos from WeCom to Dify, end to end: a real media server with encrypted files,
+the Dify simulator with /parameters and /files/upload, and the bridge in between."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from flask import Flask
+
+from app import create_app
+from config import Settings
+from services import metrics
+from tests.conftest import AES_KEY
+from tests.helpers import InProcessWeCom, contents
+from tests.media_server import MediaServer
+from tools.dify_sim import DifySimulator
+from tools.wecom_client import WeComSigner
+
+PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 8
+JPG = b"\xff\xd8\xff\xe0\x00\x10JFIF" + b"\x01" * 500
+PDF = b"%PDF-1.7\n" + b"%" * 700
+
+
+@pytest.fixture
+def media() -> Iterator[MediaServer]:
+    server = MediaServer(AES_KEY)
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def app(settings: Settings, redis_client: redis.Redis) -> Iterator[Flask]:
+    application = create_app(settings.replace(wecom_media_hosts="127.0.0.1", media_max_bytes=64 * 1024))
+    yield application
+    application.extensions["wecom_dify"].engine.drain(5)
+
+
+@pytest.fixture
+def wecom(app: Flask, signer: WeComSigner) -> InProcessWeCom:
+    return InProcessWeCom(app.test_client(), signer)
+
+
+def message(msgtype: str, body: Any, **extra: Any) -> dict[str, Any]:
+    return {"msgid": extra.pop("msgid", uuid.uuid4().hex), "aibotid": "AIBOTID", "chattype": "single",
+            "from": {"userid": "zhangsan"}, "msgtype": msgtype, msgtype: body, **extra}
+
+
+def ask(wecom: InProcessWeCom, payload: dict[str, Any]) -> str:
+    first = wecom.send(payload)
+    assert first is not None and first["stream"]["finish"] is False  # the callback only starts the work
+    return contents(wecom.until_finished(first["stream"]["id"]))[-1]
+
+
+def uploads_of(dify: DifySimulator, chat: Any) -> list[bytes]:
+    return [dify.uploads[f["upload_file_id"]].data for f in chat.json.get("files", [])]
+
+
+def test_an_image_reaches_dify_as_a_file_of_the_same_user(wecom: InProcessWeCom, media: MediaServer,
+                                                          dify: DifySimulator, settings: Settings) -> None:
+    assert ask(wecom, message("image", {"url": media.add("a", PNG)})) == f"echo: {settings.media_query}"
+    [chat] = dify.chat_requests()
+    assert chat.json["query"] == settings.media_query  # Dify needs a question with the file
+    assert [f["type"] for f in chat.json["files"]] == ["image"] and uploads_of(dify, chat) == [PNG]
+    [upload] = dify.uploads.values()
+    assert upload.user == chat.json["user"] == "wecom:zhangsan" and upload.mime == "image/png"
+
+
+def test_three_images_of_a_mixed_message_arrive_in_order(wecom: InProcessWeCom, media: MediaServer,
+                                                         dify: DifySimulator) -> None:
+    images = [PNG, JPG, PNG[:300] + b"!"]
+    items = [{"msgtype": "text", "text": {"content": "比较这三张图"}}] + [
+        {"msgtype": "image", "image": {"url": media.add(f"i{n}", data)}} for n, data in enumerate(images)]
+    ask(wecom, message("mixed", {"msg_item": items}))
+    [chat] = dify.chat_requests()
+    assert chat.json["query"] == "比较这三张图" and uploads_of(dify, chat) == images
+
+
+def test_a_quoted_image_goes_along_as_a_file(wecom: InProcessWeCom, media: MediaServer, dify: DifySimulator) -> None:
+    quote = {"msgtype": "image", "image": {"url": media.add("q", JPG)}}
+    ask(wecom, message("text", {"content": "这张图里有几个人？"}, quote=quote))
+    [chat] = dify.chat_requests()
+    assert chat.json["query"] == "「[图片]」\n这张图里有几个人？" and uploads_of(dify, chat) == [JPG]
+
+
+def test_a_document_goes_as_a_document(wecom: InProcessWeCom, media: MediaServer, dify: DifySimulator) -> None:
+    ask(wecom, message("file", {"url": media.add("f", PDF)}))
+    [chat] = dify.chat_requests()
+    assert chat.json["files"][0]["type"] == "document" and uploads_of(dify, chat) == [PDF]
+
+
+def test_an_app_without_image_upload_is_never_sent_one(wecom: InProcessWeCom, media: MediaServer,
+                                                       dify: DifySimulator, settings: Settings) -> None:
+    dify.file_upload = {"enabled": False, "image": {"enabled": False}}
+    before = metrics.MEDIA.labels("default", "not_accepted")._value.get()
+    assert ask(wecom, message("image", {"url": media.add("a", PNG)})) == settings.msg_media_not_accepted
+    assert [r.path for r in dify.requests if r.method == "POST"] == []  # no upload, no chat
+    assert metrics.MEDIA.labels("default", "not_accepted")._value.get() == before + 1
+
+
+def test_the_apps_limits_are_named_to_the_user(wecom: InProcessWeCom, media: MediaServer,
+                                               dify: DifySimulator) -> None:
+    dify.file_upload = {**dify.file_upload, "number_limits": 2}
+    items = [{"msgtype": "image", "image": {"url": media.add(f"n{n}", PNG)}} for n in range(3)]
+    assert ask(wecom, message("mixed", {"msg_item": items})) == "一次最多发 2 个文件。"
+    assert dify.uploads == {} and dify.chat_requests() == []
+
+
+@pytest.mark.parametrize(("setup", "text_field"), [
+    (lambda m: m.add("old", PNG, ttl=-1), "msg_media_expired"),  # WeCom's URL expired (5 minutes)
+    (lambda m: m.url("/forbidden"), "msg_media_expired"),
+    (lambda m: m.add("big", PNG * 40), "msg_media_failed"),  # over MEDIA_MAX_BYTES: cut off
+    (lambda m: m.add("junk", b"x" * 64, raw=True), "msg_media_failed"),  # does not decrypt
+    (lambda m: "https://elsewhere.example/a.png", "msg_media_failed"),  # not an allowed host
+])
+def test_media_that_cannot_be_read_gets_a_clear_answer(wecom: InProcessWeCom, media: MediaServer,
+                                                       dify: DifySimulator, settings: Settings, setup: Any,
+                                                       text_field: str) -> None:
+    assert ask(wecom, message("image", {"url": setup(media)})) == getattr(settings, text_field)
+    assert dify.chat_requests() == [] and dify.uploads == {}
+
+
+def test_the_apps_parameters_are_asked_once_and_cached(wecom: InProcessWeCom, media: MediaServer,
+                                                       dify: DifySimulator, redis_client: redis.Redis) -> None:
+    for n in range(3):
+        ask(wecom, message("image", {"url": media.add(f"c{n}", PNG)}))
+    assert [r.path for r in dify.requests if r.method == "GET"] == ["/v1/parameters"]
+    assert 0 < redis_client.ttl("wecomdify:dify:parameters") <= 300
