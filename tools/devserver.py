@@ -145,6 +145,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no DIFY_BASE_URL: using the built-in Dify simulator at {simulator.url} (it echoes your"
                   " message); put DIFY_BASE_URL and DIFY_API_KEY in .env to use a real Dify")
 
+        # tools.wecom_sim serves --image/--file on loopback, as WeCom serves media from its own hosts
+        env.setdefault("WECOM_MEDIA_HOSTS", "127.0.0.1,*.qq.com,*.myqcloud.com")
         validate(env, args.port)
         cmd = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:create_app()",
                "--bind", f"{args.host}:{args.port}"]

@@ -11,10 +11,12 @@ from __future__ import annotations
 import argparse
 import sys
 import uuid
+from pathlib import Path
 from typing import Any
 
 from config.settings import read_environment
 from tools.wecom_client import WeComClient, WeComSigner, text_message
+from tools.wecom_media import MediaHost
 
 PLACEHOLDER_DIFY = {"DIFY_BASE_URL": "http://127.0.0.1:1/v1", "DIFY_API_KEY": "app-unused"}
 """Dify settings for loading the bots file when none are set: `make run` gives the server its own
@@ -48,17 +50,46 @@ def _bot_credentials(values: dict[str, str], bot_id: str) -> tuple[str, str, str
     return s.wecom_token, s.wecom_encoding_aes_key, s.wecom_receive_id
 
 
+def _with_media(payload: dict[str, Any], args: argparse.Namespace, media: MediaHost | None) -> None:
+    """Turn the text message ``payload`` into the message ``args`` ask for (its media served by ``media``)."""
+    del payload["text"]
+    if args.voice:
+        payload.update(msgtype="voice", voice={"content": args.voice})
+    elif args.file and media is not None:
+        payload.update(msgtype="file", file={"url": media.add(Path(args.file).read_bytes())})
+    elif args.image and media is not None:
+        images = [{"msgtype": "image", "image": {"url": media.add(Path(p).read_bytes())}} for p in args.image]
+        if args.text or len(images) > 1:
+            text = [{"msgtype": "text", "text": {"content": args.text}}] if args.text else []
+            payload.update(msgtype="mixed", mixed={"msg_item": text + images})
+        else:
+            payload.update(msgtype="image", image=images[0]["image"])
+    else:
+        payload.update(msgtype="text", text={"content": args.text})
+    if args.quote:
+        payload["quote"] = {"msgtype": "text", "text": {"content": args.quote}}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Send one message and print the streamed answer."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("text", help="the message to send")
+    parser.add_argument("text", nargs="?", default="", help="the message to send (may be empty with media)")
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="bot base URL (default %(default)s)")
     parser.add_argument("--bot", default=None, metavar="ID",
                         help="talk to bot ID of the bots file (BOTS_FILE), at /wecom/callback/ID")
     parser.add_argument("--user", default="dev-user", help="WeCom userid to send as")
     parser.add_argument("--chat", default=None, help="send as a group message in this chatid")
     parser.add_argument("--interval", type=float, default=1.0, help="seconds between polls")
+    parser.add_argument("--image", action="append", default=[], metavar="PATH",
+                        help="send this image (repeat for several; with text: a mixed message)")
+    parser.add_argument("--file", default=None, metavar="PATH", help="send this file")
+    parser.add_argument("--voice", default=None, metavar="TEXT", help="send a voice message WeCom transcribed as TEXT")
+    parser.add_argument("--quote", default=None, metavar="TEXT", help="quote an earlier message saying TEXT")
     args = parser.parse_args(argv)
+    if args.file and (args.image or args.text or args.voice) or args.voice and (args.image or args.text):
+        parser.error("a file or a voice message is sent alone (text and images go together as a mixed message)")
+    if not (args.text or args.image or args.file or args.voice):
+        parser.error("say something: TEXT, --image, --file or --voice")
 
     values = read_environment()  # ./.env overlaid with the process environment, as the server reads them
     if args.bot is None:
@@ -69,6 +100,11 @@ def main(argv: list[str] | None = None) -> int:
         client = WeComClient(WeComSigner(token, key, receive_id), path=f"/wecom/callback/{args.bot}")
     payload = text_message(args.text, userid=args.user, chattype="group" if args.chat else "single",
                            chatid=args.chat, msgid=uuid.uuid4().hex)
+    media = MediaHost(key) if args.image or args.file else None  # serves them encrypted, as WeCom does
+    try:
+        _with_media(payload, args, media)
+    except OSError as exc:
+        parser.error(f"cannot read {exc.filename}: {exc.strerror}")
     shown = ""
 
     def show(frame: dict[str, Any]) -> None:
@@ -81,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         shown = content
         sys.stdout.flush()
 
-    frames = client.converse([args.url], payload, interval=args.interval, on_frame=show)
+    try:
+        frames = client.converse([args.url], payload, interval=args.interval, on_frame=show)
+    finally:
+        if media is not None:
+            media.close()
     finished = bool(frames) and frames[-1]["stream"]["finish"]
     print(f"\n-- {len(frames)} encrypted frames, stream {'finished' if finished else 'NOT finished'}")
     return 0 if finished else 1
