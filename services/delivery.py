@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from urllib.parse import urlsplit
 
 import requests
 
@@ -19,10 +18,9 @@ from config import Settings
 from services import metrics
 from services.frames import MAX_CONTENT_BYTES, fit
 from services.streams.store import StreamStore
+from utils.urls import allowed_url
 
 log = logging.getLogger(__name__)
-
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 class ResponseURL:
@@ -40,15 +38,7 @@ class ResponseURL:
 
     def allowed(self, url: str) -> bool:
         """True when ``url`` may be called: an allowlisted host over https (http only on loopback)."""
-        try:
-            parts = urlsplit(url)
-            host = (parts.hostname or "").lower()
-            port = parts.port
-        except ValueError:
-            return False
-        if host not in self.hosts and f"{host}:{port}" not in self.hosts:
-            return False
-        return parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK)
+        return allowed_url(url, self.hosts)
 
     def send(self, url: str, text: str, truncated_note: str) -> bool:
         """POST ``text`` as one markdown message (cut to 20480 bytes with ``truncated_note``)."""

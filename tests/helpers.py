@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any
 
 from flask.testing import FlaskClient
@@ -53,6 +54,12 @@ class InProcessWeCom:
                 return frames
             time.sleep(interval)
         raise AssertionError(f"stream {sid} did not finish in {timeout}s: {frames[-1]}")
+
+
+def message(msgtype: str, body: Any, **extra: Any) -> dict[str, Any]:
+    """A user's message callback of ``msgtype`` carrying ``body`` (wecom-protocol.md §1.4)."""
+    return {"msgid": extra.pop("msgid", uuid.uuid4().hex), "aibotid": "AIBOTID", "chattype": "single",
+            "from": {"userid": "zhangsan"}, "msgtype": msgtype, msgtype: body, **extra}
 
 
 def contents(frames: list[dict[str, Any]]) -> list[str]:

@@ -3,7 +3,6 @@ get a clear reply saying what it can take, never silence."""
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from app import create_app
 from config import ConfigError, Settings
 from services import metrics
 from services.inbound import Inbound, read
-from tests.helpers import InProcessWeCom, contents
+from tests.helpers import InProcessWeCom, contents, message
 from tools.dify_sim import DifySimulator
 from tools.wecom_client import WeComSigner
 
@@ -22,11 +21,6 @@ from tools.wecom_client import WeComSigner
 @pytest.fixture
 def wecom(app: Flask, signer: WeComSigner) -> InProcessWeCom:
     return InProcessWeCom(app.test_client(), signer)
-
-
-def message(msgtype: str, body: Any, **extra: Any) -> dict[str, Any]:
-    return {"msgid": extra.pop("msgid", uuid.uuid4().hex), "aibotid": "AIBOTID", "chattype": "single",
-            "from": {"userid": "zhangsan"}, "msgtype": msgtype, msgtype: body, **extra}
 
 
 def ask(wecom: InProcessWeCom, payload: dict[str, Any]) -> str:

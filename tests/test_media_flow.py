@@ -3,7 +3,6 @@ the Dify simulator with /parameters and /files/upload, and the bridge in between
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,7 +14,7 @@ from app import create_app
 from config import Settings
 from services import metrics
 from tests.conftest import AES_KEY
-from tests.helpers import InProcessWeCom, contents
+from tests.helpers import InProcessWeCom, contents, message
 from tests.media_server import MediaServer
 from tools.dify_sim import DifySimulator
 from tools.wecom_client import WeComSigner
@@ -42,11 +41,6 @@ def app(settings: Settings, redis_client: redis.Redis) -> Iterator[Flask]:
 @pytest.fixture
 def wecom(app: Flask, signer: WeComSigner) -> InProcessWeCom:
     return InProcessWeCom(app.test_client(), signer)
-
-
-def message(msgtype: str, body: Any, **extra: Any) -> dict[str, Any]:
-    return {"msgid": extra.pop("msgid", uuid.uuid4().hex), "aibotid": "AIBOTID", "chattype": "single",
-            "from": {"userid": "zhangsan"}, "msgtype": msgtype, msgtype: body, **extra}
 
 
 def ask(wecom: InProcessWeCom, payload: dict[str, Any]) -> str:

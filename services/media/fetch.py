@@ -13,17 +13,16 @@ import logging
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import requests
 import urllib3
 
 from crypto import WeComCryptoError, decrypt_media
 from services.media.sniff import Kind, sniff
+from utils.urls import allowed_url
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 CHUNK = 64 * 1024
 PADDING = 32  # the ciphertext is the file padded to a multiple of 32 bytes
 
@@ -85,15 +84,7 @@ class MediaFetcher:
 
     def allowed(self, url: str) -> bool:
         """True when ``url`` may be downloaded: an allowlisted host over https (http only on loopback)."""
-        try:
-            parts = urlsplit(url)
-            host, port = (parts.hostname or "").lower(), parts.port
-        except ValueError:
-            return False
-        if not host or parts.scheme not in ("https", "http") or (parts.scheme == "http" and host not in LOOPBACK):
-            return False
-        return host in self.hosts or f"{host}:{port}" in self.hosts or any(
-            entry.startswith("*.") and host.endswith(entry[1:]) for entry in self.hosts)
+        return allowed_url(url, self.hosts)
 
     def fetch(self, url: str, aes_key: str | bytes) -> Media:
         """Download ``url``, decrypt it with ``aes_key`` and sniff it; raises a MediaError."""
