@@ -44,7 +44,7 @@ async def attach(engine: Engine, job: Job, token: str | None) -> list[dict[str, 
             metrics.MEDIA.labels(bot.id, exc.code).inc()
             log.warning("media not downloaded", extra={"sid": job.sid, "code": exc.code})
             raise AttachmentRefused(s.msg_media_expired if exc.code == "expired" else s.msg_media_failed) from None
-    rules = await _rules(engine, job)
+    rules = await _rules(engine, job, token)
     refusal = rules.check([m.kind.dify_type for m in media], [len(m.data) for m in media]) if rules else None
     if refusal is not None:
         metrics.MEDIA.labels(bot.id, refusal.code).inc()
@@ -71,7 +71,7 @@ async def attach(engine: Engine, job: Job, token: str | None) -> list[dict[str, 
     return files
 
 
-async def _rules(engine: Engine, job: Job) -> FileRules | None:
+async def _rules(engine: Engine, job: Job, token: str | None) -> FileRules | None:
     """The app's file rules: from Redis, else from Dify (then cached); None when neither can tell."""
     store, key = job.bot.store, job.bot.store.keys.dify_parameters()
     try:
@@ -81,7 +81,7 @@ async def _rules(engine: Engine, job: Job) -> FileRules | None:
     except (ValueError, StoreUnavailable):  # unreadable, or Redis away: ask Dify
         pass
     try:
-        parameters = await job.bot.dify.parameters()
+        parameters = await job.bot.dify.parameters(authorization=token)
     except DifyError as exc:  # Dify will refuse what it does not take: upload without checking first
         log.warning("dify parameters unavailable", extra={"sid": job.sid, "code": exc.code})
         return None
