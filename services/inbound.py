@@ -26,7 +26,8 @@ class Inbound:
     media: tuple[str, ...] = ()
     quote: str = ""  # the quoted message as text, with markers for its media
     kinds: tuple[str, ...] = ()  # what the message was made of, for logs
-    attachments: tuple[str, ...] = ()  # the media URLs, the message's in order, then the quote's
+    attachments: tuple[tuple[str, str], ...] = ()  # (msgtype, URL) of the message's media, in order
+    quoted_attachments: tuple[tuple[str, str], ...] = ()  # the quote's: sent along only if they can be
 
     @property
     def has_media(self) -> bool:
@@ -42,7 +43,9 @@ def read(msg: dict[str, Any]) -> Inbound:
     msgtype = msg.get("msgtype")
     kind = msgtype if isinstance(msgtype, str) and msgtype in MESSAGE_TYPES else "other"
     kinds = (kind,) + (("quote",) if quoted else ())
-    return Inbound(text=text, media=media + quote_media, quote=quoted, kinds=kinds, attachments=urls + quote_urls)
+    return Inbound(text=text, media=media + quote_media, quote=quoted, kinds=kinds,
+                   attachments=tuple(zip(media, urls, strict=True)),
+                   quoted_attachments=tuple(zip(quote_media, quote_urls, strict=True)))
 
 
 def _parts(msg: dict[str, Any]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:

@@ -73,14 +73,15 @@ class MessageHandler:
             asked = self.settings.media_query  # Dify needs a question with the file
         query = asked
         if asked and inbound.quote:
-            query = self.settings.quote_template.replace("{quote}", inbound.quote).replace("{query}", asked)
+            parts = {"quote": inbound.quote, "query": asked}  # one pass: a quote may contain "{query}"
+            query = re.sub(r"\{(quote|query)\}", lambda m: parts[m.group(1)], self.settings.quote_template)
         response_url = _str(msg.get("response_url"))
         followup = bool(response_url) and self.delivery.allowed(response_url)
         job = Job(sid=uuid.uuid4().hex,  # 32 hex digits: unguessable, and what SID accepts
                   bot=self.bot, msgid=msgid, query=query, dify_user=self.bot.dify_user(user, chat),
                   scope=self._scope(user, chat),
                   wecom_user=user, chat=chat, response_url=response_url if followup else "",
-                  attachments=inbound.attachments)
+                  attachments=inbound.attachments, quoted_attachments=inbound.quoted_attachments)
         try:
             if unusable:
                 admission = self.engine.answer_now(job, self.settings.msg_unsupported, "unsupported")

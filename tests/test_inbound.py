@@ -39,7 +39,10 @@ def test_quoted_text_reaches_dify_as_context(wecom: InProcessWeCom, dify: DifySi
     ask(wecom, message("text", {"content": "几点？"}, quote=quote))
     quote_voice = {"msgtype": "voice", "voice": {"content": "我到了"}}
     ask(wecom, message("text", {"content": "谁到了"}, quote=quote_voice))
-    assert [r.json["query"] for r in dify.chat_requests()] == ["「会议改到周五下午三点」\n几点？", "「我到了」\n谁到了"]
+    braces = {"msgtype": "text", "text": {"content": "写 {query} 和 {quote}"}}
+    ask(wecom, message("text", {"content": "原样"}, quote=braces))
+    assert [r.json["query"] for r in dify.chat_requests()] == [  # the quoted braces stay as they are
+        "「会议改到周五下午三点」\n几点？", "「我到了」\n谁到了", "「写 {query} 和 {quote}」\n原样"]
 
 
 def test_the_quote_format_is_configurable(settings: Settings, redis_client: redis.Redis, signer: WeComSigner,
@@ -89,4 +92,4 @@ def test_reading_odd_shapes_never_fails() -> None:
     assert read({"msgtype": "text", "text": {"content": "a"}, "quote": "junk"}).quote == ""
     odd = read({"msgtype": "mixed", "mixed": {"msg_item": [{"msgtype": "file", "file": {}},
                                                            {"msgtype": "text", "text": {"content": "\ud800x"}}]}})
-    assert odd.media == ("file",) and odd.text == "\ufffdx" and odd.has_media and odd.attachments == ("",)
+    assert odd.media == ("file",) and odd.text == "\ufffdx" and odd.has_media and odd.attachments == (("file", ""),)

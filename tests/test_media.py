@@ -48,7 +48,12 @@ def test_only_allowlisted_hosts_over_https_are_called(media: MediaServer) -> Non
     assert f.allowed("https://qyapi.weixin.qq.com/x") and f.allowed("https://files.example:8443/x")
     for url in ("http://qyapi.weixin.qq.com/x", "https://evil.example/x", "https://myqcloud.com.evil.example/x",
                 "https://evilmyqcloud.com/x", "https://files.example/x", "ftp://qyapi.weixin.qq.com/x",
-                "https://[::1/x", "not a url", ""):
+                "https://[::1/x", "not a url", "",
+                # where urlsplit and the HTTP client disagree about the host (the client would go to evil.com)
+                "https://evil.com\\@x.myqcloud.com/", "https://evil.com\\.myqcloud.com/",
+                "https://evil.com:443\\@x.myqcloud.com/", "https://127.0.0.1:9\\@media.myqcloud.com/x",
+                "https://user:pw@x.myqcloud.com/", "https://x.myqcloud.com@evil.com/", "https://x.myqcloud.com /",
+                "https://x.myqcloud.com\t/", "https://x.myqcloud.com/\x00"):
         assert not f.allowed(url), url
     with pytest.raises(MediaRefused):
         MediaFetcher(["qyapi.weixin.qq.com"], max_bytes=1024, timeout=1).fetch(media.add("b", PNG), AES_KEY)

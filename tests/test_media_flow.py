@@ -92,6 +92,7 @@ def test_an_app_without_image_upload_is_never_sent_one(wecom: InProcessWeCom, me
     before = metrics.MEDIA.labels("default", "not_accepted")._value.get()
     assert ask(wecom, message("image", {"url": media.add("a", PNG)})) == settings.msg_media_not_accepted
     assert [r.path for r in dify.requests if r.method == "POST"] == []  # no upload, no chat
+    assert media.requests == []  # an image message is known to be an image: not even downloaded
     assert metrics.MEDIA.labels("default", "not_accepted")._value.get() == before + 1
 
 
@@ -100,20 +101,28 @@ def test_the_apps_limits_are_named_to_the_user(wecom: InProcessWeCom, media: Med
     dify.file_upload = {**dify.file_upload, "number_limits": 2}
     items = [{"msgtype": "image", "image": {"url": media.add(f"n{n}", PNG)}} for n in range(3)]
     assert ask(wecom, message("mixed", {"msg_item": items})) == "一次最多发 2 个文件。"
-    assert dify.uploads == {} and dify.chat_requests() == []
+    assert dify.uploads == {} and dify.chat_requests() == [] and media.requests == []  # refused before downloading
+
+
+def test_an_expired_quoted_image_does_not_sink_the_question(wecom: InProcessWeCom, media: MediaServer,
+                                                            dify: DifySimulator) -> None:
+    quote = {"msgtype": "image", "image": {"url": media.add("stale", JPG, ttl=-1)}}  # quoted after 5 minutes
+    assert ask(wecom, message("text", {"content": "图里是谁？"}, quote=quote)) == "echo: 「[图片]」\n图里是谁？"
+    [chat] = dify.chat_requests()
+    assert "files" not in chat.json and dify.uploads == {}
 
 
 @pytest.mark.parametrize(("setup", "text_field"), [
     (lambda m: m.add("old", PNG, ttl=-1), "msg_media_expired"),  # WeCom's URL expired (5 minutes)
     (lambda m: m.url("/forbidden"), "msg_media_expired"),
-    (lambda m: m.add("big", PNG * 40), "msg_media_failed"),  # over MEDIA_MAX_BYTES: cut off
+    (lambda m: m.add("big", PNG * 40), "msg_media_too_large"),  # over MEDIA_MAX_BYTES: cut off
     (lambda m: m.add("junk", b"x" * 64, raw=True), "msg_media_failed"),  # does not decrypt
     (lambda m: "https://elsewhere.example/a.png", "msg_media_failed"),  # not an allowed host
 ])
 def test_media_that_cannot_be_read_gets_a_clear_answer(wecom: InProcessWeCom, media: MediaServer,
                                                        dify: DifySimulator, settings: Settings, setup: Any,
                                                        text_field: str) -> None:
-    assert ask(wecom, message("image", {"url": setup(media)})) == getattr(settings, text_field)
+    assert ask(wecom, message("image", {"url": setup(media)})) == getattr(settings, text_field).replace("{limit}", "1")
     assert dify.chat_requests() == [] and dify.uploads == {}
 
 

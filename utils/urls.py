@@ -5,18 +5,28 @@ from __future__ import annotations
 from collections.abc import Collection
 from urllib.parse import urlsplit
 
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
+
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
 
 
 def allowed_url(url: str, hosts: Collection[str]) -> bool:
     """True for an https URL whose host is in ``hosts`` (``host``, ``host:port`` or ``*.domain``, lower case).
 
-    Plain http is allowed only on loopback, for local test servers.
+    Plain http is allowed only on loopback, for local test servers. A URL with user info, a
+    backslash, whitespace or a control character is refused, and the host must be the one the HTTP
+    client (urllib3) will connect to: where parsers disagree, an allowlist can be walked around.
     """
+    if not url.isprintable() or any(c in url for c in "\\ \t"):  # parsers disagree on these (SSRF)
+        return False
     try:
         parts = urlsplit(url)
         host, port = (parts.hostname or "").lower(), parts.port
-    except ValueError:
+        seen_by_requests = parse_url(url)
+    except (ValueError, LocationParseError):
+        return False
+    if parts.username is not None or parts.password is not None or (seen_by_requests.host or "").lower() != host:
         return False
     if not host or not (parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK)):
         return False

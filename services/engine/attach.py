@@ -13,7 +13,7 @@ import logging
 from typing import TYPE_CHECKING
 
 from services import metrics
-from services.dify.files import FileRules, Refusal
+from services.dify.files import MB, FileRules, Refusal
 from services.engine.job import Job
 from services.errors import DifyError, DifyHTTPError, StoreUnavailable
 from services.media import Media, MediaError
@@ -23,6 +23,9 @@ if TYPE_CHECKING:
     from services.engine.engine import Engine
 
 log = logging.getLogger(__name__)
+
+KNOWN = {"image": "image", "video": "video"}
+"""The Dify type a WeCom message type already tells (a ``file`` is known only from its bytes)."""
 
 
 class AttachmentRefused(Exception):
@@ -34,41 +37,73 @@ class AttachmentRefused(Exception):
 
 
 async def attach(engine: Engine, job: Job, token: str | None) -> list[dict[str, str]]:
-    """Download, check and upload ``job``'s attachments; return Dify's ``files`` (raises AttachmentRefused)."""
-    bot, s = job.bot, job.bot.settings
-    media: list[Media] = []
-    for url in job.attachments:
-        try:
-            media.append(await engine.io(job, bot.media.fetch, url, s.wecom_encoding_aes_key))
-        except MediaError as exc:
-            metrics.MEDIA.labels(bot.id, exc.code).inc()
-            log.warning("media not downloaded", extra={"sid": job.sid, "code": exc.code})
-            raise AttachmentRefused(s.msg_media_expired if exc.code == "expired" else s.msg_media_failed) from None
+    """Download, check and upload ``job``'s attachments; return Dify's ``files`` (raises AttachmentRefused).
+
+    The message's own media must all go, or the user is told why. A quote's media go along only if
+    they still can (a quoted file is usually older than its URL's 5 minutes): else the quote's
+    text marker (``[图片]``) alone stands for them.
+    """
+    bot = job.bot
     rules = await _rules(engine, job, token)
+    own = [kind for kind, _ in job.attachments]
+    if rules is not None:  # refuse what the message type already tells, before downloading anything
+        known = [KNOWN.get(kind, "") for kind in own]
+        early = rules.check([k for k in known if k], [0] * len([k for k in known if k]))
+        if early is None and len(own) > rules.max_files:
+            early = Refusal("too_many", rules.max_files)
+        if early is not None:
+            metrics.MEDIA.labels(bot.id, early.code).inc()
+            raise AttachmentRefused(_explain(job, early))
+    media = [await _download(engine, job, url) for _, url in job.attachments]
     refusal = rules.check([m.kind.dify_type for m in media], [len(m.data) for m in media]) if rules else None
     if refusal is not None:
         metrics.MEDIA.labels(bot.id, refusal.code).inc()
         raise AttachmentRefused(_explain(job, refusal))
-    files = []
-    for number, item in enumerate(media, 1):
+    for _, url in job.quoted_attachments:
         try:
-            file_id = await bot.dify.upload(item.data, filename=f"wecom-{number}.{item.kind.extension}",
-                                            mime=item.kind.mime, user=job.dify_user, authorization=token)
-        except DifyHTTPError as exc:
-            metrics.MEDIA.labels(bot.id, "upload_refused").inc()
-            log.warning("dify refused an upload", extra={"sid": job.sid, "status": exc.status, "code": exc.code})
-            text = s.msg_media_not_accepted if exc.status in (400, 415) else s.msg_media_failed
-            if exc.status == 413:
-                text = s.msg_media_too_large.replace("{limit}", str(rules.limits_mb[item.kind.dify_type]
-                                                                    if rules else "?"))
-            raise AttachmentRefused(text) from None
-        except DifyError as exc:
-            metrics.MEDIA.labels(bot.id, "upload_failed").inc()
-            log.warning("upload to dify failed", extra={"sid": job.sid, "code": exc.code})
-            raise AttachmentRefused(s.msg_media_failed) from None
-        metrics.MEDIA.labels(bot.id, "uploaded").inc()
-        files.append({"type": item.kind.dify_type, "transfer_method": "local_file", "upload_file_id": file_id})
-    return files
+            quoted = await _download(engine, job, url)
+        except AttachmentRefused:
+            continue
+        if rules is None or rules.check([m.kind.dify_type for m in [*media, quoted]],
+                                        [len(m.data) for m in [*media, quoted]]) is None:
+            media.append(quoted)
+        else:
+            metrics.MEDIA.labels(bot.id, "quote_dropped").inc()
+    return [await _upload(job, number, item, token, rules) for number, item in enumerate(media, 1)]
+
+
+async def _download(engine: Engine, job: Job, url: str) -> Media:
+    bot, s = job.bot, job.bot.settings
+    try:
+        return await engine.io(job, bot.media.fetch, url, s.wecom_encoding_aes_key)
+    except MediaError as exc:
+        metrics.MEDIA.labels(bot.id, exc.code).inc()
+        log.warning("media not downloaded", extra={"sid": job.sid, "code": exc.code})
+        if exc.code == "too_large":
+            text = s.msg_media_too_large.replace("{limit}", str(max(1, s.media_max_bytes // MB)))
+        else:
+            text = s.msg_media_expired if exc.code == "expired" else s.msg_media_failed
+        raise AttachmentRefused(text) from None
+
+
+async def _upload(job: Job, number: int, item: Media, token: str | None, rules: FileRules | None) -> dict[str, str]:
+    bot, s = job.bot, job.bot.settings
+    try:
+        file_id = await bot.dify.upload(item.data, filename=f"wecom-{number}.{item.kind.extension}",
+                                        mime=item.kind.mime, user=job.dify_user, authorization=token)
+    except DifyHTTPError as exc:
+        metrics.MEDIA.labels(bot.id, "upload_refused" if exc.status < 500 else "upload_failed").inc()
+        log.warning("dify refused an upload", extra={"sid": job.sid, "status": exc.status, "code": exc.code})
+        text = s.msg_media_not_accepted if exc.status in (400, 415) else s.msg_media_failed
+        if exc.status == 413 and rules is not None:
+            text = s.msg_media_too_large.replace("{limit}", str(rules.limits_mb[item.kind.dify_type]))
+        raise AttachmentRefused(text) from None
+    except DifyError as exc:
+        metrics.MEDIA.labels(bot.id, "upload_failed").inc()
+        log.warning("upload to dify failed", extra={"sid": job.sid, "code": exc.code})
+        raise AttachmentRefused(s.msg_media_failed) from None
+    metrics.MEDIA.labels(bot.id, "uploaded").inc()
+    return {"type": item.kind.dify_type, "transfer_method": "local_file", "upload_file_id": file_id}
 
 
 async def _rules(engine: Engine, job: Job, token: str | None) -> FileRules | None:

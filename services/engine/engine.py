@@ -250,7 +250,7 @@ class Engine:
             if not await self.redis(store.set_status, job.sid, "authenticating"):
                 raise Gone
             job.identity = await self.io(job, auth.authenticate, job.wecom_user)
-        if job.attachments:  # now: their URLs expire 5 minutes after the message
+        if job.attachments or job.quoted_attachments:  # now: their URLs expire 5 minutes after the message
             job.files = await attach(self, job, self.answers.token(job))
         if not job.first_in_line:
             job.move(State.WAITING)

@@ -65,7 +65,8 @@ class Job:
     wecom_user: str = ""
     chat: str = ""
     response_url: str = ""
-    attachments: tuple[str, ...] = ()  # media URLs to download and hand to Dify (they expire after 5 minutes)
+    attachments: tuple[tuple[str, str], ...] = ()  # (msgtype, URL) of media for Dify (URLs expire in 5 minutes)
+    quoted_attachments: tuple[tuple[str, str], ...] = ()  # the quote's media: best effort
     files: list[dict[str, str]] = field(default_factory=list)  # the uploaded files, for Dify's chat
     created: float = field(default_factory=time.time)
     state: State = State.QUEUED

@@ -102,7 +102,8 @@ class MediaFetcher:
         step = min(self.timeout, 5.0)  # connect, and each read: a silent server fails within it
         limit = self.max_bytes + PADDING
         try:
-            with self.session.get(url, stream=True, timeout=(step, step), allow_redirects=False) as resp:
+            with self.session.get(url, stream=True, timeout=(step, step), allow_redirects=False,
+                                  headers={"Accept-Encoding": "identity"}) as resp:  # the ciphertext, as stored
                 if resp.status_code in (401, 403, 404, 410):
                     raise MediaExpired(f"media download refused: HTTP {resp.status_code}")
                 if resp.status_code != 200:
