@@ -74,6 +74,9 @@ def test_parameters_give_the_apps_file_rules(dify: DifySimulator, make_client: M
 
 @pytest.mark.parametrize(("file_upload", "types", "max_files"), [
     (DEFAULT_FILE_UPLOAD, {"image", "document"}, 5),
+    ({"enabled": True, "allowed_file_types": ["document"], "allowed_file_upload_methods": ["local_file"],
+      "number_limits": 2, "image": {"enabled": True, "number_limits": 9, "transfer_methods": ["local_file"]}},
+     {"document"}, 2),  # with the new switches on, Dify ignores the old image block
     ({"image": {"enabled": True, "number_limits": 2, "transfer_methods": ["local_file"]}}, {"image"}, 2),
     ({"image": {"enabled": True, "transfer_methods": ["remote_url"]}}, set(), 0),  # we upload: local_file only
     ({"enabled": True, "allowed_file_types": ["document", "custom", 3], "allowed_file_upload_methods": ["local_file"],

@@ -135,6 +135,9 @@ def office(folder: str) -> bytes:
     (b"PK\x03\x04 not really a zip", ("custom", "application/octet-stream", "bin")),
     (b"\x00\x00\x00\x18ftypmp42", ("video", "video/mp4", "mp4")),
     (b"\x00\x00\x00\x14ftypqt  ", ("video", "video/quicktime", "mov")),
+    (b"\x00\x00\x00\x18ftypheic", ("custom", "image/heic", "heic")),  # an iPhone photo: no Dify image type
+    (b"\x00\x00\x00\x1cftypavif", ("custom", "image/avif", "avif")),
+    (b"\x00\x00\x00\x20ftypM4A ", ("audio", "audio/mp4", "m4a")),
     (b"\x1aE\xdf\xa3\x9f", ("video", "video/webm", "webm")),
     (b"#!AMR\n", ("audio", "audio/amr", "amr")),
     (b"ID3\x04\x00", ("audio", "audio/mpeg", "mp3")),

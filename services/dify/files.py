@@ -41,12 +41,14 @@ class FileRules:
         upload = _dict(params.get("file_upload"))
         image = _dict(upload.get("image"))
         types: set[str] = set()
-        if upload.get("enabled") is True and "local_file" in _strings(upload.get("allowed_file_upload_methods")):
-            types |= {t for t in _strings(upload.get("allowed_file_types")) if t in DEFAULT_LIMITS_MB}
-        if image.get("enabled") is True and "local_file" in _strings(image.get("transfer_methods")):
-            types.add("image")
-        number = upload.get("number_limits") if types - {"image"} else image.get("number_limits",
-                                                                                 upload.get("number_limits"))
+        if upload.get("enabled") is True:  # as Dify reads it: the new fields, and the image block is ignored
+            if "local_file" in _strings(upload.get("allowed_file_upload_methods")):
+                types = {t for t in _strings(upload.get("allowed_file_types")) if t in DEFAULT_LIMITS_MB}
+            number = upload.get("number_limits")
+        else:  # an older app: only its image block
+            if image.get("enabled") is True and "local_file" in _strings(image.get("transfer_methods")):
+                types = {"image"}
+            number = image.get("number_limits")
         system = _dict(params.get("system_parameters"))
         limits = {kind: _positive(system.get(key), DEFAULT_LIMITS_MB[kind]) for kind, key in _LIMIT_KEYS.items()}
         return cls(frozenset(types), _positive(number, 3) if types else 0, limits)

@@ -46,8 +46,13 @@ def sniff(data: bytes) -> Kind:
         return Kind("image", "image/webp", "webp")
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
         return Kind("audio", "audio/wav", "wav")
-    if data[4:8] == b"ftyp":
-        return Kind("video", "video/quicktime", "mov") if data[8:12] == b"qt  " else Kind("video", "video/mp4", "mp4")
+    if data[4:8] == b"ftyp":  # ISO media: the brand says what it holds
+        brand = data[8:12]
+        if brand in (b"heic", b"heix", b"mif1", b"avif"):
+            return Kind("custom", "image/heic" if brand != b"avif" else "image/avif", brand.decode().strip())
+        if brand in (b"M4A ", b"M4B "):
+            return Kind("audio", "audio/mp4", "m4a")
+        return Kind("video", "video/quicktime", "mov") if brand == b"qt  " else Kind("video", "video/mp4", "mp4")
     if len(data) > 1 and data[0] == 0xFF and data[1] & 0xE0 == 0xE0:  # an MPEG audio frame header
         return Kind("audio", "audio/mpeg", "mp3")
     if data.startswith(b"PK\x03\x04"):
