@@ -76,6 +76,7 @@ class Settings:
     media_max_bytes: int = _env("MEDIA_MAX_BYTES", 20 * 1024 * 1024)
     media_timeout: float = _env("MEDIA_TIMEOUT", 30.0)
     media_query: str = _env("MEDIA_QUERY", "请看附件。")
+    msg_attaching: str = _env("MSG_ATTACHING", "正在读取你发的文件…")
     msg_media_expired: str = _env("MSG_MEDIA_EXPIRED", "文件已过期，请重新发送。")
     msg_media_failed: str = _env("MSG_MEDIA_FAILED", "没能读取你发的文件，请重新发送。")
     msg_media_not_accepted: str = _env("MSG_MEDIA_NOT_ACCEPTED", "这个机器人不能读这类文件。")

@@ -39,7 +39,7 @@ class MessageHandler:
         self.delivery = bot.delivery
         self.notes = Notes(
             progress={"queued": settings.msg_queued, "waiting": settings.msg_waiting_previous,
-                      "authenticating": settings.msg_authenticating},
+                      "authenticating": settings.msg_authenticating, "attaching": settings.msg_attaching},
             interrupted=settings.msg_interrupted, window=settings.msg_window,
             window_no_followup=settings.msg_window_no_followup, overflow=settings.msg_overflow,
             overflow_no_followup=settings.msg_overflow_no_followup)

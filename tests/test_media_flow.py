@@ -3,6 +3,7 @@ the Dify simulator with /parameters and /files/upload, and the bridge in between
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,7 @@ from app import create_app
 from config import Settings
 from services import metrics
 from tests.conftest import AES_KEY
-from tests.helpers import InProcessWeCom, contents, message
+from tests.helpers import InProcessWeCom, contents, message, wait_for
 from tests.media_server import MediaServer
 from tools.dify_sim import DifySimulator
 from tools.wecom_client import WeComSigner
@@ -132,3 +133,18 @@ def test_the_apps_parameters_are_asked_once_and_cached(wecom: InProcessWeCom, me
         ask(wecom, message("image", {"url": media.add(f"c{n}", PNG)}))
     assert [r.path for r in dify.requests if r.method == "GET"] == ["/v1/parameters"]
     assert 0 < redis_client.ttl("wecomdify:dify:parameters") <= 300
+
+
+def test_a_slow_download_shows_a_note_and_a_drain_interrupts_it(settings: Settings, redis_client: redis.Redis,
+                                                                 signer: WeComSigner, media: MediaServer) -> None:
+    app = create_app(settings.replace(wecom_media_hosts="127.0.0.1", media_timeout=30.0,
+                                      queued_note_after_seconds=0.2))
+    wecom = InProcessWeCom(app.test_client(), signer)
+    first = wecom.send(message("image", {"url": media.url("/slow")}))  # trickles 16 bytes every 0.2 s
+    assert first is not None
+    sid = first["stream"]["id"]
+    wait_for(lambda: wecom.poll(sid)["stream"]["content"] == settings.msg_attaching, timeout=5)
+    started = time.monotonic()
+    app.extensions["wecom_dify"].engine.drain(1.0)  # a rolling update: the download is not waited for
+    assert time.monotonic() - started < 10
+    assert wecom.poll(sid)["stream"] == {"id": sid, "finish": True, "content": settings.msg_interrupted}

@@ -251,6 +251,9 @@ class Engine:
                 raise Gone
             job.identity = await self.io(job, auth.authenticate, job.wecom_user)
         if job.attachments or job.quoted_attachments:  # now: their URLs expire 5 minutes after the message
+            job.move(State.ATTACHING)  # from here the drain (or /stop's keeper report) can cancel it
+            if not await self.redis(store.set_status, job.sid, "attaching"):
+                raise Gone
             job.files = await attach(self, job, self.answers.token(job))
         if not job.first_in_line:
             job.move(State.WAITING)
@@ -304,7 +307,7 @@ class Engine:
 
     async def _drain(self, budget: float) -> None:
         for job in self.keeper.jobs():
-            if job.state in (State.QUEUED, State.AUTHENTICATING, State.WAITING):
+            if job.state in (State.QUEUED, State.AUTHENTICATING, State.ATTACHING, State.WAITING):
                 self._cancel(job, Outcome.INTERRUPTED)
         pending = set(self._tasks)
         if pending:

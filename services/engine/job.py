@@ -1,7 +1,7 @@
 """One user message to answer: its data and the states its life moves through.
 
-    queued ─► authenticating ─► waiting (for its conversation's turn) ─► running ─► settled
-       └──────────┴────────────────┴──────────────────────────────────────┘ (any state may settle)
+    queued ─► authenticating ─► attaching (media) ─► waiting (for its turn) ─► running ─► settled
+       └──────────┴─────────────────┴─────────────────────┴────────────────────────┘ (any state may settle)
 
 Only the engine moves a job (``Job.move``); everything else reads it.
 """
@@ -23,14 +23,16 @@ class State(enum.Enum):
 
     QUEUED = "queued"
     AUTHENTICATING = "authenticating"
+    ATTACHING = "attaching"  # downloading the message's media and uploading them to Dify
     WAITING = "waiting"
     RUNNING = "running"
     SETTLED = "settled"
 
 
 NEXT: dict[State, frozenset[State]] = {
-    State.QUEUED: frozenset({State.AUTHENTICATING, State.WAITING, State.RUNNING, State.SETTLED}),
-    State.AUTHENTICATING: frozenset({State.WAITING, State.RUNNING, State.SETTLED}),
+    State.QUEUED: frozenset({State.AUTHENTICATING, State.ATTACHING, State.WAITING, State.RUNNING, State.SETTLED}),
+    State.AUTHENTICATING: frozenset({State.ATTACHING, State.WAITING, State.RUNNING, State.SETTLED}),
+    State.ATTACHING: frozenset({State.WAITING, State.RUNNING, State.SETTLED}),
     State.WAITING: frozenset({State.RUNNING, State.SETTLED}),
     State.RUNNING: frozenset({State.SETTLED}),
     State.SETTLED: frozenset(),

@@ -140,7 +140,8 @@ class LeaseKeeper:
             found += zip(group, store.renew_owners([j.sid for j in group], self.owner), strict=True)
         self._last_renew = now
         for job, lease in found:
-            if lease is Lease.FINISHED and job.state in (State.RUNNING, State.WAITING, State.AUTHENTICATING):
+            if lease is Lease.FINISHED and job.state in (State.RUNNING, State.WAITING, State.AUTHENTICATING,
+                                                         State.ATTACHING):
                 report.finished_elsewhere.append(job)
             elif lease is Lease.LOST and not job.settled:
                 report.lost.append(job)
