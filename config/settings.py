@@ -146,12 +146,12 @@ class Settings:
     @property
     def response_url_hosts(self) -> list[str]:
         """Hosts (``host`` or ``host:port``) that ``response_url`` may point to."""
-        return [h.strip() for h in self.wecom_response_url_hosts.split(",") if h.strip()]
+        return _items(self.wecom_response_url_hosts)
 
     @property
     def media_hosts(self) -> list[str]:
         """Hosts (``host``, ``host:port`` or ``*.domain``) that a message's media may be downloaded from."""
-        return [h.strip() for h in self.wecom_media_hosts.split(",") if h.strip()]
+        return _items(self.wecom_media_hosts)
 
     @property
     def stop_words(self) -> frozenset[str]:
@@ -161,7 +161,7 @@ class Settings:
     @property
     def bot_names(self) -> list[str]:
         """The bot's display names, for stripping @-mentions in group chats."""
-        return [n.strip() for n in self.wecom_bot_names.split(",") if n.strip()]
+        return _items(self.wecom_bot_names)
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with some fields changed (validated again)."""
@@ -213,6 +213,11 @@ def env_name(field_name: str) -> str:
         if f.name == field_name:
             return str(f.metadata["env"])
     raise KeyError(field_name)  # pragma: no cover - programming error
+
+
+def _items(text: str) -> list[str]:
+    """The non-empty, stripped items of a comma-separated setting."""
+    return [item.strip() for item in text.split(",") if item.strip()]
 
 
 def _parse_mapping(text: str) -> dict[str, str]:

@@ -18,7 +18,7 @@ from config import Settings
 from services import metrics
 from services.frames import MAX_CONTENT_BYTES, fit
 from services.streams.store import StreamStore
-from utils.urls import allowed_url
+from utils.urls import allowed_url, host_set
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ class ResponseURL:
                  session: requests.Session | None = None, sleep: Callable[[float], None] = time.sleep,
                  bot: str = "default") -> None:
         self.bot = bot  # the metrics label
-        self.hosts = {h.strip().lower() for h in hosts if h.strip()}
+        self.hosts = host_set(hosts)
         self.timeout = timeout
         self.retries = retries
         self.session = session or requests.Session()

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Iterable
 from urllib.parse import urlsplit
 
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
 
 LOOPBACK = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def host_set(hosts: Iterable[str]) -> frozenset[str]:
+    """An allowlist as ``allowed_url`` compares it: stripped, lower case, without empty entries."""
+    return frozenset(h.strip().lower() for h in hosts if h.strip())
 
 
 def allowed_url(url: str, hosts: Collection[str]) -> bool:

@@ -308,15 +308,10 @@ class DifyClient:
         return DifyTimeout(f"no bytes for {self.read_timeout}s", code="read_timeout")
 
     async def _read_blocking(self, resp: aiohttp.ClientResponse, deadline: float) -> AsyncGenerator[DifyEvent, None]:
-        body = bytearray()
-        while len(body) <= _BLOCKING_BODY_LIMIT:
-            try:
-                data = await self._read(resp, deadline)
-            except DifyTimeout as e:
-                raise self._timeout(deadline, float("inf")) from e
-            if not data:
-                break
-            body += data
+        try:
+            body = await self._read_all(resp, deadline, _BLOCKING_BODY_LIMIT)
+        except DifyTimeout as e:
+            raise self._timeout(deadline, float("inf")) from e
         try:
             obj = json.loads(body)
         except ValueError as e:

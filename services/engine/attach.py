@@ -47,8 +47,8 @@ async def attach(engine: Engine, job: Job, token: str | None) -> list[dict[str, 
     rules = await _rules(engine, job, token)
     own = [kind for kind, _ in job.attachments]
     if rules is not None:  # refuse what the message type already tells, before downloading anything
-        known = [KNOWN.get(kind, "") for kind in own]
-        early = rules.check([k for k in known if k], [0] * len([k for k in known if k]))
+        known = [KNOWN[kind] for kind in own if kind in KNOWN]
+        early = rules.check(known, [0] * len(known))
         if early is None and len(own) > rules.max_files:
             early = Refusal("too_many", rules.max_files)
         if early is not None:

@@ -19,7 +19,7 @@ import urllib3
 
 from crypto import WeComCryptoError, decrypt_media
 from services.media.sniff import Kind, sniff
-from utils.urls import allowed_url
+from utils.urls import allowed_url, host_set
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,7 @@ class MediaFetcher:
 
     def __init__(self, hosts: Iterable[str], *, max_bytes: int, timeout: float,
                  session: requests.Session | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self.hosts = {h.strip().lower() for h in hosts if h.strip()}
+        self.hosts = host_set(hosts)
         self.max_bytes = max_bytes
         self.timeout = timeout
         self.session = session or requests.Session()
