@@ -45,11 +45,12 @@ FIELDS: dict[str, str] = {
     "stop_commands": "stop_commands",
     "quote_template": "quote_template",
     "media_hosts": "wecom_media_hosts",
+    "dify_file_hosts": "dify_file_hosts",
     "media_query": "media_query",
 }
 """A bot's keys in the file → the setting each one overrides."""
 
-LISTS = frozenset({"bot_names", "response_url_hosts", "stop_commands", "media_hosts"})
+LISTS = frozenset({"bot_names", "response_url_hosts", "stop_commands", "media_hosts", "dify_file_hosts"})
 """Keys that may be written as a list of strings (or as one comma-separated string)."""
 
 SECRETS = frozenset({"wecom_token", "wecom_encoding_aes_key", "dify_api_key"})

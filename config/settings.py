@@ -70,6 +70,7 @@ class Settings:
     msg_busy: str = _env("MSG_BUSY", "服务繁忙，请稍后重试。")
     msg_dify_failed: str = _env("MSG_DIFY_FAILED", "抱歉，生成回答时出错了，请稍后重试。")
     msg_empty_query: str = _env("MSG_EMPTY_QUERY", "请输入你的问题。")
+    msg_welcome: str = _env("MSG_WELCOME", "你好！直接提问就行，也可以发图片、文件或语音给我。")
     msg_unsupported: str = _env("MSG_UNSUPPORTED", "这类消息我还看不懂：请发文字、语音、图片、文件或视频。")
     quote_template: str = _env("QUOTE_TEMPLATE", "「{quote}」\n{query}")
     wecom_media_hosts: str = _env("WECOM_MEDIA_HOSTS", "*.qq.com,*.myqcloud.com")
@@ -82,6 +83,9 @@ class Settings:
     msg_media_not_accepted: str = _env("MSG_MEDIA_NOT_ACCEPTED", "这个机器人不能读这类文件。")
     msg_media_too_large: str = _env("MSG_MEDIA_TOO_LARGE", "文件太大了（上限 {limit} MB）。")
     msg_media_too_many: str = _env("MSG_MEDIA_TOO_MANY", "一次最多发 {limit} 个文件。")
+    dify_file_hosts: str = _env("DIFY_FILE_HOSTS", "")
+    answer_images_max_bytes: int = _env("ANSWER_IMAGES_MAX_BYTES", 10 * 1024 * 1024)
+    msg_answer_file_failed: str = _env("MSG_ANSWER_FILE_FAILED", "（这个文件没能取回，请点链接查看：{link}）")
     stream_window_seconds: float = _env("STREAM_WINDOW_SECONDS", 330.0)
     wecom_response_url_hosts: str = _env("WECOM_RESPONSE_URL_HOSTS", "qyapi.weixin.qq.com")
     response_url_timeout: float = _env("RESPONSE_URL_TIMEOUT", 5.0)
@@ -152,6 +156,11 @@ class Settings:
     def media_hosts(self) -> list[str]:
         """Hosts (``host``, ``host:port`` or ``*.domain``) that a message's media may be downloaded from."""
         return _items(self.wecom_media_hosts)
+
+    @property
+    def file_hosts(self) -> list[str]:
+        """Hosts besides Dify's own that the files of its answers may be downloaded from (https only)."""
+        return _items(self.dify_file_hosts)
 
     @property
     def stop_words(self) -> frozenset[str]:
@@ -283,6 +292,9 @@ def _validate(s: Settings) -> None:
     _require(1024 <= s.media_max_bytes <= 200 * 1024 * 1024, "media_max_bytes", "must be between 1024 and 209715200")
     _require(s.media_timeout > 0, "media_timeout", "must be > 0 seconds")
     _require(bool(s.media_query.strip()), "media_query", "must not be empty (Dify needs a question with the file)")
+    _require(0 <= s.answer_images_max_bytes <= 100 * 1024 * 1024, "answer_images_max_bytes",
+             "must be between 0 (images as links) and 104857600")
+    _require("{link}" in s.msg_answer_file_failed, "msg_answer_file_failed", "must contain {link}")
     _require("{query}" in s.quote_template, "quote_template",
              "must contain {query} (the question) and may contain {quote} (the quoted message)")
     _require("{userid}" in s.auth_redis_wechatid_key, "auth_redis_wechatid_key", "must contain {userid}")

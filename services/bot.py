@@ -1,4 +1,4 @@
-"""One configured bot at run time: its crypto, its namespaced store, its Dify client and its delivery.
+"""One configured bot at run time: its crypto, its namespaced store, its Dify client, media and delivery.
 
 Every bot of a deployment shares the worker's Redis connection pool and answer engine; what makes
 bots separate lives here: its WeCom credentials, its own key namespace (streams, msgid claims,
@@ -19,7 +19,7 @@ from crypto import WeComCrypto
 from services.auth_api import AuthAPI
 from services.delivery import ResponseURL
 from services.dify import DifyClient
-from services.media import MediaFetcher
+from services.media import DifyFiles, MediaFetcher
 from services.streams.keys import Keys
 from services.streams.store import StreamStore
 from services.user_auth import Authenticator
@@ -62,6 +62,7 @@ class Bot:
     namespace: str
     capacity_share: float
     media: MediaFetcher
+    answer_files: DifyFiles
     auth: Authenticator | None = None
     health: DifyHealth = field(default_factory=DifyHealth)
 
@@ -91,8 +92,11 @@ class Bot:
                 max_retries=s.dify_max_retries, max_connections=s.engine_capacity)
         delivery = ResponseURL(s.response_url_hosts, timeout=s.response_url_timeout, bot=config.id)
         media = MediaFetcher(s.media_hosts, max_bytes=s.media_max_bytes, timeout=s.media_timeout)
+        answer_files = DifyFiles(s.dify_base_url, s.file_hosts, budget=s.answer_images_max_bytes,
+                                 timeout=s.media_timeout, failed_note=s.msg_answer_file_failed, bot=config.id)
         return cls(id=config.id, settings=s, crypto=crypto, store=store, dify=dify, delivery=delivery,
-                   namespace=config.namespace, capacity_share=config.capacity_share, media=media, auth=auth)
+                   namespace=config.namespace, capacity_share=config.capacity_share, media=media,
+                   answer_files=answer_files, auth=auth)
 
     def dify_user(self, user: str, chat: str) -> str:
         """The Dify ``user`` of a message: one per WeCom user, or per group when groups share conversations."""

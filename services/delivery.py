@@ -96,7 +96,8 @@ def send_rest(store: StreamStore, delivery: ResponseURL, sid: str, url: str, not
     is closed here when the finished text plus ``note`` does not fit). A stream that showed
     everything gets nothing; an interrupted one only if it had promised a follow-up. A stream that
     some replica answered "busy" (Redis was away) and that no poll showed finished since, was
-    ended there for WeCom: it gets the whole answer.
+    ended there for WeCom: it gets the whole answer. Images its last frame did not carry go as
+    markdown image links.
     """
     if not delivery.allowed(url):
         return
@@ -104,8 +105,9 @@ def send_rest(store: StreamStore, delivery: ResponseURL, sid: str, url: str, not
     if snap is None:
         return
     reason, shown = snap.meta.get("closed", ""), int(snap.meta.get("shown", 0) or 0)
+    images = snap.meta.get("image_links", "")  # a message cannot carry images: their links go instead
     if snap.final is None and "busy" in snap.meta and "seen" not in snap.meta:
-        whole_answer = f"{snap.text}\n\n{note}" if note and snap.text else snap.text or note
+        whole_answer = join(snap.text, images, note)
         if whole_answer and store.mark_delivered(sid):
             delivery.send(url, whole_answer, settings.msg_truncated)
         return
@@ -117,9 +119,12 @@ def send_rest(store: StreamStore, delivery: ResponseURL, sid: str, url: str, not
             return
         reason, shown = closure.reason, closure.shown
     whole = reason == "window" and len(snap.text.encode("utf-8")) <= MAX_CONTENT_BYTES
-    rest = snap.text if whole else snap.text[shown:]
-    if note:
-        rest = f"{rest}\n\n{note}" if rest else note
+    rest = join(snap.text if whole else snap.text[shown:], images, note)
     if rest and store.mark_delivered(sid):
         delivery.send(url, rest, settings.msg_truncated)
 
+
+
+def join(*parts: str) -> str:
+    """The non-empty ``parts`` as paragraphs of one message."""
+    return "\n\n".join(p for p in parts if p)

@@ -43,10 +43,15 @@ class Decision:
     shown: int = 0
 
 
-def stream_frame(sid: str, content: str, finish: bool) -> dict[str, Any]:
-    """Return a stream reply; ``content`` is the full snapshot, cut on a character boundary."""
-    return {"msgtype": "stream",
-            "stream": {"id": sid, "finish": finish, "content": utf8_prefix(content, MAX_CONTENT_BYTES)}}
+def stream_frame(sid: str, content: str, finish: bool, images: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+    """Return a stream reply; ``content`` is the full snapshot, cut on a character boundary.
+
+    ``images`` (``msg_item`` entries) are allowed only in the last frame (``finish``).
+    """
+    stream: dict[str, Any] = {"id": sid, "finish": finish, "content": utf8_prefix(content, MAX_CONTENT_BYTES)}
+    if images and finish:
+        stream["msg_item"] = images
+    return {"msgtype": "stream", "stream": stream}
 
 
 def fit(text: str, note: str, limit: int = MAX_CONTENT_BYTES) -> tuple[str, int]:

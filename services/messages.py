@@ -49,10 +49,20 @@ class MessageHandler:
         msgtype = msg.get("msgtype")
         if msgtype == "stream":
             return self.on_refresh(msg)
-        if msgtype == "event":  # feedback_event must get an empty reply; the others (welcome, cards) too, for now
-            log.info("callback ignored", extra={"msgtype": "event"})
-            return None, "ignored"
+        if msgtype == "event":
+            return self.on_event(_dict(msg.get("event")))
         return self.on_message(msg)
+
+    def on_event(self, event: dict[str, Any]) -> Outcome:
+        """Greet a user opening the chat (``enter_chat``); other events get the empty reply.
+
+        ``feedback_event`` may only be answered empty (wecom-protocol.md §2.4). Without an answer to
+        ``enter_chat`` no other arrives that day, so the welcome text is sent whenever one is set.
+        """
+        if event.get("eventtype") == "enter_chat" and self.settings.msg_welcome:
+            return {"msgtype": "text", "text": {"content": self.settings.msg_welcome}}, "welcome"
+        log.info("callback ignored", extra={"msgtype": "event", "eventtype": _str(event.get("eventtype"))[:64]})
+        return None, "ignored"
 
     def on_message(self, msg: dict[str, Any]) -> Outcome:
         """Start answering a user's message (once per msgid) and reply with its stream.
@@ -159,7 +169,10 @@ class MessageHandler:
             if d.action == "interrupt":
                 metrics.STREAMS_ENDED.labels(self.bot.id, "interrupted").inc()
                 log.warning("stream interrupted: owner lease lapsed", extra={"sid": sid})
-            return stream_frame(sid, d.content, d.finish)
+            # the answer's images go in its own last frame (not in one that closed it early)
+            images = self.store.images(sid) if d.finish and snap.finished and snap.final is None and \
+                snap.meta.get("images", "0") != "0" else None
+            return stream_frame(sid, d.content, d.finish, images)
         return stream_frame(sid, snap.text if snap else "", False)  # changing under us: finish on a later poll
 
     def _scope(self, user: str, chat: str) -> str:

@@ -45,6 +45,9 @@ RESPONSE_URL = Counter(f"{NS}_response_url_total", "response_url deliveries by o
 MEDIA = Counter(f"{NS}_media_total", "Files of messages: uploaded to Dify, or why not (expired, too_large, "
                 "host_not_allowed, undecryptable, unavailable, not_accepted, too_many, upload_refused)",
                 ["bot", "outcome"])
+ANSWER_FILES = Counter(f"{NS}_answer_files_total", "Files of Dify's answers: inline (an image in the last "
+                       "frame), image_linked, file_linked, host_not_allowed (linked), failed (could not be fetched)",
+                       ["bot", "outcome"])
 AUTH = Counter(f"{NS}_auth_total", "User authentication: hit, miss (refreshed), refused, unavailable",
                ["bot", "result"])
 ENGINE_JOBS = Gauge(f"{NS}_engine_jobs", "Answers admitted (authenticating, waiting for their turn or running)",

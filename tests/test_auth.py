@@ -152,6 +152,33 @@ def test_token_rejected_by_dify_is_refreshed_once(auth_settings: Settings, redis
     assert len(auth_server.calls) == 1
 
 
+def test_an_upload_refused_for_a_stale_token_is_sent_again_with_a_fresh_one(
+        auth_settings: Settings, redis_client: redis.Redis, signer: WeComSigner, auth_server: AuthServer) -> None:
+    from tests.conftest import AES_KEY
+    from tests.helpers import message
+    from tests.media_server import MediaServer
+
+    media = MediaServer(AES_KEY)
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(200))
+    try:
+        with DifySimulator(api_keys={"tok-zs001-1"}) as gateway:  # accepts only the fresh token
+            app = create_app(auth_settings.replace(dify_auth_source="user_token", dify_base_url=gateway.url,
+                                                   wecom_media_hosts="127.0.0.1"))
+            seed_cache(redis_client, "zhangsan", "revoked-token", {"name": "张三"})
+            wecom = InProcessWeCom(app.test_client(), signer)
+            first = wecom.send(message("image", {"url": media.add("p", png)}))
+            assert first is not None
+            assert contents(wecom.until_finished(first["stream"]["id"]))[-1] == f"echo: {auth_settings.media_query}"
+            app.extensions["wecom_dify"].engine.drain(5)
+            seen = [(r.path, r.headers["authorization"].removeprefix("Bearer ")) for r in gateway.requests]
+            assert seen == [("/v1/parameters", "revoked-token"), ("/v1/files/upload", "revoked-token"),
+                            ("/v1/files/upload", "tok-zs001-1"), ("/v1/chat-messages", "tok-zs001-1")]
+            assert [u.data for u in gateway.uploads.values()] == [png]
+    finally:
+        media.close()
+    assert len(auth_server.calls) == 1
+
+
 def test_stop_calls_dify_with_the_users_own_token(auth_settings: Settings, redis_client: redis.Redis,
                                                  signer: WeComSigner) -> None:
     with DifySimulator(api_keys={"user-token-zs"}) as gateway:  # the app key would be refused

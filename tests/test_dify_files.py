@@ -34,6 +34,18 @@ def test_an_upload_returns_its_id_and_reaches_dify_as_sent(dify: DifySimulator, 
     assert dify.chat_requests()[-1].json["files"] == files
 
 
+def test_an_upload_that_cannot_have_been_served_is_sent_again(dify: DifySimulator, make_client: MakeClient,
+                                                               run: Run[Any]) -> None:
+    dify.upload_errors = [503, 500]
+    file_id = run(make_client().upload(PNG, filename="p.png", mime="image/png", user="u"))
+    assert dify.uploads[file_id].data == PNG  # the third attempt, with the whole file again
+    assert len([r for r in dify.requests if r.path == "/v1/files/upload"]) == 3
+    dify.upload_errors = [413]  # a refusal is final
+    with pytest.raises(DifyHTTPError) as refused:
+        run(make_client().upload(PNG, filename="p.png", mime="image/png", user="u"))
+    assert refused.value.status == 413 and len([r for r in dify.requests if r.path == "/v1/files/upload"]) == 4
+
+
 def test_refusals_come_back_as_difys_error_envelopes(dify: DifySimulator, make_client: MakeClient,
                                                      run: Run[Any]) -> None:
     client = make_client()

@@ -148,3 +148,21 @@ def test_a_slow_download_shows_a_note_and_a_drain_interrupts_it(settings: Settin
     app.extensions["wecom_dify"].engine.drain(1.0)  # a rolling update: the download is not waited for
     assert time.monotonic() - started < 10
     assert wecom.poll(sid)["stream"] == {"id": sid, "finish": True, "content": settings.msg_interrupted}
+
+
+def test_stop_while_the_files_are_read_stops_the_answer(settings: Settings, redis_client: redis.Redis,
+                                                        signer: WeComSigner, media: MediaServer,
+                                                        dify: DifySimulator, apps: list[Flask]) -> None:
+    apps.append(app := create_app(settings.replace(wecom_media_hosts="127.0.0.1", media_timeout=30.0)))
+    wecom = InProcessWeCom(app.test_client(), signer)
+    first = wecom.send(message("image", {"url": media.url("/slow")}))  # trickles 16 bytes every 0.2 s
+    assert first is not None
+    sid = first["stream"]["id"]
+    wait_for(lambda: wecom.poll(sid)["stream"]["content"] == settings.msg_attaching, timeout=5)
+    ack = wecom.send(message("text", {"content": "/stop"}))
+    assert ack is not None and ack["stream"]["content"] == settings.msg_stop_ack
+    started = time.monotonic()
+    assert wecom.until_finished(sid, timeout=10)[-1]["stream"]["content"] == settings.msg_stopped
+    wait_for(lambda: not app.extensions["wecom_dify"].engine.keeper.jobs(), timeout=5)  # let go, not waited for
+    assert time.monotonic() - started < 5 and dify.chat_requests() == [] and dify.uploads == {}
+    assert redis_client.get("wecomdify:active:u:zhangsan") is None

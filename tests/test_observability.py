@@ -76,7 +76,7 @@ def test_metrics_move_by_the_right_amounts_across_two_workers(replica: Replica, 
     assert d('wecom_dify_callbacks_total{bot="default",msgtype="text",outcome="started"}') == 2
     assert d('wecom_dify_callbacks_total{bot="default",msgtype="text",outcome="duplicate"}') == 1
     assert d('wecom_dify_duplicate_deliveries_total{bot="default"}') == 1
-    assert d('wecom_dify_callbacks_total{bot="default",msgtype="event",outcome="ignored"}') == 1
+    assert d('wecom_dify_callbacks_total{bot="default",msgtype="event",outcome="welcome"}') == 1
     assert d('wecom_dify_callbacks_total{bot="default",msgtype="verify",outcome="rejected_signature"}') == 1
     refreshes = d('wecom_dify_callbacks_total{bot="default",msgtype="stream",outcome="partial"}') + \
         d('wecom_dify_callbacks_total{bot="default",msgtype="stream",outcome="final"}')

@@ -7,6 +7,8 @@ import json
 import pytest
 
 from services.dify.sse import (
+    MAX_ANSWER_FILES,
+    AnswerFile,
     ChatEventDecoder,
     ConversationDropped,
     Delta,
@@ -223,10 +225,46 @@ def test_decoder_new_agent_closing_message_not_doubled() -> None:
 def test_decoder_message_file_quirk_and_real_file() -> None:
     dec = ChatEventDecoder()
     dec.handle(data("message", answer=""))
-    assert dec.handle(data("message_file", id="f", type="image", belongs_to="assistant", url="u")) == []
+    assert dec.handle(data("message_file", id="f", type="image", belongs_to="assistant", url="u")) == [
+        AnswerFile(url="u", type="image")
+    ]
     assert dec.handle(data("message_file", id="m1", answer="hi", from_variable_selector=None)) == [
         Delta("hi")
     ]
+
+
+def tool_file(related: str, **more: object) -> dict[str, object]:
+    """A Chatflow file record as Dify's ``File.to_dict()`` writes it."""
+    return {"dify_model_identity": "__dify__file__", "id": None, "type": "image", "transfer_method": "tool_file",
+            "remote_url": None, "related_id": related, "filename": f"{related}.png", "extension": ".png",
+            "mime_type": "image/png", "size": 10, "url": f"/files/tools/{related}.png?timestamp=1&nonce=n&sign=s",
+            **more}
+
+
+def test_decoder_chatflow_files_once_each_in_order_before_finished() -> None:
+    dec = ChatEventDecoder()
+    dec.handle(data("workflow_started", workflow_run_id="r", data={}))
+    a, b = tool_file("a"), tool_file("b", type="document", mime_type="application/pdf", filename="r.pdf")
+    ended = dec.handle(data("message_end", id="m", metadata={}, files=[a, "junk", {"url": 3}, b]))
+    assert ended == [AnswerFile(url=str(a["url"]), type="image", name="a.png", mime="image/png", source="a"),
+                     AnswerFile(url=str(b["url"]), type="document", name="r.pdf", mime="application/pdf",
+                                source="b")]
+    # the workflow's outputs name the same files again (with new signatures): not twice
+    again = dec.handle(data("workflow_finished", workflow_run_id="r",
+                            data={"status": "succeeded", "files": [tool_file("a", url="/files/tools/a.png?x=2"),
+                                                                   tool_file("c")]}))
+    assert [type(e) for e in again] == [AnswerFile, Finished]
+    assert isinstance(again[0], AnswerFile) and again[0].source == "c"
+
+
+def test_decoder_skips_the_users_files_and_bounds_how_many() -> None:
+    dec = ChatEventDecoder()
+    dec.handle(data("message", answer=""))
+    assert dec.handle(data("message_file", id="u", type="image", belongs_to="user", url="/x.png")) == []
+    many = [tool_file(str(n)) for n in range(MAX_ANSWER_FILES + 5)]
+    files = [e for e in dec.handle(data("message_end", id="m", metadata={}, files=many)) if isinstance(e, AnswerFile)]
+    assert len(files) == MAX_ANSWER_FILES
+    assert dec.handle(data("message_end", id="m", metadata={}, files=None)) == [Finished("c1")]
 
 
 @pytest.mark.parametrize("payload", ["not json", "[1, 2]"])

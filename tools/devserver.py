@@ -139,11 +139,11 @@ def main(argv: list[str] | None = None) -> int:
             from tools.dify_sim import DifySimulator, Script
 
             simulator = DifySimulator(port=int(env.get("DIFY_SIM_PORT", "8001")),
-                                      default=Script(delay=0.08, delta_size=2)).start()
+                                      default=Script(delay=0.08, delta_size=2), draw=True).start()
             env["DIFY_BASE_URL"] = simulator.url
             env.setdefault("DIFY_API_KEY", "app-local-simulator")
-            print(f"no DIFY_BASE_URL: using the built-in Dify simulator at {simulator.url} (it echoes your"
-                  " message); put DIFY_BASE_URL and DIFY_API_KEY in .env to use a real Dify")
+            print(f"no DIFY_BASE_URL: using the built-in Dify simulator at {simulator.url} (it echoes your message;"
+                  " ask it to 画 or draw for a picture); put DIFY_BASE_URL and DIFY_API_KEY in .env to use a real Dify")
 
         # tools.wecom_sim serves --image/--file on loopback, as WeCom serves media from its own hosts
         env.setdefault("WECOM_MEDIA_HOSTS", "127.0.0.1,*.qq.com,*.myqcloud.com")

@@ -27,6 +27,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
+from tools.dify_files import ToolFile, ToolFiles, demo_png
+
 log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
@@ -101,6 +103,7 @@ class Script:
     error_envelope_message: str = ""
     html_error: bool = False
     fail_times: int = 0  # only the first N requests get http_status (0 = all of them)
+    files: tuple[ToolFile, ...] = ()  # the answer's files: message_file frames, or a Chatflow's message_end.files
 
     def split(self) -> list[str]:
         """Return the text deltas this script streams."""
@@ -161,6 +164,7 @@ class DifySimulator:
         *,
         api_keys: set[str] | None = None,
         restx_404_hint: bool = False,
+        draw: bool = False,
     ) -> None:
         if host not in LOOPBACK:
             raise ValueError("the Dify simulator binds to loopback only")
@@ -168,6 +172,8 @@ class DifySimulator:
         self.default = default or Script()
         self.api_keys = api_keys
         self.restx_404_hint = restx_404_hint
+        self.draw = draw  # an unscripted query asking to draw ("画", "draw") is answered with a picture
+        self.tool_files = ToolFiles()  # the answers' files, served at signed /files/tools/ URLs
         self.app_id = str(uuid.uuid4())
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -180,6 +186,7 @@ class DifySimulator:
         self.file_upload: dict[str, Any] = dict(DEFAULT_FILE_UPLOAD)  # what GET /parameters says
         self.size_limits_mb: dict[str, int] = {"image": 10, "document": 15, "audio": 50, "video": 100}
         self.uploads: dict[str, Upload] = {}  # upload_file_id -> what was uploaded
+        self.upload_errors: list[int] = []  # statuses the next uploads are answered with (Dify's envelope)
         self._conns: set[socket.socket] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -241,7 +248,9 @@ class DifySimulator:
             self._conversations.clear()
             self._peak_open = len(self._tasks)
             self.uploads.clear()
+            self.upload_errors = []
             self.file_upload = dict(DEFAULT_FILE_UPLOAD)
+            self.tool_files = ToolFiles()
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -290,6 +299,8 @@ class DifySimulator:
                 script = self.default
                 if not script.answer and script.deltas is None:
                     script = replace(script, answer=f"echo: {query}")
+                if self.draw and ("画" in query or "draw" in query.lower()):
+                    script = replace(script, files=(ToolFile(demo_png(), name="picture.png"),))
             attempt = self._attempts[query] = self._attempts.get(query, 0) + 1
         fail = script.http_status != 200 and (script.fail_times == 0 or attempt <= script.fail_times)
         return script, fail
@@ -344,6 +355,10 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:
         self._record(None)
+        if self.path.startswith("/files/tools/"):  # signed URLs: no API key, as in Dify
+            status, body, mime = self.server.sim.tool_files.serve(self.path)
+            self._send(status, body, mime)
+            return
         if not self._authorized():
             return
         if urlsplit(self.path).path == "/v1/parameters":
@@ -426,6 +441,11 @@ class _Handler(BaseHTTPRequestHandler):
         import email.parser
         import email.policy
 
+        with self.server.sim._lock:
+            failure = self.server.sim.upload_errors.pop(0) if self.server.sim.upload_errors else None
+        if failure is not None:
+            code, message = _DEFAULT_ERRORS.get(failure, ("internal_server_error", "Internal Server Error."))
+            return self._error(failure, code, message)
         head = f"Content-Type: {self.headers.get('Content-Type', '')}\r\n\r\n".encode()
         message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(head + raw)
         parts = list(message.iter_parts()) if message.is_multipart() else []
@@ -511,7 +531,8 @@ class _Handler(BaseHTTPRequestHandler):
             if mode == "blocking":
                 self._blocking(script, ids, task, query)
             else:
-                _Stream(self, script, ids, task, query, user, body["inputs"]).run()
+                uploads = [sim.uploads[item["upload_file_id"]] for item in body.get("files") or []]
+                _Stream(self, script, ids, task, query, user, body["inputs"], uploads).run()
         finally:
             with sim._lock:
                 sim._tasks.pop(ids.task, None)
@@ -571,7 +592,8 @@ class _Stream:
     """Write one SSE answer, frame by frame, as the script says."""
 
     def __init__(
-        self, handler: _Handler, script: Script, ids: _Ids, task: _Task, query: str, user: str, inputs: Any
+        self, handler: _Handler, script: Script, ids: _Ids, task: _Task, query: str, user: str, inputs: Any,
+        uploads: list[Upload] | None = None,
     ) -> None:
         self.h, self.s, self.ids, self.task = handler, script, ids, task
         self.query, self.user, self.inputs = query, user, inputs
@@ -581,6 +603,9 @@ class _Stream:
         self.data_frames = 0
         self.run_id, self.workflow_id = str(uuid.uuid4()), str(uuid.uuid4())
         self.text = ""
+        self.files = [handler.server.sim.tool_files.publish(f) for f in script.files]
+        # a Chatflow's message_end.files holds every file of its nodes' outputs: the user's own too
+        self.user_files = [_upload_record(u) for u in uploads or []] if script.app == "advanced-chat" else []
 
     # -- bytes ------------------------------------------------------------------------------------
 
@@ -729,12 +754,12 @@ class _Stream:
                 "created_at": self.ids.created,
                 "finished_at": int(time.time()),
                 "exceptions_count": 0,
-                "files": [],
+                "files": self.files if status == "succeeded" else [],
             },
         )
 
     def message_end(self) -> None:
-        files: list[Any] | None = [] if self.s.app == "advanced-chat" else None
+        files: list[Any] | None = self.user_files + self.files if self.s.app == "advanced-chat" else None
         metadata: dict[str, Any] = {"annotation_reply": None, "retriever_resources": [], "usage": _USAGE}
         self.frame("message_end", id=self.ids.message, metadata=metadata, files=files)
 
@@ -828,6 +853,10 @@ class _Stream:
                 belongs_to="assistant",
                 url=f"http://127.0.0.1/files/tools/{uuid.uuid4()}.png?timestamp=1&nonce=n&sign=s",
             )
+        if s.app != "advanced-chat":  # a tool's files, announced as it makes them
+            for record in self.files:
+                self.frame("message_file", id=str(uuid.uuid4()), type=record["type"], belongs_to="assistant",
+                           url=record["url"])
 
     def normal_ending(self) -> None:
         s = self.s
@@ -865,6 +894,16 @@ class _Stream:
         self.message_end()
 
 
+def _upload_record(upload: Upload) -> dict[str, Any]:
+    """An uploaded file as a Chatflow hands it back (``File.to_dict()`` of a local file)."""
+    extension = upload.name.rsplit(".", 1)[-1] if "." in upload.name else ""
+    kind = next((k for k, exts in _KINDS.items() if extension in exts), "document")
+    return {"dify_model_identity": "__dify__file__", "id": None, "tenant_id": str(uuid.uuid4()), "type": kind,
+            "transfer_method": "local_file", "remote_url": None, "related_id": upload.id, "filename": upload.name,
+            "extension": f".{extension}", "mime_type": upload.mime, "size": len(upload.data),
+            "url": f"/files/{upload.id}/file-preview?timestamp={int(time.time())}&nonce=n&sign=s"}
+
+
 def _phrase(status: int) -> str:
     try:
         return HTTPStatus(status).phrase
@@ -887,11 +926,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", action="append", help="accept only these keys (default: any)")
     args = parser.parse_args(argv)
     default = Script(delay=args.delay, app=args.app, flavour=args.flavour, delta_size=2)
-    sim = DifySimulator(args.host, args.port, default, api_keys=set(args.api_key) if args.api_key else None)
+    sim = DifySimulator(args.host, args.port, default, api_keys=set(args.api_key) if args.api_key else None,
+                        draw=True)
     sim.start()
     keys = "the --api-key values" if args.api_key else "any API key"
     print(f"Dify simulator at {sim.url}  (set DIFY_BASE_URL={sim.url}; accepts {keys})")
-    print("unscripted queries are echoed back in small deltas; Ctrl-C to stop", flush=True)
+    print("unscripted queries are echoed back in small deltas (ask it to 画/draw for a picture); Ctrl-C to stop",
+          flush=True)
     try:
         while True:
             time.sleep(3600)

@@ -1,14 +1,16 @@
 """Play WeCom against a running bot: ``python -m tools.wecom_sim "你好"``.
 
 Sends an encrypted text callback exactly as WeCom does, polls the stream about once a second,
-and prints the answer as it grows. Credentials come from the environment or ``./.env``; with
-``--bot ID`` they are that bot's, from the bots file (``BOTS_FILE``), and the message goes to
-``/wecom/callback/ID``.
+and prints the answer as it grows; the images of its last frame are checked (md5) and saved.
+Credentials come from the environment or ``./.env``; with ``--bot ID`` they are that bot's, from
+the bots file (``BOTS_FILE``), and the message goes to ``/wecom/callback/ID``.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import sys
 import uuid
 from pathlib import Path
@@ -85,6 +87,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--file", default=None, metavar="PATH", help="send this file")
     parser.add_argument("--voice", default=None, metavar="TEXT", help="send a voice message WeCom transcribed as TEXT")
     parser.add_argument("--quote", default=None, metavar="TEXT", help="quote an earlier message saying TEXT")
+    parser.add_argument("--save", default="var/received", metavar="DIR",
+                        help="where to save the images of the answer (default %(default)s)")
     args = parser.parse_args(argv)
     if args.file and (args.image or args.text or args.voice) or args.voice and (args.image or args.text):
         parser.error("a file or a voice message is sent alone (text and images go together as a mixed message)")
@@ -124,7 +128,30 @@ def main(argv: list[str] | None = None) -> int:
             media.close()
     finished = bool(frames) and frames[-1]["stream"]["finish"]
     print(f"\n-- {len(frames)} encrypted frames, stream {'finished' if finished else 'NOT finished'}")
-    return 0 if finished else 1
+    images_ok = _save_images(frames[-1]["stream"] if frames else {}, Path(args.save))
+    return 0 if finished and images_ok else 1
+
+
+def _save_images(stream: dict[str, Any], folder: Path) -> bool:
+    """Check and save the last frame's images (``msg_item``); False if one is not what WeCom would accept."""
+    ok = True
+    for number, item in enumerate(stream.get("msg_item") or [], 1):
+        image = item.get("image", {}) if isinstance(item, dict) else {}
+        try:
+            data = base64.b64decode(image.get("base64", ""), validate=True)
+        except ValueError:
+            data = b""
+        kind = "png" if data.startswith(b"\x89PNG") else "jpg" if data.startswith(b"\xff\xd8\xff") else ""
+        md5_ok = hashlib.md5(data, usedforsecurity=False).hexdigest() == image.get("md5")
+        ok = ok and bool(kind) and md5_ok and item.get("msgtype") == "image"
+        if not (kind and md5_ok):
+            print(f"-- image {number}: NOT valid ({'md5 mismatch' if kind else 'not a JPG or PNG'})")
+            continue
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{stream.get('id', 'stream')}-{number}.{kind}"
+        path.write_bytes(data)
+        print(f"-- image {number}: {len(data)} bytes {kind.upper()}, md5 ok, saved to {path}")
+    return ok
 
 
 if __name__ == "__main__":

@@ -1,9 +1,9 @@
-"""The allowlist check for every outbound URL that arrives in a message (``response_url``, media URLs)."""
+"""The allowlist check for every outbound URL that arrives in a message (``response_url``, media and Dify file URLs)."""
 
 from __future__ import annotations
 
 from collections.abc import Collection, Iterable
-from urllib.parse import urlsplit
+from urllib.parse import SplitResult, urlsplit
 
 from urllib3.exceptions import LocationParseError
 from urllib3.util import parse_url
@@ -23,17 +23,41 @@ def allowed_url(url: str, hosts: Collection[str]) -> bool:
     backslash, whitespace or a control character is refused, and the host must be the one the HTTP
     client (urllib3) will connect to: where parsers disagree, an allowlist can be walked around.
     """
-    if not url.isprintable() or any(c in url for c in "\\ \t"):  # parsers disagree on these (SSRF)
+    parts = _plain(url)
+    if parts is None:
         return False
-    try:
-        parts = urlsplit(url)
-        host, port = (parts.hostname or "").lower(), parts.port
-        seen_by_requests = parse_url(url)
-    except (ValueError, LocationParseError):
-        return False
-    if parts.username is not None or parts.password is not None or (seen_by_requests.host or "").lower() != host:
-        return False
-    if not host or not (parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK)):
+    host, port = (parts.hostname or "").lower(), parts.port
+    if not (parts.scheme == "https" or (parts.scheme == "http" and host in LOOPBACK)):
         return False
     return host in hosts or f"{host}:{port}" in hosts or any(
         entry.startswith("*.") and host.endswith(entry[1:]) for entry in hosts)
+
+
+def same_origin(url: str, base: str) -> bool:
+    """True when ``url`` has the scheme, host and port of ``base`` (an operator's URL) and is plain (see above)."""
+    parts, origin = _plain(url), _plain(base)
+    if parts is None or origin is None:
+        return False
+    return (parts.scheme, (parts.hostname or "").lower(), parts.port or _PORTS.get(parts.scheme)) == (
+        origin.scheme, (origin.hostname or "").lower(), origin.port or _PORTS.get(origin.scheme))
+
+
+_PORTS = {"http": 80, "https": 443}
+
+
+def _plain(url: str) -> SplitResult | None:
+    """``url`` split, when it is an http(s) URL with a host that every parser reads alike, else None."""
+    if not url.isprintable() or any(c in url for c in "\\ \t"):  # parsers disagree on these (SSRF)
+        return None
+    try:
+        parts = urlsplit(url)
+        host = (parts.hostname or "").lower()
+        _ = parts.port  # raises on a bad port
+        seen_by_requests = parse_url(url)
+    except (ValueError, LocationParseError):
+        return None
+    if parts.username is not None or parts.password is not None or (seen_by_requests.host or "").lower() != host:
+        return None
+    if not host or parts.scheme not in _PORTS:
+        return None
+    return parts

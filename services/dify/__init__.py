@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 from services.dify.client import DifyClient
-from services.dify.sse import ConversationDropped, Delta, DifyEvent, Finished, Replace, Started
+from services.dify.sse import AnswerFile, ConversationDropped, Delta, DifyEvent, Finished, Replace, Started
 from services.errors import DifyError, DifyHTTPError
 
-__all__ = ["ConversationDropped", "Delta", "DifyClient", "DifyEvent", "Finished", "Replace", "Started",
+__all__ = ["AnswerFile", "ConversationDropped", "Delta", "DifyClient", "DifyEvent", "Finished", "Replace", "Started",
            "error_label"]
 
 DIFY_CODES = frozenset({

@@ -147,22 +147,37 @@ class DifyClient:
         Dify answers 201 with the file's record; 400/413/415 come as its error envelope (DifyHTTPError).
         The same ``user`` must then send the chat that uses the file.
         """
-        form = aiohttp.FormData()
-        form.add_field("user", user)
-        form.add_field("file", io.BytesIO(data), filename=filename, content_type=mime)  # bytes would block the loop
+        def form() -> aiohttp.FormData:  # a form is sent once: a retry needs a new one
+            fields = aiohttp.FormData()
+            fields.add_field("user", user)
+            fields.add_field("file", io.BytesIO(data), filename=filename, content_type=mime)  # bytes would block
+            return fields
+
         return str((await self._json("POST", "/files/upload", form, authorization, expect_id=True))["id"])
 
     async def parameters(self, authorization: str | None = None) -> dict[str, Any]:
         """The app's ``GET /parameters`` (its features and file upload settings)."""
-        return await self._json("GET", "/parameters", None, authorization)
+        return await self._json("GET", "/parameters", lambda: None, authorization)
 
-    async def _json(self, method: str, path: str, body: Any, authorization: str | None, *,
+    async def _json(self, method: str, path: str, body: Callable[[], Any], authorization: str | None, *,
                     expect_id: bool = False) -> dict[str, Any]:
+        """One JSON request; what cannot have been served (connection refused, 5xx, 429) is retried."""
         deadline = self._clock() + self.total_timeout
         headers = {**self._headers(authorization), "Accept": "application/json"}
-        resp = await self._post(f"{self.base_url}{path}", body, headers, deadline, method=method)
-        if resp.status >= 300:
-            raise await _http_error(resp)
+        attempt = 0
+        while True:
+            try:
+                resp = await self._post(f"{self.base_url}{path}", body(), headers, deadline, method=method)
+                if resp.status < 300:
+                    break
+                raise await _http_error(resp)
+            except DifyError as error:
+                delay = min(self.backoff_max, self.backoff_base * 2**attempt)
+                if not _retryable(error) or attempt >= self.max_retries or self._clock() + delay >= deadline:
+                    raise
+                log.warning("dify: %s %s (attempt %d), retrying in %.2fs", path, error.code, attempt + 1, delay)
+                await self._sleep(delay)
+                attempt += 1
         try:
             raw = await self._read_all(resp, deadline, _ERROR_BODY_LIMIT * 4)
         finally:

@@ -167,6 +167,21 @@ class Replace:
 
 
 @dataclass(frozen=True)
+class AnswerFile:
+    """A file of the answer (``message_file``, ``message_end.files``, a workflow's output files).
+
+    ``url`` may be relative to Dify's base (a signed ``/files/tools/…`` URL); ``source`` is the
+    upload a file came from (a Chatflow's outputs can hand the user's own uploads back).
+    """
+
+    url: str
+    type: str
+    name: str = ""
+    mime: str = ""
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class ConversationDropped:
     """Dify rejected the stored conversation_id (404); the caller must forget it."""
 
@@ -178,7 +193,10 @@ class Finished:
     conversation_id: str | None
 
 
-DifyEvent = Started | Delta | Replace | ConversationDropped | Finished
+DifyEvent = Started | Delta | Replace | AnswerFile | ConversationDropped | Finished
+
+MAX_ANSWER_FILES = 50
+"""Files taken from one answer at most (the rest are ignored): bounds what an answer can make us fetch."""
 
 
 class ChatEventDecoder:
@@ -192,6 +210,7 @@ class ChatEventDecoder:
         self.agent = False  # agent_message deltas seen (New Agent repeats the answer in a closing message)
         self.workflow = False  # Chatflow: message_end is followed by workflow_finished
         self.message_ended = False
+        self._files: set[str] = set()  # the answer files already yielded (the same file comes in several events)
 
     @property
     def text(self) -> str:
@@ -228,12 +247,16 @@ class ChatEventDecoder:
             self._parts.append(text)
             self._size += len(text)
             out.append(Delta(text))
+        elif event == "message_file":
+            if obj.get("belongs_to") != "user":
+                out += self._answer_files([obj])
         elif event == "message_replace":
             replaced = str(obj.get("answer") or "")
             self._parts, self._size = [replaced], len(replaced)
             out.append(Replace(replaced))
         elif event == "message_end":
             self.message_ended = True
+            out += self._answer_files(obj.get("files"))
             if not self.workflow:
                 out.append(Finished(self.conversation_id))
         elif event == "workflow_finished":
@@ -242,6 +265,7 @@ class ChatEventDecoder:
             status = wf.get("status")
             if status in ("failed", "stopped"):
                 raise DifyStreamError(f"workflow_{status}", str(wf.get("error") or f"workflow {status}"))
+            out += self._answer_files(wf.get("files"))
             out.append(Finished(self.conversation_id))
         elif event == "error":
             status = obj.get("status")
@@ -253,3 +277,23 @@ class ChatEventDecoder:
         elif event is not None:
             log.debug("dify: ignoring %s frame", event)
         return out
+
+    def _answer_files(self, items: object) -> list[DifyEvent]:
+        """The new files among ``items`` (Dify file objects); malformed entries are skipped."""
+        out: list[DifyEvent] = []
+        for item in items if isinstance(items, list) else []:
+            url = item.get("url") if isinstance(item, dict) else None
+            if not isinstance(url, str) or not url or len(self._files) >= MAX_ANSWER_FILES:
+                continue
+            source = _str(item.get("related_id"))
+            key = source or _str(item.get("id")) or url.partition("?")[0]
+            if key in self._files:
+                continue
+            self._files.add(key)
+            out.append(AnswerFile(url=url, type=_str(item.get("type")) or "custom",
+                                  name=_str(item.get("filename")), mime=_str(item.get("mime_type")), source=source))
+        return out
+
+
+def _str(value: object) -> str:
+    return value if isinstance(value, str) else ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -10,8 +11,8 @@ from typing import TYPE_CHECKING
 
 from config import Settings
 from services import metrics
-from services.delivery import send_rest
-from services.dify import ConversationDropped, Delta, DifyEvent, Finished, Replace, Started, error_label
+from services.delivery import join, send_rest
+from services.dify import AnswerFile, ConversationDropped, Delta, DifyEvent, Finished, Replace, Started, error_label
 from services.engine.job import Job, Outcome
 from services.errors import AuthUnavailable, DifyError, DifyHTTPError, DifyTimeout, StoreUnavailable, UserNotAuthorized
 from services.streams.writer import StreamWriter
@@ -50,6 +51,8 @@ class Answers:
         await e.redis(store.put_lease, active, job.sid, int(s.stream_window_seconds * 1000) + 60_000)
         conversation = await e.redis(store.get_conversation, job.scope, s.conversation_idle_seconds)
         first_text = True
+        files: list[AnswerFile] = []
+        uploaded = {f.get("upload_file_id") for f in job.files}
         try:
             async with aclosing(self._events(job, conversation)) as events:  # a cancel closes the response
                 async for event in events:
@@ -60,6 +63,8 @@ class Answers:
                         job.writer.add(event.text)  # the keeper writes it within one tick
                     elif isinstance(event, Replace):
                         job.writer.replace(event.text)
+                    elif isinstance(event, AnswerFile) and event.source not in uploaded:
+                        files.append(event)  # (a Chatflow may hand back the user's own uploads)
                     elif isinstance(event, Started):
                         conversation = event.conversation_id or conversation
                         job.task_id = event.task_id
@@ -82,10 +87,29 @@ class Answers:
         finally:
             await self._best_effort(job, store.release_lease, active, job.sid)  # else it lapses
         job.bot.health.record("ok")
+        if files:
+            await self._add_files(job, files)
         if conversation:
             await self._best_effort(job, store.set_conversation, job.scope, conversation,
                                     s.conversation_idle_seconds)
         return Outcome.FINISHED, ""
+
+    async def _add_files(self, job: Job, files: list[AnswerFile]) -> None:
+        """Put the answer's images in its last frame and links to the rest under its text."""
+        assert job.writer is not None
+        prepare = functools.partial(job.bot.answer_files.prepare, inline=not self.engine.draining)
+        reply = await self.engine.io(job, prepare, files)
+        links = reply.text
+        if reply.images:
+            try:
+                if await self.engine.redis(job.bot.store.put_images, job.sid, reply.images, reply.image_links):
+                    job.image_links = reply.image_links
+            except StoreUnavailable:
+                job.degraded = True
+            if not job.image_links:  # not kept for the last frame: the images go as links
+                links = join(reply.image_links, links)
+        if links:
+            job.writer.add(f"\n\n{links}" if job.writer.text else links)
 
     async def settle(self, job: Job, outcome: Outcome, note: str) -> None:
         """Write the final status (retrying Redis), let the conversation go on, then follow up."""
@@ -95,8 +119,12 @@ class Answers:
             metrics.STREAM_SECONDS.labels(bot, status).observe(max(0.0, e.clock() - job.created))
             metrics.STREAMS_ENDED.labels(bot, "refused" if outcome is Outcome.REFUSED else status).inc()
         finished = bool(status) and await self._finish(job, status or "", note)
-        for step, args in ((store.queue_leave, (job.scope, job.sid)),
-                           (store.release_lease, (store.keys.stream_owner(job.sid), e.owner))):
+        steps: list[tuple[Callable[..., object], tuple[str, str]]] = [
+            (store.queue_leave, (job.scope, job.sid)),
+            (store.release_lease, (store.keys.stream_owner(job.sid), e.owner))]
+        if job.first_in_line and (job.attachments or job.quoted_attachments):  # it was active while attaching
+            steps.append((store.release_lease, (store.keys.active(job.scope), job.sid)))
+        for step, args in steps:
             await self._best_effort(job, step, *args)
         if outcome is Outcome.STOPPED and job.task_id:
             await self._stop_dify(job)
@@ -105,7 +133,7 @@ class Answers:
 
     async def _events(self, job: Job, conversation: str | None) -> AsyncGenerator[DifyEvent, None]:
         """Dify's events; a user token the backend rejects (401) is refreshed and retried once."""
-        e, s, auth = self.engine, job.bot.settings, job.bot.auth
+        s = job.bot.settings
         for attempt in (0, 1):
             identity = job.identity
             inputs = identity.dify_inputs(s.inputs_from_user) if identity else {}
@@ -118,16 +146,23 @@ class Answers:
                         yield event
                 return
             except DifyHTTPError as exc:
-                if attempt or exc.status != 401 or token is None or auth is None or identity is None:
+                if attempt or exc.status != 401 or not await self.reauthenticate(job):
                     raise
-                await e.io(job, auth.invalidate, identity)
-                job.identity = await e.io(job, auth.authenticate, job.wecom_user)
 
     def token(self, job: Job) -> str | None:
         """The user's token when Dify is called with user tokens, else None (the app key)."""
         if job.bot.settings.dify_auth_source == "user_token" and job.identity is not None:
             return job.identity.token
         return None
+
+    async def reauthenticate(self, job: Job) -> bool:
+        """After Dify refused the user's token (401): drop it and get a fresh one; False if there is none to renew."""
+        auth, identity = job.bot.auth, job.identity
+        if self.token(job) is None or auth is None or identity is None:
+            return False
+        await self.engine.io(job, auth.invalidate, identity)
+        job.identity = await self.engine.io(job, auth.authenticate, job.wecom_user)  # raises UserNotAuthorized
+        return True
 
     async def _stop_dify(self, job: Job) -> None:
         """Ask Dify to stop generating, as the job's own user when Dify is called with user tokens."""
@@ -182,7 +217,7 @@ class Answers:
             claimed = True  # nobody can have delivered it without Redis either
         if claimed:
             text = job.writer.text if job.writer else ""
-            await e.io(job, delivery.send, url, f"{text}\n\n{note}" if note and text else text or note, s.msg_truncated)
+            await e.io(job, delivery.send, url, join(text, job.image_links, note), s.msg_truncated)
 
     async def _seen(self, job: Job) -> bool:
         """Wait up to ``SEEN_GRACE`` for a poll to have shown the stream's last (or closing) frame."""

@@ -69,7 +69,7 @@ async def attach(engine: Engine, job: Job, token: str | None) -> list[dict[str, 
             media.append(quoted)
         else:
             metrics.MEDIA.labels(bot.id, "quote_dropped").inc()
-    return [await _upload(job, number, item, token, rules) for number, item in enumerate(media, 1)]
+    return [await _upload(engine, job, number, item, rules) for number, item in enumerate(media, 1)]
 
 
 async def _download(engine: Engine, job: Job, url: str) -> Media:
@@ -86,11 +86,10 @@ async def _download(engine: Engine, job: Job, url: str) -> Media:
         raise AttachmentRefused(text) from None
 
 
-async def _upload(job: Job, number: int, item: Media, token: str | None, rules: FileRules | None) -> dict[str, str]:
+async def _upload(engine: Engine, job: Job, number: int, item: Media, rules: FileRules | None) -> dict[str, str]:
     bot, s = job.bot, job.bot.settings
     try:
-        file_id = await bot.dify.upload(item.data, filename=f"wecom-{number}.{item.kind.extension}",
-                                        mime=item.kind.mime, user=job.dify_user, authorization=token)
+        file_id = await _send(engine, job, item, f"wecom-{number}.{item.kind.extension}")
     except DifyHTTPError as exc:
         metrics.MEDIA.labels(bot.id, "upload_refused" if exc.status < 500 else "upload_failed").inc()
         log.warning("dify refused an upload", extra={"sid": job.sid, "status": exc.status, "code": exc.code})
@@ -104,6 +103,18 @@ async def _upload(job: Job, number: int, item: Media, token: str | None, rules: 
         raise AttachmentRefused(s.msg_media_failed) from None
     metrics.MEDIA.labels(bot.id, "uploaded").inc()
     return {"type": item.kind.dify_type, "transfer_method": "local_file", "upload_file_id": file_id}
+
+
+async def _send(engine: Engine, job: Job, item: Media, filename: str) -> str:
+    """Upload as the chat will be sent; a user token Dify refuses (401) is renewed and the upload sent once more."""
+    for attempt in (0, 1):
+        try:
+            return await job.bot.dify.upload(item.data, filename=filename, mime=item.kind.mime, user=job.dify_user,
+                                             authorization=engine.answers.token(job))
+        except DifyHTTPError as exc:
+            if attempt or exc.status != 401 or not await engine.answers.reauthenticate(job):
+                raise
+    raise AssertionError("unreachable")
 
 
 async def _rules(engine: Engine, job: Job, token: str | None) -> FileRules | None:

@@ -41,6 +41,7 @@ SETTLE_AFTER_DRAIN = 10.0  # seconds the drain gives interrupted answers to sett
 LOOP_JOIN = 4.0  # seconds the drain waits for the loop thread to stop
 REDIS_THREADS = 8
 IO_THREADS = 8
+ACTIVE_LEASE_MS = 420_000  # the active-answer pointer of a job reading its media (the answer renews it)
 
 
 @dataclass(frozen=True)
@@ -254,6 +255,8 @@ class Engine:
             job.move(State.ATTACHING)  # from here the drain (or /stop's keeper report) can cancel it
             if not await self.redis(store.set_status, job.sid, "attaching"):
                 raise Gone
+            if job.first_in_line:  # nothing runs before it in its conversation: /stop must find it now
+                await self.redis(store.put_lease, store.keys.active(job.scope), job.sid, ACTIVE_LEASE_MS)
             job.files = await attach(self, job, self.answers.token(job))
         if not job.first_in_line:
             job.move(State.WAITING)

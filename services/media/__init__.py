@@ -1,4 +1,5 @@
-"""Media of WeCom messages: downloading and decrypting them (``fetch``), and telling what they are (``sniff``)."""
+"""Media: a message's files downloaded and decrypted (``fetch``), told apart (``sniff``), and Dify's files made
+showable (``reply``)."""
 
 from services.media.fetch import (
     Media,
@@ -10,7 +11,8 @@ from services.media.fetch import (
     MediaUnavailable,
     MediaUnreadable,
 )
+from services.media.reply import DifyFiles, Reply
 from services.media.sniff import Kind, sniff
 
-__all__ = ["Kind", "Media", "MediaError", "MediaExpired", "MediaFetcher", "MediaRefused", "MediaTooLarge",
-           "MediaUnavailable", "MediaUnreadable", "sniff"]
+__all__ = ["DifyFiles", "Kind", "Media", "MediaError", "MediaExpired", "MediaFetcher", "MediaRefused", "MediaTooLarge",
+           "MediaUnavailable", "MediaUnreadable", "Reply", "sniff"]

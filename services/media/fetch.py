@@ -98,27 +98,32 @@ class MediaFetcher:
         return Media(plain, sniff(plain))
 
     def _download(self, url: str) -> bytes:
-        deadline = self.clock() + self.timeout
-        step = min(self.timeout, 5.0)  # connect, and each read: a silent server fails within it
-        limit = self.max_bytes + PADDING
-        try:
-            with self.session.get(url, stream=True, timeout=(step, step), allow_redirects=False,
-                                  headers={"Accept-Encoding": "identity"}) as resp:  # the ciphertext, as stored
-                if resp.status_code in (401, 403, 404, 410):
-                    raise MediaExpired(f"media download refused: HTTP {resp.status_code}")
-                if resp.status_code != 200:
-                    raise MediaUnavailable(f"media download failed: HTTP {resp.status_code}")
-                declared = resp.headers.get("Content-Length", "")
-                if declared.isdigit() and int(declared) > limit:
-                    raise MediaTooLarge(f"media of {declared} bytes is over the cap")
-                body = bytearray()
-                # read1: whatever one socket read brings, so a trickle cannot outlast the deadline
-                while chunk := resp.raw.read1(CHUNK):
-                    body += chunk
-                    if len(body) > limit:
-                        raise MediaTooLarge("media over the cap")
-                    if self.clock() > deadline:
-                        raise MediaUnavailable("media download took too long")
-                return bytes(body)
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise MediaUnavailable(f"media download failed: {type(exc).__name__}") from None
+        return download(self.session, url, limit=self.max_bytes + PADDING, timeout=self.timeout, clock=self.clock)
+
+
+def download(session: requests.Session, url: str, *, limit: int, timeout: float,
+             clock: Callable[[], float] = time.monotonic) -> bytes:
+    """GET ``url`` (no redirects), cut off past ``limit`` bytes or ``timeout`` seconds; raises a MediaError."""
+    deadline = clock() + timeout
+    step = min(timeout, 5.0)  # connect, and each read: a silent server fails within it
+    try:
+        with session.get(url, stream=True, timeout=(step, step), allow_redirects=False,
+                         headers={"Accept-Encoding": "identity"}) as resp:  # the bytes as stored
+            if resp.status_code in (401, 403, 404, 410):
+                raise MediaExpired(f"download refused: HTTP {resp.status_code}")
+            if resp.status_code != 200:
+                raise MediaUnavailable(f"download failed: HTTP {resp.status_code}")
+            declared = resp.headers.get("Content-Length", "")
+            if declared.isdigit() and int(declared) > limit:
+                raise MediaTooLarge(f"a file of {declared} bytes is over the cap")
+            body = bytearray()
+            # read1: whatever one socket read brings, so a trickle cannot outlast the deadline
+            while chunk := resp.raw.read1(CHUNK):
+                body += chunk
+                if len(body) > limit:
+                    raise MediaTooLarge("file over the cap")
+                if clock() > deadline:
+                    raise MediaUnavailable("download took too long")
+            return bytes(body)
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
+        raise MediaUnavailable(f"download failed: {type(exc).__name__}") from None

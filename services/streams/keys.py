@@ -70,6 +70,10 @@ class Keys:
         """Hash with the stream's status, sequence number, times and note."""
         return f"{self.prefix}stream:{sid}:meta"
 
+    def stream_images(self, sid: str) -> str:
+        """The images (WeCom ``msg_item`` JSON) of a stream's last frame; lives as long as the stream."""
+        return f"{self.prefix}stream:{sid}:images"
+
     def stream_owner(self, sid: str) -> str:
         """Lease of the worker answering a stream; a stream whose lease lapsed was abandoned."""
         return f"{self.prefix}stream:{sid}:owner"

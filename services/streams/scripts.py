@@ -131,6 +131,18 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
+PUT_IMAGES = """
+-- KEYS[1] = stream meta, KEYS[2] = the stream's images; ARGV[1] = msg_item JSON, ARGV[2] = how many,
+-- ARGV[3] = the images as markdown links, ARGV[4] = TTL (ms) if the meta's own cannot be read.
+-- Stores the images for the last frame, expiring with the stream; never recreates an expired stream.
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl <= 0 then ttl = tonumber(ARGV[4]) end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl)
+redis.call('HSET', KEYS[1], 'images', ARGV[2], 'image_links', ARGV[3])
+return 1
+"""
+
 CLOSE_STREAM = """
 -- KEYS[1] = stream meta
 -- ARGV[1] = reason ('window' | 'overflow'), ARGV[2] = final frame content, ARGV[3] = characters of

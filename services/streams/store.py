@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import enum
+import json
 import threading
 import time
 import uuid
@@ -21,7 +22,7 @@ from services.streams.keys import OWNER_LEASE_MS, STREAM_TTL, Keys
 TERMINAL = frozenset({"done", "failed", "interrupted"})
 BUSY_SHOWN_LIMIT = 10_000  # "busy" polls remembered while Redis is away (beyond: the oldest are kept)
 META_FIELDS = ("status", "note", "created", "seq", "final", "shown", "closed", "followup", "task_id",
-               "dify_user", "delivered", "user", "chat", "seen", "busy")
+               "dify_user", "delivered", "user", "chat", "seen", "busy", "images", "image_links")
 """Every meta field any reader uses; snapshots fetch exactly these (HMGET, not HGETALL)."""
 
 
@@ -114,6 +115,7 @@ class StreamStore:
         self._write = client.register_script(scripts.WRITE_TEXT)
         self._status = client.register_script(scripts.SET_STATUS)
         self._fields = client.register_script(scripts.SET_FIELDS)
+        self._images = client.register_script(scripts.PUT_IMAGES)
         self._close = client.register_script(scripts.CLOSE_STREAM)
         self._interrupt = client.register_script(scripts.INTERRUPT_ORPHAN)
         self._mark = client.register_script(scripts.MARK_DELIVERED)
@@ -189,6 +191,23 @@ class StreamStore:
         args: list[Any] = [x for item in fields.items() for x in item]
         with self._errors():
             return int(self._fields(keys=[self.keys.stream_meta(sid)], args=args)) == 1
+
+    def put_images(self, sid: str, images: list[dict[str, Any]], links: str) -> bool:
+        """Keep a finishing answer's images for its last frame (and their links for a follow-up)."""
+        keys = [self.keys.stream_meta(sid), self.keys.stream_images(sid)]
+        with self._errors():
+            return int(self._images(keys=keys, args=[json.dumps(images), len(images), links,
+                                                     self.stream_ttl * 1000])) == 1
+
+    def images(self, sid: str) -> list[dict[str, Any]]:
+        """The images of a stream's last frame ([] when it has none, or they expired)."""
+        with self._errors():
+            raw = self.redis.get(self.keys.stream_images(sid))
+        try:
+            items = json.loads(raw) if raw else []
+        except ValueError:
+            return []
+        return items if isinstance(items, list) else []
 
     def snapshot(self, sid: str, max_bytes: int | None = None, *, poll: bool = False) -> Snapshot | None:
         """Read meta, owner and text (its first ``max_bytes`` at most) in one round trip.
