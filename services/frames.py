@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from services.streams.store import Snapshot
+from services.streams.records import Snapshot
 from utils.text import utf8_len, utf8_prefix
 
 MAX_CONTENT_BYTES = 20480

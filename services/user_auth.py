@@ -22,7 +22,8 @@ from services import metrics
 from services.auth_api import AuthAPI
 from services.errors import AuthUnavailable, UserNotAuthorized
 from services.streams.keys import Keys
-from services.streams.store import StreamStore, store_errors
+from services.streams.records import store_errors
+from services.streams.store import StreamStore
 from services.user_db import UserDB
 
 log = logging.getLogger(__name__)

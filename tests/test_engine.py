@@ -199,7 +199,7 @@ def test_sse_decoder_is_linear_in_the_number_of_deltas() -> None:
     """40 000 deltas used to take 2.5 s (``text +=``): ten times the deltas must cost about ten times."""
     import json
 
-    from services.dify.sse import ChatEventDecoder
+    from services.dify.events import ChatEventDecoder
 
     def cost(n: int) -> float:
         frames = [json.dumps({"event": "message", "answer": "字"}) for _ in range(n)]

@@ -1,4 +1,4 @@
-"""SSE parser on bytes: frame splitting, UTF-8 across reads, separators, limits and errors."""
+"""SSE parser on bytes (frame splitting, UTF-8 across reads, separators, limits, errors) and the event decoder."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from services.dify.sse import (
+from services.dify.events import (
     MAX_ANSWER_FILES,
     AnswerFile,
     ChatEventDecoder,
@@ -14,13 +14,9 @@ from services.dify.sse import (
     Delta,
     Finished,
     Replace,
-    SSEDecodeError,
-    SSEFrame,
-    SSEFrameTooLarge,
-    SSEIncompleteError,
-    SSEParser,
     Started,
 )
+from services.dify.sse import SSEDecodeError, SSEFrame, SSEFrameTooLarge, SSEIncompleteError, SSEParser
 from services.errors import DifyStreamError
 
 ANSWER = "你好！我是企业微信里的AI 助手 🤖。\u2028第二行\u2029第三段\u0085完"

@@ -11,7 +11,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from services.streams.keys import Keys
-from services.streams.store import Lease, StreamStore, Turn, WriteResult
+from services.streams.records import Lease, Turn, WriteResult
+from services.streams.store import StreamStore
 
 KEYS = Keys("t:")
 

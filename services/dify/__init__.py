@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from services.dify.client import DifyClient
-from services.dify.sse import AnswerFile, ConversationDropped, Delta, DifyEvent, Finished, Replace, Started
+from services.dify.events import AnswerFile, ConversationDropped, Delta, DifyEvent, Finished, Replace, Started
 from services.errors import DifyError, DifyHTTPError
 
 __all__ = ["AnswerFile", "ConversationDropped", "Delta", "DifyClient", "DifyEvent", "Finished", "Replace", "Started",

@@ -12,7 +12,6 @@ import asyncio
 import io
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
@@ -21,32 +20,18 @@ from urllib.parse import quote
 
 import aiohttp
 
-from services.dify.sse import (
-    ChatEventDecoder,
-    ConversationDropped,
-    Delta,
-    DifyEvent,
-    Finished,
-    SSEError,
-    SSEParser,
-    Started,
-)
+from services.dify.events import ConversationDropped, DifyEvent
+from services.dify.reading import ERROR_BODY_LIMIT, ResponseReader, http_error
 from services.errors import (
     DifyConnectionError,
     DifyError,
     DifyHTTPError,
     DifyIncompleteError,
-    DifyStreamError,
     DifyTimeout,
 )
 
 log = logging.getLogger(__name__)
 
-CHATFLOW_GRACE = 2.0  # seconds to wait for workflow_finished after a Chatflow's message_end (§7.3)
-_READ_SIZE = 64 * 1024
-_ERROR_BODY_LIMIT = 64 * 1024
-_BLOCKING_BODY_LIMIT = 16 * 1024 * 1024
-_TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 _STALE_CONVERSATION = "Conversation Not Exists"
 
 Sleep = Callable[[float], Awaitable[None]]
@@ -88,6 +73,8 @@ class DifyClient:
         self.total_timeout, self.idle_timeout = total_timeout, idle_timeout
         self.max_retries, self.backoff_base, self.backoff_max = max_retries, backoff_base, backoff_max
         self._clock, self._sleep = clock, sleep
+        self._reader = ResponseReader(read_timeout=read_timeout, idle_timeout=idle_timeout,
+                                      total_timeout=total_timeout, clock=clock)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:  # created on the loop that uses it (aiohttp binds to it)
@@ -136,7 +123,7 @@ class DifyClient:
         resp = await self._post(url, {"user": user}, self._headers(authorization), deadline)
         try:
             if resp.status >= 300:
-                raise await _http_error(resp)
+                raise await http_error(resp)
         finally:
             resp.release()
 
@@ -170,7 +157,7 @@ class DifyClient:
                 resp = await self._post(f"{self.base_url}{path}", body(), headers, deadline, method=method)
                 if resp.status < 300:
                     break
-                raise await _http_error(resp)
+                raise await http_error(resp)
             except DifyError as error:
                 delay = min(self.backoff_max, self.backoff_base * 2**attempt)
                 if not _retryable(error) or attempt >= self.max_retries or self._clock() + delay >= deadline:
@@ -179,7 +166,7 @@ class DifyClient:
                 await self._sleep(delay)
                 attempt += 1
         try:
-            raw = await self._read_all(resp, deadline, _ERROR_BODY_LIMIT * 4)
+            raw = await self._reader.read_all(resp, deadline, ERROR_BODY_LIMIT * 4)
         finally:
             resp.release() if resp.content.at_eof() else resp.close()
         try:
@@ -189,15 +176,6 @@ class DifyClient:
         if not isinstance(obj, dict) or (expect_id and not isinstance(obj.get("id"), str)):
             raise DifyIncompleteError(f"{path} answered without the expected fields")
         return obj
-
-    async def _read_all(self, resp: aiohttp.ClientResponse, deadline: float, limit: int) -> bytes:
-        body = bytearray()
-        while len(body) <= limit:
-            data = await self._read(resp, deadline)
-            if not data:
-                return bytes(body)
-            body += data
-        raise DifyIncompleteError("answer body too large")
 
     def _headers(self, authorization: str | None) -> dict[str, str]:
         accept = "text/event-stream" if self.response_mode == "streaming" else "application/json"
@@ -215,7 +193,7 @@ class DifyClient:
                 resp = await self._post(f"{self.base_url}/chat-messages", body, headers, deadline)
                 if resp.status < 300:
                     break
-                raise await _http_error(resp)
+                raise await http_error(resp)
             except DifyError as err:
                 error = err
             if _is_stale_conversation(error) and "conversation_id" in body:
@@ -230,7 +208,7 @@ class DifyClient:
             await self._sleep(delay)
             attempt += 1
         try:
-            read = self._read_blocking if self.response_mode == "blocking" else self._read_stream
+            read = self._reader.blocking if self.response_mode == "blocking" else self._reader.stream
             async with aclosing(read(resp, deadline)) as events:
                 async for event in events:
                     yield event
@@ -258,107 +236,6 @@ class DifyClient:
             raise DifyConnectionError(f"cannot reach Dify: {type(e).__name__}") from e
         except aiohttp.ClientError as e:
             raise DifyError(f"request failed: {type(e).__name__}", code="request_error") from e
-
-    async def _read(self, resp: aiohttp.ClientResponse, until: float) -> bytes:
-        """Read what is available, waiting until ``until`` (``read_timeout`` at most); b"" at EOF."""
-        wait = until - self._clock()
-        if wait <= 0:
-            raise DifyTimeout("deadline reached")
-        try:
-            async with asyncio.timeout(min(self.read_timeout, wait)):
-                return await resp.content.readany()
-        except TimeoutError as e:
-            raise DifyTimeout("read timeout") from e
-        except (aiohttp.ClientError, OSError) as e:
-            log.info("dify: stream cut: %s", type(e).__name__)
-            return b""  # treated like EOF
-
-    async def _read_stream(self, resp: aiohttp.ClientResponse, deadline: float) -> AsyncGenerator[DifyEvent, None]:
-        state, parser = ChatEventDecoder(), SSEParser()
-        idle_until = self._clock() + self.idle_timeout
-        grace_until: float | None = None
-        finished: Finished | None = None
-        while finished is None:
-            until = min(deadline, idle_until if grace_until is None else grace_until)
-            try:
-                data = await self._read(resp, until)
-            except DifyTimeout as e:
-                if grace_until is not None:
-                    finished = Finished(state.conversation_id)
-                    break
-                raise self._timeout(deadline, idle_until) from e
-            if not data:
-                if grace_until is not None:
-                    finished = Finished(state.conversation_id)
-                    break
-                cut = "mid-frame" if parser.pending else "without a terminal event"
-                raise DifyIncompleteError(f"stream ended {cut}")
-            try:
-                frames = parser.feed(data)
-            except SSEError as e:
-                raise DifyStreamError("invalid_sse", str(e)) from e
-            for frame in frames:
-                if frame.data is None:
-                    continue  # event: ping — not progress
-                idle_until = self._clock() + self.idle_timeout
-                for event in state.handle(frame.data):
-                    if isinstance(event, Finished):
-                        finished = event
-                        break
-                    yield event
-                if finished is not None:
-                    break
-                if state.message_ended and grace_until is None:
-                    grace_until = min(deadline, self._clock() + CHATFLOW_GRACE)
-            if finished is None and self._clock() >= deadline:
-                raise DifyTimeout(f"total_timeout of {self.total_timeout}s exceeded")
-        yield finished
-
-    def _timeout(self, deadline: float, idle_until: float) -> DifyTimeout:
-        now = self._clock()
-        if now >= deadline:
-            return DifyTimeout(f"total_timeout of {self.total_timeout}s exceeded")
-        if now >= idle_until:
-            return DifyTimeout(f"no data frame for {self.idle_timeout}s (pings only)", code="idle_timeout")
-        return DifyTimeout(f"no bytes for {self.read_timeout}s", code="read_timeout")
-
-    async def _read_blocking(self, resp: aiohttp.ClientResponse, deadline: float) -> AsyncGenerator[DifyEvent, None]:
-        try:
-            body = await self._read_all(resp, deadline, _BLOCKING_BODY_LIMIT)
-        except DifyTimeout as e:
-            raise self._timeout(deadline, float("inf")) from e
-        try:
-            obj = json.loads(body)
-        except ValueError as e:
-            raise DifyIncompleteError("blocking response is not complete JSON") from e
-        if not isinstance(obj, dict) or not isinstance(obj.get("answer"), str):
-            raise DifyIncompleteError("blocking response has no answer")
-        conv, msg, task = (obj.get(k) for k in ("conversation_id", "message_id", "task_id"))
-        if isinstance(conv, str) and isinstance(msg, str) and isinstance(task, str):
-            yield Started(conv, msg, task)
-        if obj["answer"]:
-            yield Delta(obj["answer"])
-        yield Finished(conv if isinstance(conv, str) else None)
-
-
-async def _http_error(resp: aiohttp.ClientResponse) -> DifyHTTPError:
-    """Build a DifyHTTPError from Dify's ``{"code","message","status"}`` envelope or a gateway page."""
-    status = int(resp.status)
-    try:
-        raw = await resp.content.read(_ERROR_BODY_LIMIT)
-    except (aiohttp.ClientError, OSError):
-        raw = b""
-    finally:
-        resp.close()
-    try:
-        env = json.loads(raw)
-    except ValueError:
-        env = None
-    if isinstance(env, dict) and isinstance(env.get("code"), str):
-        return DifyHTTPError(status, env["code"], str(env.get("message") or "")[:500])
-    title = _TITLE.search(raw)
-    text = title.group(1).decode("utf-8", "replace").strip()[:120] if title else ""
-    return DifyHTTPError(status, f"http_{status}", text or str(resp.reason or "non-JSON error body"))
 
 
 def _is_stale_conversation(err: DifyError) -> bool:

@@ -19,7 +19,8 @@ from dataclasses import dataclass, field
 from services import metrics
 from services.engine.job import Job, State
 from services.errors import StoreUnavailable
-from services.streams.store import Lease, StreamStore, Turn, WriteResult
+from services.streams.records import Lease, Turn, WriteResult
+from services.streams.store import StreamStore
 from services.streams.writer import StreamWriter, Write
 
 log = logging.getLogger(__name__)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import enum
 import json
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from typing import Any
 
 import hiredis
@@ -18,84 +16,18 @@ import redis
 from services.errors import StoreUnavailable
 from services.streams import scripts
 from services.streams.keys import OWNER_LEASE_MS, STREAM_TTL, Keys
+from services.streams.records import (
+    META_FIELDS,
+    Closure,
+    Lease,
+    Snapshot,
+    Turn,
+    WriteResult,
+    store_errors,
+    text_of,
+)
 
-TERMINAL = frozenset({"done", "failed", "interrupted"})
 BUSY_SHOWN_LIMIT = 10_000  # "busy" polls remembered while Redis is away (beyond: the oldest are kept)
-META_FIELDS = ("status", "note", "created", "seq", "final", "shown", "closed", "followup", "task_id",
-               "dify_user", "delivered", "user", "chat", "seen", "busy", "images", "image_links")
-"""Every meta field any reader uses; snapshots fetch exactly these (HMGET, not HGETALL)."""
-
-
-class Turn(enum.IntEnum):
-    """Outcome of asking a conversation's ticket queue for a turn (the QUEUE_TURN script)."""
-
-    MINE = 1
-    WAIT = 0
-    LOOK_AGAIN = -1
-
-
-class Lease(enum.IntEnum):
-    """What renewing an owner lease found (the RENEW_OWNERS script)."""
-
-    LOST = 0
-    HELD = 1
-    FINISHED = 2  # still ours, but someone else finished the stream (e.g. /stop)
-
-
-class WriteResult(enum.IntEnum):
-    """Outcome of a text write (the WRITE_TEXT script's return codes)."""
-
-    APPLIED = 1
-    REPLAYED = 0
-    MISSING = -1
-    FINISHED = -2
-    GAP = -3
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """A stream's text (possibly only its first bytes), total size, meta and owner, read at once."""
-
-    text: str
-    text_bytes: int  # the whole text's size, or (when only its first bytes were read) more than were shown
-    status: str
-    note: str
-    created_ms: int
-    seq: int
-    owner_alive: bool
-    meta: dict[str, str]
-
-    @property
-    def finished(self) -> bool:
-        """True once the answer reached a terminal status."""
-        return self.status in TERMINAL
-
-    @property
-    def final(self) -> str | None:
-        """The fixed last frame, once the stream was closed for WeCom (window or overflow)."""
-        return self.meta.get("final")
-
-
-@dataclass(frozen=True)
-class Closure:
-    """How a stream was closed for WeCom: the last frame and how much of the answer it showed."""
-
-    final: str
-    shown: int
-    reason: str
-
-
-@contextmanager
-def store_errors() -> Iterator[None]:
-    """Re-raise Redis, socket and encoding failures as ``StoreUnavailable``."""
-    try:
-        yield
-    except (redis.RedisError, OSError, UnicodeError) as exc:
-        raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-
-
-def _text(value: Any) -> str:
-    return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
 class StreamStore:
@@ -153,7 +85,7 @@ class StreamStore:
             args += [name, value]
         with self._errors():
             created, winner, first = self._claim(keys=keys, args=args)
-        return bool(created), _text(winner), bool(first)
+        return bool(created), text_of(winner), bool(first)
 
     def write(self, sid: str, seq: int, text: str, *, replace: bool = False) -> WriteResult:
         """Append (or replace with) ``text`` as write number ``seq`` of the stream."""
@@ -230,7 +162,7 @@ class StreamStore:
                 with self._errors():
                     self.redis.delete(meta_key)
             return None
-        meta = {name: _text(v) for name, v in zip(META_FIELDS, values, strict=True) if v is not None}
+        meta = {name: text_of(v) for name, v in zip(META_FIELDS, values, strict=True) if v is not None}
         if counted:
             meta["polls"] = str(counted[0])
         raw = raw or b""
@@ -238,7 +170,7 @@ class StreamStore:
             # GETRANGE may cut the last character: drop an incomplete tail, never the middle.
             text = raw[:max_bytes].decode("utf-8", "ignore")
         else:
-            text = _text(raw)
+            text = text_of(raw)
         return Snapshot(text=text, text_bytes=len(raw), status=meta.get("status", ""),
                         note=meta.get("note", ""), created_ms=int(meta.get("created", 0)),
                         seq=int(meta.get("seq", 0)), owner_alive=bool(owner), meta=meta)
@@ -285,7 +217,7 @@ class StreamStore:
                                  args=[reason, final, shown, self.now_ms(), int(finished_ok)])
         if int(result[0]) in (-1, 2):
             return None
-        return Closure(final=_text(result[1]), shown=int(result[2]), reason=_text(result[3]))
+        return Closure(final=text_of(result[1]), shown=int(result[2]), reason=text_of(result[3]))
 
     def interrupt_orphan(self, sid: str, note: str) -> bool:
         """Finish a stream whose owner lease lapsed; True if this call did it."""
@@ -315,7 +247,7 @@ class StreamStore:
             for scope in scopes:
                 pipe.lindex(self.keys.queue(scope), 0)
             raw = pipe.execute()
-        return [_text(v) if v is not None else None for v in raw]
+        return [text_of(v) if v is not None else None for v in raw]
 
     def queue_turns(self, asks: list[tuple[str, str, str | None]]) -> list[Turn]:
         """Ask each (scope, sid, head last seen) for sid's turn in one round trip; an ended head is removed."""
@@ -367,7 +299,7 @@ class StreamStore:
         """Return the stored Dify conversation id of ``scope``, refreshing its idle expiry."""
         with self._errors():
             value = self.redis.getex(self.keys.conversation(scope), ex=idle_seconds)
-        return _text(value) if value else None
+        return text_of(value) if value else None
 
     def set_conversation(self, scope: str, conversation_id: str, idle_seconds: int) -> None:
         """Remember ``conversation_id`` for ``scope`` until it has been idle for ``idle_seconds``."""
@@ -383,7 +315,7 @@ class StreamStore:
         """GET one key (used for the ``active`` pointer)."""
         with self._errors():
             value = self.redis.get(key)
-        return _text(value) if value is not None else None
+        return text_of(value) if value is not None else None
 
     def acquire_lease(self, key: str, token: str, lease_ms: int) -> bool:
         """Take the lease ``key`` for ``token`` if nobody holds it."""

@@ -5,7 +5,8 @@ from __future__ import annotations
 import logging
 import threading
 
-from services.streams.store import StreamStore, WriteResult
+from services.streams.records import WriteResult
+from services.streams.store import StreamStore
 from utils.text import clean
 
 log = logging.getLogger(__name__)
