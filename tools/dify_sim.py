@@ -14,41 +14,38 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import random
 import re
 import socket
 import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 from tools.dify_files import ToolFile, ToolFiles, demo_png
+from tools.dify_script import (
+    DEFAULT_FILE_UPLOAD,
+    KINDS,
+    USAGE,
+    Abort,
+    Ids,
+    RecordedRequest,
+    Script,
+    Task,
+    Upload,
+)
+from tools.dify_stream import AnswerStream
+
+__all__ = ["DEFAULT_FILE_UPLOAD", "DifySimulator", "RecordedRequest", "Script", "ToolFile", "Upload", "main"]
 
 log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 _STOP_PATH = re.compile(r"/v1/chat-messages/([^/]+)/stop")
-_USAGE = {
-    "prompt_tokens": 12,
-    "prompt_unit_price": "0.0",
-    "prompt_price_unit": "0.0",
-    "prompt_price": "0.0",
-    "completion_tokens": 34,
-    "completion_unit_price": "0.0",
-    "completion_price_unit": "0.0",
-    "completion_price": "0.0",
-    "total_tokens": 46,
-    "total_price": "0.0",
-    "currency": "USD",
-    "latency": 0.5,
-    "time_to_first_token": None,
-    "time_to_generate": None,
-}
 _DEFAULT_ERRORS = {
     400: ("invalid_param", "Invalid parameter."),
     401: ("unauthorized", "Access token is invalid"),
@@ -67,90 +64,6 @@ _DEFAULT_ERRORS = {
 }
 _MISSING_INPUTS = "1 validation error for ChatRequestPayload\ninputs\n  Field required"
 _RESTX_HINT = " You have requested this URI [/v1/chat-messages] but did you mean /v1/chat-messages ?"
-
-
-@dataclass
-class Script:
-    """How the simulator answers one query (every knob defaults to a plain, fast, successful answer)."""
-
-    answer: str = ""
-    deltas: list[str] | None = None  # explicit deltas (overrides splitting ``answer``)
-    delta_size: int = 2  # characters per delta when splitting ``answer``
-    delay: float = 0.0  # seconds between frames
-    flavour: Literal["new", "old"] = "new"  # ≥ 1.8.1 compact raw UTF-8 / ≤ 1.8.0 ASCII json.dumps
-    app: Literal["chat", "agent", "advanced-chat"] = "chat"
-    rechunk: Literal["frame", "random", "bytewise", "merged"] = "frame"  # frames → HTTP chunks
-    seed: int = 0  # for rechunk="random"
-    chunk_delay: float = 0.0  # seconds between HTTP chunks (a slow trickle, e.g. with "bytewise")
-    ping_every: int = 0  # `event: ping` after every N data frames (0 = never)
-    leading_ping: bool | None = None  # None: only for advanced-chat (≥ 1.13 relay)
-    replace_at: int | None = None  # message_replace after delta #N ...
-    replace_text: str = ""  # ... carrying this full replacement
-    error_after: int | None = None  # an error frame after N deltas instead of the normal end
-    error_code: str = "completion_request_error"
-    error_message: str = "[openai] Rate Limit Error, Error code: 429"
-    error_status: int = 400
-    eof_after: int | None = None  # end the stream after N deltas without a terminal event
-    eof_abrupt: bool = False  # ... by closing the socket instead of a clean last chunk
-    stall: float = 0.0  # seconds of silence after the deltas, before the terminal frame
-    pings_during_stall: bool = False
-    ping_interval: float = 10.0  # seconds between pings during a stall
-    message_file_quirk: bool = False  # a real message_file frame, then text labelled "message_file" (§7.9)
-    closing_message: bool = False  # agent: New Agent's closing `message` repeating the whole answer
-    node_payload: int = 0  # advanced-chat: characters of prompt text inside the LLM node_finished frame
-    http_status: int = 200  # non-200: answer with Dify's JSON error envelope (or HTML if html_error)
-    error_envelope_code: str = ""
-    error_envelope_message: str = ""
-    html_error: bool = False
-    fail_times: int = 0  # only the first N requests get http_status (0 = all of them)
-    files: tuple[ToolFile, ...] = ()  # the answer's files: message_file frames, or a Chatflow's message_end.files
-
-    def split(self) -> list[str]:
-        """Return the text deltas this script streams."""
-        if self.deltas is not None:
-            return list(self.deltas)
-        size = max(1, self.delta_size)
-        return [self.answer[i : i + size] for i in range(0, len(self.answer), size)]
-
-
-DEFAULT_FILE_UPLOAD: dict[str, Any] = {
-    "enabled": True, "allowed_file_types": ["image", "document"], "allowed_file_upload_methods": ["local_file"],
-    "number_limits": 5, "image": {"enabled": True, "number_limits": 5, "transfer_methods": ["local_file"]}}
-"""An app that reads images and documents (Dify's /parameters ``file_upload`` shape)."""
-_KINDS = {"image": ("jpg", "jpeg", "png", "webp", "gif", "svg"), "video": ("mp4", "mov", "mpeg", "webm"),
-          "audio": ("mp3", "m4a", "wav", "amr", "mpga")}
-
-
-@dataclass(frozen=True)
-class Upload:
-    """One file received on ``POST /v1/files/upload``."""
-
-    id: str
-    name: str
-    mime: str
-    user: str
-    data: bytes
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request the simulator received; ``headers`` has lower-case names."""
-
-    method: str
-    path: str
-    headers: dict[str, str]
-    json: Any
-    time: float
-
-
-class _Task:
-    def __init__(self, user: str) -> None:
-        self.user = user
-        self.stop = threading.Event()
-
-
-class _Abort(Exception):
-    """The simulator is shutting down: drop the connection."""
 
 
 class DifySimulator:
@@ -181,7 +94,7 @@ class DifySimulator:
         self._scripts: dict[str, Script] = {}
         self._attempts: dict[str, int] = {}
         self._conversations: dict[str, tuple[str, int]] = {}  # id -> (user, dialogue count)
-        self._tasks: dict[str, _Task] = {}
+        self._tasks: dict[str, Task] = {}
         self._peak_open = 0  # most chat requests ever open at once (since the last reset)
         self.file_upload: dict[str, Any] = dict(DEFAULT_FILE_UPLOAD)  # what GET /parameters says
         self.size_limits_mb: dict[str, int] = {"image": 10, "document": 15, "audio": 50, "video": 100}
@@ -327,7 +240,7 @@ class _Server(ThreadingHTTPServer):
         super().__init__(address, handler)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError, _Abort)):
+        if not isinstance(sys.exc_info()[1], (ConnectionError, TimeoutError, Abort)):
             log.exception("dify simulator: error while handling a request")
 
 
@@ -394,7 +307,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._stop(stop.group(1), body if isinstance(body, dict) else {})
             else:
                 self._error(404, "not_found", "The requested URL was not found on the server.")
-        except (ConnectionError, TimeoutError, _Abort):
+        except (ConnectionError, TimeoutError, Abort):
             self.close_connection = True
 
     # -- plumbing ---------------------------------------------------------------------------------
@@ -465,7 +378,7 @@ class _Handler(BaseHTTPRequestHandler):
         payload = part.get_payload(decode=True)
         data = payload if isinstance(payload, bytes) else b""
         extension = name.rsplit(".", 1)[-1].lower() if "." in name else ""
-        kind = next((k for k, exts in _KINDS.items() if extension in exts), "document")
+        kind = next((k for k, exts in KINDS.items() if extension in exts), "document")
         if len(data) > sim.size_limits_mb[kind] * 1024 * 1024:
             return self._error(413, "file_too_large", "")
         given = users[0].get_payload(decode=True) if users else None
@@ -522,8 +435,8 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             conversation_id, turn = sim.new_conversation(user), 1
             sim._open_conversation(conversation_id, user)
-        task = _Task(user)
-        ids = _Ids(conversation_id, str(uuid.uuid4()), str(uuid.uuid4()), int(time.time()), turn)
+        task = Task(user)
+        ids = Ids(conversation_id, str(uuid.uuid4()), str(uuid.uuid4()), int(time.time()), turn)
         with sim._lock:
             sim._tasks[ids.task] = task
             sim._peak_open = max(sim._peak_open, len(sim._tasks))
@@ -532,7 +445,7 @@ class _Handler(BaseHTTPRequestHandler):
                 self._blocking(script, ids, task, query)
             else:
                 uploads = [sim.uploads[item["upload_file_id"]] for item in body.get("files") or []]
-                _Stream(self, script, ids, task, query, user, body["inputs"], uploads).run()
+                AnswerStream(self, script, ids, task, query, user, body["inputs"], uploads).run()
         finally:
             with sim._lock:
                 sim._tasks.pop(ids.task, None)
@@ -551,11 +464,11 @@ class _Handler(BaseHTTPRequestHandler):
         code, message = _DEFAULT_ERRORS.get(status, (f"http_{status}", _phrase(status)))
         self._error(status, script.error_envelope_code or code, script.error_envelope_message or message)
 
-    def _blocking(self, script: Script, ids: _Ids, task: _Task, query: str) -> None:
+    def _blocking(self, script: Script, ids: Ids, task: Task, query: str) -> None:
         deltas = script.split()
         wait = script.delay * len(deltas) + script.stall
         if task.stop.wait(wait) and self.server.sim._closing.is_set():
-            raise _Abort
+            raise Abort
         if script.error_after is not None:
             return self._error(script.error_status, script.error_code, script.error_message)
         if script.eof_after is not None:
@@ -573,335 +486,10 @@ class _Handler(BaseHTTPRequestHandler):
             "conversation_id": ids.conversation,
             "mode": script.app,
             "answer": answer,
-            "metadata": {"annotation_reply": None, "retriever_resources": [], "usage": _USAGE},
+            "metadata": {"annotation_reply": None, "retriever_resources": [], "usage": USAGE},
             "created_at": ids.created,
         }
         self._send(200, json.dumps(obj).encode(), "application/json; charset=utf-8")
-
-
-@dataclass(frozen=True)
-class _Ids:
-    conversation: str
-    message: str
-    task: str
-    created: int
-    turn: int
-
-
-class _Stream:
-    """Write one SSE answer, frame by frame, as the script says."""
-
-    def __init__(
-        self, handler: _Handler, script: Script, ids: _Ids, task: _Task, query: str, user: str, inputs: Any,
-        uploads: list[Upload] | None = None,
-    ) -> None:
-        self.h, self.s, self.ids, self.task = handler, script, ids, task
-        self.query, self.user, self.inputs = query, user, inputs
-        self.rng = random.Random(script.seed)
-        self.pending = bytearray()
-        self.next_size = self.rng.randint(1, 48)
-        self.data_frames = 0
-        self.run_id, self.workflow_id = str(uuid.uuid4()), str(uuid.uuid4())
-        self.text = ""
-        self.files = [handler.server.sim.tool_files.publish(f) for f in script.files]
-        # a Chatflow's message_end.files holds every file of its nodes' outputs: the user's own too
-        self.user_files = [_upload_record(u) for u in uploads or []] if script.app == "advanced-chat" else []
-
-    # -- bytes ------------------------------------------------------------------------------------
-
-    def chunk(self, data: bytes) -> None:
-        if self.s.chunk_delay:
-            self.task.stop.wait(self.s.chunk_delay)
-            if self.h.server.sim._closing.is_set():
-                raise _Abort
-        self.h.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
-
-    def emit(self, data: bytes) -> None:
-        if self.s.rechunk == "frame":
-            self.chunk(data)
-        elif self.s.rechunk == "bytewise":
-            for i in range(len(data)):
-                self.chunk(data[i : i + 1])
-        else:
-            self.pending += data
-            if self.s.rechunk == "random":
-                self.drain(force=False)
-
-    def drain(self, force: bool) -> None:
-        """Send buffered bytes (random sizes or one merged chunk); keep a random tail unless forced."""
-        if self.s.rechunk == "merged":
-            if force and self.pending:
-                self.chunk(bytes(self.pending))
-                self.pending.clear()
-            return
-        while self.pending and (force or len(self.pending) >= self.next_size):
-            piece = bytes(self.pending[: self.next_size])
-            del self.pending[: self.next_size]
-            self.chunk(piece)
-            self.next_size = self.rng.randint(1, 48)
-
-    def wait(self, seconds: float) -> bool:
-        """Sleep (flushing first); True if the task was stopped meanwhile."""
-        if seconds > 0:
-            self.drain(force=True)
-        stopped = self.task.stop.wait(seconds) if seconds > 0 else self.task.stop.is_set()
-        if self.h.server.sim._closing.is_set():
-            raise _Abort
-        return stopped
-
-    # -- frames -----------------------------------------------------------------------------------
-
-    def dumps(self, obj: dict[str, Any]) -> str:
-        if self.s.flavour == "old":
-            return json.dumps(obj)
-        return json.dumps(obj, ensure_ascii=False, separators=(",", ":"))
-
-    def ping(self) -> None:
-        self.emit(b"event: ping\n\n")
-
-    def frame(self, event: str, **fields: Any) -> None:
-        obj = {
-            "event": event,
-            "conversation_id": self.ids.conversation,
-            "message_id": self.ids.message,
-            "created_at": self.ids.created,
-        }
-        if event != "error":
-            obj["task_id"] = self.ids.task
-        obj.update(fields)
-        self.emit(("data: " + self.dumps(obj) + "\n\n").encode())
-        self.data_frames += 1
-        terminal = event in ("error", "message_end", "workflow_finished")
-        if self.s.ping_every and self.data_frames % self.s.ping_every == 0 and not terminal:
-            self.ping()
-
-    def text_frame(self, text: str) -> None:
-        if self.s.app == "agent":
-            self.frame("agent_message", id=self.ids.message, answer=text)
-        else:
-            event = "message_file" if self.s.message_file_quirk else "message"
-            selector = ["llm", "text"] if self.s.app == "advanced-chat" else None
-            self.frame(event, id=self.ids.message, answer=text, from_variable_selector=selector)
-
-    def thought(self, position: int, thought: str) -> None:
-        self.frame(
-            "agent_thought",
-            id=f"{self.ids.message[:-2]}{position:02d}",
-            position=position,
-            thought=thought,
-            observation="",
-            tool="",
-            tool_labels={},
-            tool_input="",
-            message_files=[],
-        )
-
-    def workflow(self, event: str, data: dict[str, Any]) -> None:
-        self.frame(event, workflow_run_id=self.run_id, data=data)
-
-    def node(self, event: str, node_id: str, node_type: str, title: str, index: int, **more: Any) -> None:
-        data: dict[str, Any] = {
-            "id": f"{self.run_id[:-4]}{index:04d}",
-            "node_id": node_id,
-            "node_type": node_type,
-            "title": title,
-            "index": index,
-            "predecessor_node_id": None,
-        }
-        if event == "node_started":
-            data.update(
-                inputs=None,
-                inputs_truncated=False,
-                created_at=self.ids.created,
-                extras={},
-                iteration_id=None,
-                loop_id=None,
-                agent_strategy=None,
-            )
-        else:
-            data.update(
-                inputs={},
-                inputs_truncated=False,
-                process_data=more.get("process_data", {}),
-                process_data_truncated=False,
-                outputs=more.get("outputs", {}),
-                outputs_truncated=False,
-                status=more.get("status", "succeeded"),
-                error=more.get("error"),
-                elapsed_time=0.01,
-                execution_metadata=None,
-                created_at=self.ids.created,
-                finished_at=int(time.time()),
-                files=[],
-                iteration_id=None,
-                loop_id=None,
-            )
-        self.workflow(event, data)
-
-    def workflow_finished(self, status: str, error: str | None) -> None:
-        self.workflow(
-            "workflow_finished",
-            {
-                "id": self.run_id,
-                "workflow_id": self.workflow_id,
-                "status": status,
-                "outputs": {"answer": self.text} if status == "succeeded" else {},
-                "error": error,
-                "elapsed_time": 0.5,
-                "total_tokens": 46,
-                "total_steps": 3,
-                "created_by": {"id": str(uuid.uuid5(uuid.NAMESPACE_URL, self.user)), "user": self.user},
-                "created_at": self.ids.created,
-                "finished_at": int(time.time()),
-                "exceptions_count": 0,
-                "files": self.files if status == "succeeded" else [],
-            },
-        )
-
-    def message_end(self) -> None:
-        files: list[Any] | None = self.user_files + self.files if self.s.app == "advanced-chat" else None
-        metadata: dict[str, Any] = {"annotation_reply": None, "retriever_resources": [], "usage": _USAGE}
-        self.frame("message_end", id=self.ids.message, metadata=metadata, files=files)
-
-    # -- the answer -------------------------------------------------------------------------------
-
-    def run(self) -> None:
-        h, s = self.h, self.s
-        h.send_response(200)
-        h.send_header("Content-Type", "text/event-stream; charset=utf-8")
-        h.send_header("Cache-Control", "no-cache")
-        h.send_header("X-Accel-Buffering", "no")
-        h.send_header("Transfer-Encoding", "chunked")
-        h.end_headers()
-        self.opening()
-        deltas = s.split()
-        cut = min(len(deltas), *(n for n in (s.error_after, s.eof_after) if n is not None), len(deltas))
-        stopped = False
-        for i, delta in enumerate(deltas[:cut]):
-            if self.wait(s.delay):
-                stopped = True
-                break
-            self.text += delta
-            self.text_frame(delta)
-            if s.replace_at is not None and i + 1 == s.replace_at:
-                self.text = s.replace_text
-                reason = "output_moderation" if s.app == "advanced-chat" else ""
-                self.frame("message_replace", answer=s.replace_text, reason=reason)
-        if not stopped and s.stall > 0:
-            stopped = self.stall()
-        if stopped:
-            self.stopped_ending()
-        elif s.error_after is not None:
-            self.error_ending()
-        elif s.eof_after is not None:
-            self.drain(force=True)
-            if s.eof_abrupt:
-                h.close_connection = True
-                h.connection.shutdown(socket.SHUT_RDWR)
-                return
-        else:
-            self.normal_ending()
-        self.drain(force=True)
-        h.wfile.write(b"0\r\n\r\n")
-
-    def stall(self) -> bool:
-        end = time.monotonic() + self.s.stall
-        while (left := end - time.monotonic()) > 0:
-            step = min(left, self.s.ping_interval) if self.s.pings_during_stall else left
-            if self.wait(step):
-                return True
-            if self.s.pings_during_stall and end - time.monotonic() > 0:
-                self.ping()
-        return False
-
-    def opening(self) -> None:
-        s = self.s
-        if s.leading_ping or (s.leading_ping is None and s.app == "advanced-chat"):
-            self.ping()
-        if s.app == "advanced-chat":
-            inputs = {
-                **self.inputs,
-                "sys.files": [],
-                "sys.user_id": self.user,
-                "sys.app_id": self.h.server.sim.app_id,
-                "sys.workflow_id": self.workflow_id,
-                "sys.workflow_run_id": self.run_id,
-                "sys.query": self.query,
-                "sys.dialogue_count": self.ids.turn,
-            }
-            self.workflow(
-                "workflow_started",
-                {
-                    "id": self.run_id,
-                    "workflow_id": self.workflow_id,
-                    "inputs": inputs,
-                    "created_at": self.ids.created,
-                    "reason": "initial",
-                },
-            )
-            self.node("node_started", "1763600000001", "start", "开始", 1)
-            self.node("node_finished", "1763600000001", "start", "开始", 1, outputs=inputs)
-            self.node("node_started", "llm", "llm", "LLM", 2)
-        elif s.app == "agent":
-            self.thought(1, "")
-            self.frame("agent_message", id=self.ids.message, answer="")
-        if s.message_file_quirk and s.app != "agent":
-            self.frame(
-                "message_file",
-                id=str(uuid.uuid4()),
-                type="image",
-                belongs_to="assistant",
-                url=f"http://127.0.0.1/files/tools/{uuid.uuid4()}.png?timestamp=1&nonce=n&sign=s",
-            )
-        if s.app != "advanced-chat":  # a tool's files, announced as it makes them
-            for record in self.files:
-                self.frame("message_file", id=str(uuid.uuid4()), type=record["type"], belongs_to="assistant",
-                           url=record["url"])
-
-    def normal_ending(self) -> None:
-        s = self.s
-        if s.app == "advanced-chat":
-            prompt = "资料" * (s.node_payload // 2)
-            self.node(
-                "node_finished",
-                "llm",
-                "llm",
-                "LLM",
-                2,
-                outputs={"text": self.text},
-                process_data={"prompts": [{"role": "user", "text": prompt or self.query, "files": []}]},
-            )
-            self.message_end()
-            self.workflow_finished("succeeded", None)
-            return
-        if s.app == "agent":
-            self.thought(2, self.text)
-            if s.closing_message:
-                self.frame("message", id=self.ids.message, answer=self.text, from_variable_selector=None)
-        self.message_end()
-
-    def error_ending(self) -> None:
-        s = self.s
-        if s.app == "advanced-chat":
-            self.node("node_finished", "llm", "llm", "LLM", 2, status="failed", error=s.error_message)
-            self.workflow_finished("failed", s.error_message)
-        self.frame("error", code=s.error_code, status=s.error_status, message=s.error_message)
-
-    def stopped_ending(self) -> None:
-        """End as Dify does on a user stop: the partial answer is kept."""
-        if self.s.app == "advanced-chat":
-            self.workflow_finished("stopped", None)
-        self.message_end()
-
-
-def _upload_record(upload: Upload) -> dict[str, Any]:
-    """An uploaded file as a Chatflow hands it back (``File.to_dict()`` of a local file)."""
-    extension = upload.name.rsplit(".", 1)[-1] if "." in upload.name else ""
-    kind = next((k for k, exts in _KINDS.items() if extension in exts), "document")
-    return {"dify_model_identity": "__dify__file__", "id": None, "tenant_id": str(uuid.uuid4()), "type": kind,
-            "transfer_method": "local_file", "remote_url": None, "related_id": upload.id, "filename": upload.name,
-            "extension": f".{extension}", "mime_type": upload.mime, "size": len(upload.data),
-            "url": f"/files/{upload.id}/file-preview?timestamp={int(time.time())}&nonce=n&sign=s"}
 
 
 def _phrase(status: int) -> str:
