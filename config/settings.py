@@ -57,6 +57,7 @@ class Settings:
     dify_read_timeout: float = _env("DIFY_READ_TIMEOUT", 60.0)
     dify_total_timeout: float = _env("DIFY_TOTAL_TIMEOUT", 300.0)
     dify_idle_timeout: float = _env("DIFY_IDLE_TIMEOUT", 120.0)
+    dify_first_output_seconds: float = _env("DIFY_FIRST_OUTPUT_SECONDS", 20.0)
     dify_max_retries: int = _env("DIFY_MAX_RETRIES", 3)
     conversation_scope: str = _env("CONVERSATION_SCOPE", "user")
     conversation_idle_seconds: int = _env("CONVERSATION_IDLE_SECONDS", 1800)
@@ -269,6 +270,7 @@ def _validate(s: Settings) -> None:
     _require(s.dify_response_mode in {"streaming", "blocking"}, "dify_response_mode",
              "must be 'streaming' or 'blocking'")
     for name in ("dify_connect_timeout", "dify_read_timeout", "dify_total_timeout", "dify_idle_timeout",
+                 "dify_first_output_seconds",
                  "queued_note_after_seconds"):
         _require(getattr(s, name) > 0, name, "must be > 0 seconds")
     _require(0 <= s.dify_max_retries <= 10, "dify_max_retries", "must be between 0 and 10")
@@ -292,8 +294,8 @@ def _validate(s: Settings) -> None:
     _require(1024 <= s.media_max_bytes <= 200 * 1024 * 1024, "media_max_bytes", "must be between 1024 and 209715200")
     _require(s.media_timeout > 0, "media_timeout", "must be > 0 seconds")
     _require(bool(s.media_query.strip()), "media_query", "must not be empty (Dify needs a question with the file)")
-    _require(0 <= s.answer_images_max_bytes <= 100 * 1024 * 1024, "answer_images_max_bytes",
-             "must be between 0 (images as links) and 104857600")
+    _require(0 <= s.answer_images_max_bytes <= 20 * 1024 * 1024, "answer_images_max_bytes",
+             "must be between 0 (images as links) and 20971520 (they travel base64 in one poll's reply)")
     _require("{link}" in s.msg_answer_file_failed, "msg_answer_file_failed", "must contain {link}")
     _require("{query}" in s.quote_template, "quote_template",
              "must contain {query} (the question) and may contain {quote} (the quoted message)")

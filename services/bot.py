@@ -89,6 +89,7 @@ class Bot:
                 response_mode="blocking" if s.dify_response_mode == "blocking" else "streaming",
                 connect_timeout=s.dify_connect_timeout, read_timeout=s.dify_read_timeout,
                 total_timeout=s.dify_total_timeout, idle_timeout=s.dify_idle_timeout,
+                first_output_timeout=s.dify_first_output_seconds,
                 max_retries=s.dify_max_retries, max_connections=s.engine_capacity)
         delivery = ResponseURL(s.response_url_hosts, timeout=s.response_url_timeout, bot=config.id)
         media = MediaFetcher(s.media_hosts, max_bytes=s.media_max_bytes, timeout=s.media_timeout)

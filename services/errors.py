@@ -5,7 +5,8 @@
     ├── DifyTimeout                connect/read timeout, total deadline, or only pings for too long
     ├── DifyHTTPError              non-2xx answer; carries status, Dify's ``code`` and ``message``
     ├── DifyStreamError            an ``error`` frame, or a workflow that finished failed/stopped
-    └── DifyIncompleteError        the stream ended (EOF) without a terminal event
+    ├── DifyIncompleteError        the stream ended (EOF) without a terminal event
+    └── DifyStaleConversation      only pings, and Dify no longer knows the conversation (handled in the client)
     StoreUnavailable               Redis cannot be reached or answered with an error
     AuthError                      the user-authentication boundary
     ├── UserNotAuthorized          unknown or disabled user (a final answer, negatively cached)
@@ -64,6 +65,12 @@ class DifyIncompleteError(DifyError):
     """The stream ended without a terminal event."""
 
     code = "incomplete"
+
+
+class DifyStaleConversation(DifyError):
+    """A stream sent no data while its conversation no longer exists (Dify #37197): ask again without it."""
+
+    code = "stale_conversation"
 
 
 class StoreUnavailable(Exception):

@@ -169,11 +169,21 @@ class MessageHandler:
             if d.action == "interrupt":
                 metrics.STREAMS_ENDED.labels(self.bot.id, "interrupted").inc()
                 log.warning("stream interrupted: owner lease lapsed", extra={"sid": sid})
-            # the answer's images go in its own last frame (not in one that closed it early)
-            images = self.store.images(sid) if d.finish and snap.finished and snap.final is None and \
-                snap.meta.get("images", "0") != "0" else None
-            return stream_frame(sid, d.content, d.finish, images)
+            if d.finish and snap.status == "done" and not snap.note and snap.meta.get("images", "0") != "0":
+                return self._with_images(sid, d.content, snap.meta.get("image_links", ""))
+            return stream_frame(sid, d.content, d.finish)
         return stream_frame(sid, snap.text if snap else "", False)  # changing under us: finish on a later poll
+
+    def _with_images(self, sid: str, content: str, links: str) -> dict[str, Any]:
+        """The last frame of an answer with images: they go in ``msg_item``, or (if they cannot be read) as links."""
+        try:
+            images = self.store.images(sid)
+        except StoreUnavailable:
+            images = []
+        if images:
+            return stream_frame(sid, content, True, images)
+        log.warning("answer images unavailable: sent as links", extra={"sid": sid})
+        return stream_frame(sid, "\n\n".join(part for part in (content, links) if part), True)  # links cut first
 
     def _scope(self, user: str, chat: str) -> str:
         if not chat:

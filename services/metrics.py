@@ -46,7 +46,8 @@ MEDIA = Counter(f"{NS}_media_total", "Files of messages: uploaded to Dify, or wh
                 "host_not_allowed, undecryptable, unavailable, not_accepted, too_many, upload_refused)",
                 ["bot", "outcome"])
 ANSWER_FILES = Counter(f"{NS}_answer_files_total", "Files of Dify's answers: inline (an image in the last "
-                       "frame), image_linked, file_linked, host_not_allowed (linked), failed (could not be fetched)",
+                       "frame), image_linked, file_linked, host_not_allowed (linked), failed (could not be fetched), "
+                       "unlinkable (not an http(s) URL: named only)",
                        ["bot", "outcome"])
 AUTH = Counter(f"{NS}_auth_total", "User authentication: hit, miss (refreshed), refused, unavailable",
                ["bot", "result"])

@@ -168,7 +168,7 @@ def test_the_users_own_upload_is_not_handed_back(make_app: Any, signer: WeComSig
         wecom = InProcessWeCom(make_app(wecom_media_hosts="127.0.0.1").test_client(), signer)
         stream = last_frame(wecom, message("image", {"url": media.add("a", PNG)}))
         assert stream == {"id": stream["id"], "finish": True, "content": "看到了。"}  # no image, no link
-        assert dify.tool_files.fetches == []
+        assert [r.path for r in dify.requests if r.method == "GET" and r.path.startswith("/files/")] == []
     finally:
         media.close()
 
@@ -199,18 +199,28 @@ def test_dify_urls_resolve_against_its_origin_and_only_plain_urls_pass() -> None
     f = files_of("https://dify.example.com/v1", hosts=("*.cdn.example",))
     assert f.resolve("/files/tools/a.png?sign=x") == "https://dify.example.com/files/tools/a.png?sign=x"
     assert f.resolve("https://x.cdn.example/a.png") == "https://x.cdn.example/a.png"
-    assert f.allowed("https://dify.example.com/files/tools/a.png") and f.allowed("https://DIFY.example.com:443/x")
-    assert f.allowed("https://x.cdn.example/a.png")
-    for url in ("http://dify.example.com/x", "https://dify.example.com:8443/x", "https://evil.example/x",
-                "https://dify.example.com\\@evil.example/", "https://u:p@dify.example.com/x", "http://x.cdn.example/a"):
+    assert f.allowed("https://dify.example.com/files/tools/a.png")
+    assert f.allowed("https://DIFY.example.com:443/files/x.png") and f.allowed("https://x.cdn.example/a.png")
+    for url in ("http://dify.example.com/files/x", "https://dify.example.com:8443/files/x", "https://evil.example/x",
+                "https://dify.example.com\\@evil.example/files/", "https://u:p@dify.example.com/files/x",
+                "http://x.cdn.example/a", "https://dify.example.com/v1/conversations"):  # Dify's API is not a file
         assert not f.allowed(url), url
     assert files_of("http://dify-api:5001/v1").allowed("http://dify-api:5001/files/tools/a.png")  # the operator's own
+    assert files_of("http://[fd00::5]:5001/v1").allowed("http://[fd00::5]:5001/files/tools/a.png")  # IPv6
+    for url in ("javascript:alert(1)", "data:image/png;base64,AAAA", "http://[::1/x.png", "mailto:a@b.c"):
+        assert f.resolve(url) is None, url
 
 
 def test_links_are_safe_markdown() -> None:
     f = files_of("http://127.0.0.1:1/v1")
-    reply = f.prepare([AnswerFile(url="/files/a b(1).pdf", type="document", name="[x](y)\nz")])
-    assert reply.text == "[x  y  z](http://127.0.0.1:1/files/a%20b%281%29.pdf)"
+    reply = f.prepare([AnswerFile(url="/files/a b(1).pdf", type="document", name="[x](y)\nz"),
+                       AnswerFile(url="https://cdn.example/r.pdf\n\n**点此验证：https://phish.example**)",
+                                  type="document", name="r.pdf"),
+                       AnswerFile(url="javascript:alert(1)", type="document", name="evil.pdf")])
+    assert reply.text.split("\n") == [
+        "[x  y  z](http://127.0.0.1:1/files/a%20b%281%29.pdf)",
+        "[r.pdf](https://cdn.example/r.pdf%0A%0A**%E7%82%B9%E6%AD%A4%E9%AA%8C%E8%AF%81%EF%BC%9Ahttps://phish.example**%29)",
+        "evil.pdf"]  # not an http(s) URL: named, never linked
 
 
 def test_while_draining_nothing_is_downloaded(dify: DifySimulator) -> None:
@@ -222,16 +232,61 @@ def test_while_draining_nothing_is_downloaded(dify: DifySimulator) -> None:
 def test_a_download_is_bounded_in_size_time_and_never_redirected() -> None:
     media = MediaServer(AES_KEY)
     try:
-        base = media.url("/v1")
+        port = media.url("/").split(":")[2].split("/")[0]
         started = time.monotonic()
-        reply = files_of(base, budget=256 * 1024, timeout=1.0).prepare(
-            [AnswerFile(url=path, type="image", name=name)
-             for path, name in (("/endless", "endless"), ("/redirect", "moved"), ("/slow", "slow"))])
-        assert time.monotonic() - started < 3
+        reply = files_of(hosts=(f"127.0.0.1:{port}",), budget=256 * 1024, timeout=1.0).prepare(
+            [AnswerFile(url=media.url(path), type="image", name=name)
+             for path, name in (("/endless", "endless"), ("/redirect", "moved"), ("/slow", "slow"),
+                                ("/slow", "later"))])
+        assert time.monotonic() - started < 1.8  # one deadline for all of them
         time.sleep(0.3)
         assert media.sent < 16 * 1024 * 1024  # the endless body was cut off at the cap
         lines = reply.text.split("\n")
         assert lines[0].startswith("![endless](")  # too large: linked
         assert lines[1].startswith("failed: [moved](") and lines[2].startswith("failed: [slow](")
+        assert lines[3].startswith("![later](")  # no time left: linked without asking
+    finally:
+        media.close()
+
+
+def test_a_bad_file_url_never_sinks_the_answer(wecom: InProcessWeCom, dify: DifySimulator) -> None:
+    dify.script("bad", Script(answer="完整的回答。", files=(ToolFile(url="http://[::1/x.png", name="x.png"),
+                                                          ToolFile(PNG, name="ok.png"))))
+    stream = last_frame(wecom, text_message("bad"))
+    # a message_file frame names no file: the type stands for the name of one without a usable URL
+    assert stream["content"] == "完整的回答。\n\nimage" and images_of(stream) == [PNG]
+
+
+def test_images_that_expired_before_the_last_poll_come_as_links(wecom: InProcessWeCom, dify: DifySimulator,
+                                                                redis_client: redis.Redis) -> None:
+    dify.script("img", Script(answer="好。", files=(ToolFile(PNG, name="p.png"),)))
+    first = wecom.send(text_message("img"))
+    assert first is not None
+    sid = first["stream"]["id"]
+    meta = f"wecomdify:stream:{sid}:meta"
+    wait_for(lambda: redis_client.hget(meta, "status") == b"done", timeout=10)
+    assert 0 < redis_client.pttl(f"wecomdify:stream:{sid}:images") <= 420_000  # not the stream's 2 hours
+    redis_client.delete(f"wecomdify:stream:{sid}:images")  # evicted, say
+    stream = wecom.poll(sid)["stream"]
+    assert "msg_item" not in stream and re.fullmatch(r"好。\n\n!\[\S+\.png\]\(http://\S+\)", stream["content"])
+
+
+def test_stop_reaches_an_answer_while_its_images_download(make_app: Any, signer: WeComSigner, dify: DifySimulator,
+                                                          settings: Settings) -> None:
+    media = MediaServer(AES_KEY)
+    try:
+        port = media.url("/").split(":")[2].split("/")[0]
+        dify.script("slow image", Script(answer="好。", files=(ToolFile(url=media.url("/slow"), name="s.png"),)))
+        app = make_app(dify_file_hosts=f"127.0.0.1:{port}", media_timeout=4.0)
+        wecom = InProcessWeCom(app.test_client(), signer)
+        first = wecom.send(text_message("slow image"))
+        assert first is not None
+        wait_for(lambda: media.requests != [], timeout=10)  # the answer is done; its image trickles in
+        ack = wecom.send(text_message("/stop"))
+        assert ack is not None and ack["stream"]["content"] == settings.msg_stop_ack
+        stream = wecom.until_finished(first["stream"]["id"], timeout=2)[-1]["stream"]  # not its 4 s download
+        assert stream["content"].endswith(settings.msg_stopped) and "msg_item" not in stream
+        before = count("failed")  # the download thread (not cancellable) ends at its deadline: let it say so
+        wait_for(lambda: count("failed") == before + 1, timeout=10)
     finally:
         media.close()

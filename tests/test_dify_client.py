@@ -728,8 +728,19 @@ def test_blocking_mode(dify: DifySimulator, make_client: MakeClient, run: Run[An
     assert request.json["response_mode"] == "blocking"
 
 
+def test_an_agent_app_in_blocking_mode_is_streamed_instead(dify: DifySimulator, make_client: MakeClient,
+                                                           run: Run[Any]) -> None:
+    dify.script("hi", Script(answer="智能体的回答", app="agent"))  # Agent apps reject blocking with a 400
+    client = make_client(response_mode="blocking")
+    assert text_of(run(chat_ok(client, "hi"))) == "智能体的回答"
+    assert text_of(run(chat_ok(client, "hi"))) == "智能体的回答"
+    modes = [r.json["response_mode"] for r in dify.chat_requests()]
+    assert modes == ["blocking", "streaming", "streaming"]  # learnt once, then remembered
+
+
 def test_blocking_mode_http_error(dify: DifySimulator, make_client: MakeClient, run: Run[Any]) -> None:
-    dify.script("hi", Script(answer="x", app="agent"))
+    dify.script("hi", Script(answer="x", http_status=400, error_envelope_code="invalid_param",
+                             error_envelope_message="query is required"))
     with pytest.raises(DifyHTTPError) as err:
         run(drain(make_client(response_mode="blocking").chat("hi", user="u1")))
     assert (err.value.status, err.value.code) == (400, "invalid_param")

@@ -139,13 +139,15 @@ def test_leases_are_token_checked(store: StreamStore, redis_client: redis.Redis)
     assert not redis_client.exists(key)
 
 
-def test_conversation_idle_expiry_is_refreshed_on_use(store: StreamStore, redis_client: redis.Redis) -> None:
+def test_reading_a_conversation_does_not_renew_it(store: StreamStore, redis_client: redis.Redis) -> None:
     store.set_conversation("u:1", "conv-1", 100)
     redis_client.expire(KEYS.conversation("u:1"), 5)
-    assert store.get_conversation("u:1", 100) == "conv-1"
+    assert store.get_conversation("u:1") == "conv-1"
+    assert redis_client.ttl(KEYS.conversation("u:1")) <= 5  # only an answer that succeeds renews it
+    store.set_conversation("u:1", "conv-1", 100)
     assert redis_client.ttl(KEYS.conversation("u:1")) > 50
     store.drop_conversation("u:1")
-    assert store.get_conversation("u:1", 100) is None
+    assert store.get_conversation("u:1") is None
 
 
 def test_claim_takes_a_ticket_in_arrival_order_and_only_once(store: StreamStore, redis_client: redis.Redis) -> None:
@@ -240,3 +242,22 @@ def test_busy_polls_are_recorded_once_redis_is_back(store: StreamStore, redis_cl
     assert snap is not None and "busy" in snap.meta
     assert not redis_client.exists(KEYS.stream_meta("gone"))  # never recreated without a TTL
     assert store.record_busy_shown() == 0  # recorded once
+
+
+def test_images_are_kept_only_for_a_running_answer_not_closed_early(store: StreamStore,
+                                                                    redis_client: redis.Redis) -> None:
+    image = [{"msgtype": "image", "image": {"base64": "AAAA", "md5": "x"}}]
+    assert store.put_images("nope", image, "![a](u)") == 0  # gone: nothing is created
+    assert not redis_client.exists(KEYS.stream_meta("nope")) and not redis_client.exists(KEYS.stream_images("nope"))
+    for sid in ("run", "closed", "stopped"):
+        store.claim(f"m-{sid}", sid, "w1", {})
+        store.set_status(sid, "running")
+    store.close("closed", "window", "…", 0)
+    store.set_status("stopped", "done", "（已停止）")
+    assert store.put_images("closed", image, "![a](u)") == 2 and store.put_images("stopped", image, "![a](u)") == 2
+    assert store.images("closed") == [] and store.images("stopped") == []
+    assert store.put_images("run", image, "![a](u)") == 1 and store.put_images("run", image, "![a](u)") == 1  # replay
+    assert store.images("run") == image
+    assert 0 < redis_client.pttl(KEYS.stream_images("run")) <= 420_000  # WeCom polls for 6 minutes, not 2 hours
+    snap = store.snapshot("run")
+    assert snap is not None and (snap.meta["images"], snap.meta["image_links"]) == ("1", "![a](u)")

@@ -56,7 +56,8 @@ def _plain(url: str) -> SplitResult | None:
         seen_by_requests = parse_url(url)
     except (ValueError, LocationParseError):
         return None
-    if parts.username is not None or parts.password is not None or (seen_by_requests.host or "").lower() != host:
+    seen_host = (seen_by_requests.host or "").lower().removeprefix("[").removesuffix("]")  # urllib3 keeps IPv6 brackets
+    if parts.username is not None or parts.password is not None or seen_host != host:
         return None
     if not host or parts.scheme not in _PORTS:
         return None

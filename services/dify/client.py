@@ -16,7 +16,7 @@ import time
 from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from typing import Any, Literal
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import aiohttp
 
@@ -27,6 +27,7 @@ from services.errors import (
     DifyError,
     DifyHTTPError,
     DifyIncompleteError,
+    DifyStaleConversation,
     DifyTimeout,
 )
 
@@ -52,6 +53,7 @@ class DifyClient:
         read_timeout: float = 60.0,
         total_timeout: float = 300.0,
         idle_timeout: float = 120.0,
+        first_output_timeout: float = 20.0,
         max_retries: int = 3,
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
@@ -74,7 +76,7 @@ class DifyClient:
         self.max_retries, self.backoff_base, self.backoff_max = max_retries, backoff_base, backoff_max
         self._clock, self._sleep = clock, sleep
         self._reader = ResponseReader(read_timeout=read_timeout, idle_timeout=idle_timeout,
-                                      total_timeout=total_timeout, clock=clock)
+                                      total_timeout=total_timeout, clock=clock, first_output=first_output_timeout)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:  # created on the loop that uses it (aiohttp binds to it)
@@ -201,6 +203,11 @@ class DifyClient:
                 del body["conversation_id"]
                 yield ConversationDropped()
                 continue
+            if body["response_mode"] == "blocking" and _rejects_blocking(error):
+                log.warning("dify: the app does not answer in blocking mode (an Agent app); streaming from now on")
+                self.response_mode = body["response_mode"] = "streaming"
+                headers["Accept"] = "text/event-stream"
+                continue
             delay = min(self.backoff_max, self.backoff_base * 2**attempt)
             if not _retryable(error) or attempt >= self.max_retries or self._clock() + delay >= deadline:
                 raise error
@@ -208,12 +215,37 @@ class DifyClient:
             await self._sleep(delay)
             attempt += 1
         try:
-            read = self._reader.blocking if self.response_mode == "blocking" else self._reader.stream
-            async with aclosing(read(resp, deadline)) as events:
+            if body["response_mode"] == "blocking":
+                events = self._reader.blocking(resp, deadline)
+            else:
+                conversation = body.get("conversation_id")
+                probe = (lambda: self._conversation_gone(conversation, body["user"], headers)) if conversation else None
+                events = self._reader.stream(resp, deadline, probe)
+            async with aclosing(events):
                 async for event in events:
+                    yield event
+        except DifyStaleConversation:  # only pings (Dify #37197): nothing was yielded; ask again without it
+            log.info("dify: stored conversation is gone (ping-only stream); retrying once without it")
+            del body["conversation_id"]
+            yield ConversationDropped()
+            async with aclosing(self._chat(body, headers, deadline)) as again:
+                async for event in again:
                     yield event
         finally:
             resp.release() if resp.content.at_eof() else resp.close()
+
+    async def _conversation_gone(self, conversation: str, user: str, headers: dict[str, str]) -> bool:
+        """True when Dify answers 404 for the conversation's messages (the probe of dify-api.md §7.1)."""
+        query = urlencode({"conversation_id": conversation, "user": user, "limit": 1})
+        try:
+            resp = await self._post(f"{self.base_url}/messages?{query}", None,
+                                    {**headers, "Accept": "application/json"},
+                                    self._clock() + self.connect_timeout + self.read_timeout, method="GET")
+        except DifyError:
+            return False  # cannot tell: keep waiting for the answer
+        gone = resp.status == 404
+        resp.close()
+        return gone
 
     async def _post(self, url: str, body: Any, headers: dict[str, str], deadline: float,
                     method: str = "POST") -> aiohttp.ClientResponse:
@@ -242,6 +274,11 @@ def _is_stale_conversation(err: DifyError) -> bool:
     return (
         isinstance(err, DifyHTTPError) and err.status == 404 and err.message.startswith(_STALE_CONVERSATION)
     )
+
+
+def _rejects_blocking(err: DifyError) -> bool:
+    """Agent apps answer only in streaming mode (400 "Agent Chat App does not support blocking mode")."""
+    return isinstance(err, DifyHTTPError) and err.status == 400 and "does not support blocking" in err.message
 
 
 def _retryable(err: DifyError) -> bool:

@@ -11,19 +11,21 @@ import asyncio
 import json
 import logging
 import re
-from collections.abc import AsyncGenerator, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 
 import aiohttp
 
 from services.dify.events import ChatEventDecoder, Delta, DifyEvent, Finished, Started
 from services.dify.sse import SSEError, SSEParser
-from services.errors import DifyHTTPError, DifyIncompleteError, DifyStreamError, DifyTimeout
+from services.errors import DifyHTTPError, DifyIncompleteError, DifyStaleConversation, DifyStreamError, DifyTimeout
 
 log = logging.getLogger(__name__)
 
 CHATFLOW_GRACE = 2.0  # seconds to wait for workflow_finished after a Chatflow's message_end (§7.3)
 ERROR_BODY_LIMIT = 64 * 1024
 BLOCKING_BODY_LIMIT = 16 * 1024 * 1024
+Probe = Callable[[], Awaitable[bool]]
+"""Asks Dify whether a quiet stream's conversation is gone (True: it is)."""
 _TITLE = re.compile(rb"<title[^>]*>(.*?)</title>", re.IGNORECASE | re.DOTALL)
 
 
@@ -31,8 +33,9 @@ class ResponseReader:
     """Reads responses of one Dify client with its timeouts and clock."""
 
     def __init__(self, *, read_timeout: float, idle_timeout: float, total_timeout: float,
-                 clock: Callable[[], float]) -> None:
+                 clock: Callable[[], float], first_output: float = 20.0) -> None:
         self.read_timeout, self.idle_timeout, self.total_timeout = read_timeout, idle_timeout, total_timeout
+        self.first_output = first_output  # seconds without a data frame before a stored conversation is checked
         self.clock = clock
 
     async def read_all(self, resp: aiohttp.ClientResponse, deadline: float, limit: int) -> bytes:
@@ -59,20 +62,32 @@ class ResponseReader:
             log.info("dify: stream cut: %s", type(e).__name__)
             return b""  # treated like EOF
 
-    async def stream(self, resp: aiohttp.ClientResponse, deadline: float) -> AsyncGenerator[DifyEvent, None]:
-        """The events of a streaming answer; it must end with a terminal event (or a Chatflow's grace)."""
+    async def stream(self, resp: aiohttp.ClientResponse, deadline: float,
+                     probe: Probe | None = None) -> AsyncGenerator[DifyEvent, None]:
+        """The events of a streaming answer; it must end with a terminal event (or a Chatflow's grace).
+
+        With ``probe``, a stream that sends no data frame for ``first_output`` seconds is asked about:
+        when the probe says its conversation is gone, DifyStaleConversation ends it (dify-api.md §7.1).
+        """
         state, parser = ChatEventDecoder(), SSEParser()
         idle_until = self.clock() + self.idle_timeout
+        quiet_until = self.clock() + self.first_output if probe is not None else None
         grace_until: float | None = None
         finished: Finished | None = None
         while finished is None:
-            until = min(deadline, idle_until if grace_until is None else grace_until)
+            until = min(deadline, idle_until if grace_until is None else grace_until,
+                        deadline if quiet_until is None else quiet_until)
             try:
                 data = await self.read(resp, until)
             except DifyTimeout as e:
                 if grace_until is not None:
                     finished = Finished(state.conversation_id)
                     break
+                if probe is not None and quiet_until is not None and self.clock() >= quiet_until:
+                    quiet_until = None  # asked once: a slow but healthy answer goes on to the idle deadline
+                    if await probe():
+                        raise DifyStaleConversation("only pings, and the conversation no longer exists") from e
+                    continue
                 raise self.timeout(deadline, idle_until) from e
             if not data:
                 if grace_until is not None:
@@ -80,14 +95,18 @@ class ResponseReader:
                     break
                 cut = "mid-frame" if parser.pending else "without a terminal event"
                 raise DifyIncompleteError(f"stream ended {cut}")
+            skipped = parser.skipped
             try:
                 frames = parser.feed(data)
             except SSEError as e:
                 raise DifyStreamError("invalid_sse", str(e)) from e
+            if parser.skipped > skipped:
+                log.warning("dify: dropped a progress frame larger than %d bytes", parser.max_frame_bytes)
             for frame in frames:
                 if frame.data is None:
                     continue  # event: ping — not progress
                 idle_until = self.clock() + self.idle_timeout
+                quiet_until = None
                 for event in state.handle(frame.data):
                     if isinstance(event, Finished):
                         finished = event

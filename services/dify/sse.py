@@ -15,9 +15,14 @@ U+2028/U+2029/U+0085 that orjson leaves inside JSON strings.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 DEFAULT_MAX_FRAME_BYTES = 8 * 1024 * 1024
+_SKIPPABLE = re.compile(rb'data: ?\{"event": ?"(node_started|node_finished|node_retry|iteration_[a-z]+|loop_[a-z]+|'
+                        rb'agent_log|agent_thought|workflow_started|human_input_form_filled)"')
+"""Frames that only report progress: one past the size bound is dropped (Dify does not truncate node frames on
+the service API, dify-api.md §7.7); any other oversized frame ends the stream."""
 _BOM = b"\xef\xbb\xbf"
 
 
@@ -57,11 +62,13 @@ class SSEParser:
         self._lines: list[bytes] = []  # complete lines of the frame being built
         self._frame_bytes = 0  # size of _lines, for the bound
         self._started = False  # the leading BOM check has been done
+        self._skipping = False  # dropping the rest of an oversized frame nobody needs
+        self.skipped = 0  # oversized frames dropped so far
 
     @property
     def pending(self) -> bool:
         """Tell whether a partial frame is buffered (True at EOF means the stream was cut mid-frame)."""
-        return bool(self._buf) or bool(self._lines)
+        return bool(self._buf) or bool(self._lines) or self._skipping
 
     def feed(self, data: bytes) -> list[SSEFrame]:
         """Consume bytes and return the frames they completed, in order."""
@@ -82,6 +89,10 @@ class SSEParser:
             start = end + 1
             if line.endswith(b"\r"):
                 line = line[:-1]
+            if self._skipping:
+                if not line:
+                    self._skipping = False
+                continue
             if line:
                 self._lines.append(line)
                 self._frame_bytes += len(line) + 1
@@ -91,6 +102,8 @@ class SSEParser:
                 if frame is not None:
                     frames.append(frame)
         del self._buf[:start]
+        if self._skipping:
+            self._buf.clear()  # the rest of a line of the frame being dropped
         self._scan = len(self._buf)
         self._check_size(len(self._buf))
         return frames
@@ -103,15 +116,25 @@ class SSEParser:
             raise SSEIncompleteError("stream ended in the middle of an SSE frame")
 
     def _check_size(self, extra: int) -> None:
-        if self._frame_bytes + extra > self.max_frame_bytes:
+        """Bound the frame being built (``extra``: its partial last line); a progress frame is dropped instead."""
+        if self._frame_bytes + extra <= self.max_frame_bytes:
+            return
+        head = self._lines[0] if self._lines else bytes(self._buf[:256])
+        if not _SKIPPABLE.match(head):
             self._reset()
             raise SSEFrameTooLarge(f"SSE frame larger than {self.max_frame_bytes} bytes")
+        self._skipping, self.skipped = True, self.skipped + 1
+        self._lines, self._frame_bytes = [], 0
+        if extra:
+            self._buf.clear()
+            self._scan = 0
 
     def _reset(self) -> None:
         self._buf.clear()
         self._scan = 0
         self._lines = []
         self._frame_bytes = 0
+        self._skipping = False
 
     def _dispatch(self) -> SSEFrame | None:
         lines, self._lines, self._frame_bytes = self._lines, [], 0

@@ -7,7 +7,7 @@ import functools
 import logging
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from config import Settings
 from services import metrics
@@ -49,7 +49,7 @@ class Answers:
             return Outcome.ABANDONED, ""
         active = store.keys.active(job.scope)
         await e.redis(store.put_lease, active, job.sid, int(s.stream_window_seconds * 1000) + 60_000)
-        conversation = await e.redis(store.get_conversation, job.scope, s.conversation_idle_seconds)
+        conversation = await e.redis(store.get_conversation, job.scope)
         first_text = True
         files: list[AnswerFile] = []
         uploaded = {f.get("upload_file_id") for f in job.files}
@@ -75,6 +75,12 @@ class Answers:
                         conversation = None
                     elif isinstance(event, Finished):
                         conversation = event.conversation_id or conversation
+            job.bot.health.record("ok")
+            if conversation:  # the answer succeeded: its conversation goes on (before anything else can fail)
+                await self._best_effort(job, store.set_conversation, job.scope, conversation,
+                                        s.conversation_idle_seconds)
+            if files:  # still the active answer: /stop reaches it while its images download
+                await self._add_files(job, files)
         except DifyError as exc:
             job.bot.health.record(error_label(exc))
             metrics.DIFY_ERRORS.labels(job.bot.id, error_label(exc)).inc()
@@ -86,30 +92,35 @@ class Answers:
             return Outcome.FAILED, s.msg_auth_unavailable
         finally:
             await self._best_effort(job, store.release_lease, active, job.sid)  # else it lapses
-        job.bot.health.record("ok")
-        if files:
-            await self._add_files(job, files)
-        if conversation:
-            await self._best_effort(job, store.set_conversation, job.scope, conversation,
-                                    s.conversation_idle_seconds)
         return Outcome.FINISHED, ""
 
     async def _add_files(self, job: Job, files: list[AnswerFile]) -> None:
         """Put the answer's images in its last frame and links to the rest under its text."""
         assert job.writer is not None
         prepare = functools.partial(job.bot.answer_files.prepare, inline=not self.engine.draining)
-        reply = await self.engine.io(job, prepare, files)
+        try:
+            reply = await self.engine.io(job, prepare, files)
+        except Exception:  # a file must never sink the answer: log it, and the text stands
+            log.exception("answer files not prepared", extra={"sid": job.sid})
+            return
         links = reply.text
         if reply.images:
-            try:
-                if await self.engine.redis(job.bot.store.put_images, job.sid, reply.images, reply.image_links):
-                    job.image_links = reply.image_links
-            except StoreUnavailable:
-                job.degraded = True
-            if not job.image_links:  # not kept for the last frame: the images go as links
+            if await self._keep_images(job, reply.images, reply.image_links):
+                job.image_links = reply.image_links
+            else:  # the last frame cannot carry them: the images go as links
                 links = join(reply.image_links, links)
         if links:
             job.writer.add(f"\n\n{links}" if job.writer.text else links)
+
+    async def _keep_images(self, job: Job, images: list[dict[str, Any]], links: str) -> bool:
+        """Store the images for the last frame (a few tries: a lost reply must not show them twice)."""
+        for delay in (0.1, 0.3, 0.0):
+            try:
+                return bool(await self.engine.redis(job.bot.store.put_images, job.sid, images, links) == 1)
+            except StoreUnavailable:
+                job.degraded = True
+                await asyncio.sleep(delay)
+        return False
 
     async def settle(self, job: Job, outcome: Outcome, note: str) -> None:
         """Write the final status (retrying Redis), let the conversation go on, then follow up."""
@@ -248,4 +259,6 @@ class Answers:
             return s.msg_dify_timeout
         if isinstance(exc, DifyHTTPError) and exc.status == 429:
             return s.msg_dify_busy
+        if exc.code == "workflow_stopped":  # stopped in Dify (its console, or a stop that raced the answer)
+            return s.msg_stopped
         return s.msg_dify_failed

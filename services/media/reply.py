@@ -6,7 +6,8 @@ URL, often relative to its own base (signed ``/files/tools/…`` URLs, dify-api.
 is downloaded from Dify's own origin or from an allowlisted host (``DIFY_FILE_HOSTS``), bounded
 like any download. An image that cannot go inline (another format, too large, past the count or
 the byte budget, a host we may not call) becomes a markdown image link; a file that is not an
-image, a markdown link; one that could not be fetched, a link with a note. Nothing is dropped.
+image, a markdown link; one that could not be fetched, a link with a note; one whose URL is not an
+http(s) URL, its name alone. Nothing is dropped, and no URL from an answer is followed elsewhere.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import unquote, urljoin, urlsplit
+from urllib.parse import quote, unquote, urljoin, urlsplit
 
 import requests
 
@@ -63,13 +64,20 @@ class DifyFiles:
         self.clock = clock
         self.bot = bot
 
-    def resolve(self, url: str) -> str:
-        """The absolute URL of a Dify file (``/files/tools/…`` is relative to Dify's origin)."""
-        return urljoin(self.base_url, url.strip())
+    def resolve(self, url: str) -> str | None:
+        """The absolute http(s) URL of a Dify file (``/files/tools/…`` is relative to Dify's origin), else None."""
+        try:
+            absolute = urljoin(self.base_url, url.strip())
+            parts = urlsplit(absolute)
+        except ValueError:
+            return None
+        return absolute if parts.scheme in ("http", "https") and parts.hostname else None
 
     def allowed(self, url: str) -> bool:
-        """True when ``url`` may be downloaded: Dify's own origin, or an allowlisted host over https."""
-        return same_origin(url, self.base_url) or allowed_url(url, self.hosts)
+        """True when ``url`` may be downloaded: a file of Dify's own origin, or an allowlisted host over https."""
+        if same_origin(url, self.base_url):
+            return "/files/" in urlsplit(url).path  # Dify's file routes, not its API
+        return allowed_url(url, self.hosts)
 
     def prepare(self, files: Sequence[AnswerFile], *, inline: bool = True) -> Reply:
         """Download what can be shown inline and render the rest as links, in the answer's order.
@@ -83,20 +91,25 @@ class DifyFiles:
         used = 0
         for f in files:
             url = self.resolve(f.url)
+            if url is None:  # not a URL anyone could open: the name alone says a file was made
+                lines.append(_name(f, ""))
+                self._count("unlinkable")
+                continue
             name, target = _name(f, url), _target(url)
             if not (f.type == "image" or f.mime.startswith("image/")):
                 lines.append(f"[{name}]({target})")
                 self._count("file_linked")
                 continue
             link = f"![{name}]({target})"
+            allowed = self.allowed(url)
             room = min(IMAGE_MAX_BYTES, self.budget - used) if inline else 0
-            if not self.allowed(url) or len(images) >= MAX_IMAGES or room <= 0:
+            left = deadline - self.clock()
+            if not allowed or len(images) >= MAX_IMAGES or room <= 0 or left <= 0:
                 lines.append(link)
-                self._count("image_linked" if self.allowed(url) else "host_not_allowed")
+                self._count("image_linked" if allowed else "host_not_allowed")
                 continue
             try:
-                data = download(self.session, url, limit=room, timeout=max(0.001, deadline - self.clock()),
-                                clock=self.clock)
+                data = download(self.session, url, limit=room, timeout=left, clock=self.clock)
             except MediaTooLarge:
                 lines.append(link)
                 self._count("image_linked")
@@ -129,5 +142,5 @@ def _name(f: AnswerFile, url: str) -> str:
 
 
 def _target(url: str) -> str:
-    """``url`` made safe inside markdown's ``(…)``: spaces, parentheses and angle brackets escaped."""
-    return "".join({" ": "%20", "(": "%28", ")": "%29", "<": "%3C", ">": "%3E"}.get(c, c) for c in url)
+    """``url`` made safe inside markdown's ``(…)``: whitespace, controls, parentheses and angle brackets escaped."""
+    return quote(url, safe="/:?#[]@!$&'*+,;=%~")

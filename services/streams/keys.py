@@ -8,6 +8,9 @@ STREAM_TTL = 2 * 3600
 """Stream text + meta + msgid dedupe (``STREAM_TTL_SECONDS``): outlive the 6 min polling window, WeCom's
 re-deliveries and a late ``response_url`` delivery (the URL lives 1 h)."""
 
+IMAGES_TTL = 420
+"""The images of an answer's last frame: WeCom stops polling 6 minutes after the message, and the images are
+stored when the answer ends (they are large: base64 of up to ``ANSWER_IMAGES_MAX_BYTES``)."""
 PARAMETERS_TTL = 300
 """Seconds a Dify app's ``/parameters`` stay cached: a change in the app reaches the bridge within it."""
 
@@ -71,7 +74,7 @@ class Keys:
         return f"{self.prefix}stream:{sid}:meta"
 
     def stream_images(self, sid: str) -> str:
-        """The images (WeCom ``msg_item`` JSON) of a stream's last frame; lives as long as the stream."""
+        """The images (WeCom ``msg_item`` JSON) of a stream's last frame (TTL ``IMAGES_TTL``)."""
         return f"{self.prefix}stream:{sid}:images"
 
     def stream_owner(self, sid: str) -> str:

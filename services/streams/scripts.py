@@ -133,12 +133,15 @@ return 1
 
 PUT_IMAGES = """
 -- KEYS[1] = stream meta, KEYS[2] = the stream's images; ARGV[1] = msg_item JSON, ARGV[2] = how many,
--- ARGV[3] = the images as markdown links, ARGV[4] = TTL (ms) if the meta's own cannot be read.
--- Stores the images for the last frame, expiring with the stream; never recreates an expired stream.
+-- ARGV[3] = the images as markdown links, ARGV[4] = the images' TTL (ms).
+-- Keeps the images for the last frame of an answer still running and not closed early (a closed
+-- stream's last frame is fixed; a finished one was stopped or interrupted). Returns 1 if kept, 2 if
+-- the stream cannot show them any more, 0 if it is gone; never recreates an expired stream.
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl <= 0 then ttl = tonumber(ARGV[4]) end
-redis.call('SET', KEYS[2], ARGV[1], 'PX', ttl)
+local status = redis.call('HGET', KEYS[1], 'status')
+local ended = status == 'done' or status == 'failed' or status == 'interrupted'
+if ended or redis.call('HEXISTS', KEYS[1], 'final') == 1 then return 2 end
+redis.call('SET', KEYS[2], ARGV[1], 'PX', ARGV[4])
 redis.call('HSET', KEYS[1], 'images', ARGV[2], 'image_links', ARGV[3])
 return 1
 """

@@ -15,7 +15,7 @@ import redis
 
 from services.errors import StoreUnavailable
 from services.streams import scripts
-from services.streams.keys import OWNER_LEASE_MS, STREAM_TTL, Keys
+from services.streams.keys import IMAGES_TTL, OWNER_LEASE_MS, STREAM_TTL, Keys
 from services.streams.records import (
     META_FIELDS,
     Closure,
@@ -124,12 +124,14 @@ class StreamStore:
         with self._errors():
             return int(self._fields(keys=[self.keys.stream_meta(sid)], args=args)) == 1
 
-    def put_images(self, sid: str, images: list[dict[str, Any]], links: str) -> bool:
-        """Keep a finishing answer's images for its last frame (and their links for a follow-up)."""
+    def put_images(self, sid: str, images: list[dict[str, Any]], links: str) -> int:
+        """Keep a running answer's images for its last frame (and their links for a follow-up).
+
+        1: kept; 2: the stream was closed early or has finished, so its last frame cannot show them; 0: gone.
+        """
         keys = [self.keys.stream_meta(sid), self.keys.stream_images(sid)]
         with self._errors():
-            return int(self._images(keys=keys, args=[json.dumps(images), len(images), links,
-                                                     self.stream_ttl * 1000])) == 1
+            return int(self._images(keys=keys, args=[json.dumps(images), len(images), links, IMAGES_TTL * 1000]))
 
     def images(self, sid: str) -> list[dict[str, Any]]:
         """The images of a stream's last frame ([] when it has none, or they expired)."""
@@ -295,10 +297,10 @@ class StreamStore:
         with self._errors():
             self._fields(keys=[self.keys.stream_meta(sid)], args=["seen", self.now_ms()])
 
-    def get_conversation(self, scope: str, idle_seconds: int) -> str | None:
-        """Return the stored Dify conversation id of ``scope``, refreshing its idle expiry."""
+    def get_conversation(self, scope: str) -> str | None:
+        """Return the stored Dify conversation id of ``scope`` (only an answer that succeeds renews it)."""
         with self._errors():
-            value = self.redis.getex(self.keys.conversation(scope), ex=idle_seconds)
+            value = self.redis.get(self.keys.conversation(scope))
         return text_of(value) if value else None
 
     def set_conversation(self, scope: str, conversation_id: str, idle_seconds: int) -> None:
