@@ -241,6 +241,19 @@ def test_advanced_chat_huge_node_frame(dify: DifySimulator, make_client: MakeCli
     assert text_of(run(chat_ok(make_client(), "hi"))) == "ok"
 
 
+@pytest.mark.parametrize("rechunk", ["frame", "random"])
+def test_a_node_frame_past_the_bound_is_dropped_not_fatal(dify: DifySimulator, make_client: MakeClient,
+                                                          run: Run[Any], rechunk: str) -> None:
+    dify.script("hi", Script(answer="完整的回答", app="advanced-chat", node_payload=300_000, rechunk=rechunk))  # type: ignore[arg-type]
+    assert text_of(run(chat_ok(make_client(max_frame_bytes=64 * 1024), "hi"))) == "完整的回答"
+
+
+def test_a_text_frame_past_the_bound_still_fails(dify: DifySimulator, make_client: MakeClient, run: Run[Any]) -> None:
+    dify.script("hi", Script(answer="长" * 40_000, delta_size=40_000))  # one 120 kB message frame
+    events, error = run(collect(make_client(max_frame_bytes=64 * 1024).chat("hi", user="u1")))
+    assert isinstance(error, DifyStreamError) and error.code == "invalid_sse"
+
+
 def test_message_file_quirk(dify: DifySimulator, make_client: MakeClient, run: Run[Any]) -> None:
     dify.script("hi", Script(answer="图片如上所示", message_file_quirk=True))
     assert text_of(run(chat_ok(make_client(), "hi"))) == "图片如上所示"

@@ -47,6 +47,7 @@ class Script:
     error_code: str = "completion_request_error"
     error_message: str = "[openai] Rate Limit Error, Error code: 429"
     error_status: int = 400
+    stopped_after: int | None = None  # the run is stopped in Dify (its console) after N deltas
     eof_after: int | None = None  # end the stream after N deltas without a terminal event
     eof_abrupt: bool = False  # ... by closing the socket instead of a clean last chunk
     stall: float = 0.0  # seconds of silence after the deltas, before the terminal frame

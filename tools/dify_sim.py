@@ -24,7 +24,7 @@ from dataclasses import replace
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 from tools.dify_files import ToolFile, ToolFiles, demo_png
 from tools.dify_script import (
@@ -100,6 +100,7 @@ class DifySimulator:
         self.size_limits_mb: dict[str, int] = {"image": 10, "document": 15, "audio": 50, "video": 100}
         self.uploads: dict[str, Upload] = {}  # upload_file_id -> what was uploaded
         self.upload_errors: list[int] = []  # statuses the next uploads are answered with (Dify's envelope)
+        self.dead_conversation_pings = False  # a Chatflow asked with a conversation it lost: only pings
         self._conns: set[socket.socket] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -162,6 +163,7 @@ class DifySimulator:
             self._peak_open = len(self._tasks)
             self.uploads.clear()
             self.upload_errors = []
+            self.dead_conversation_pings = False
             self.file_upload = dict(DEFAULT_FILE_UPLOAD)
             self.tool_files = ToolFiles()
 
@@ -273,6 +275,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(status, body, mime)
             return
         if not self._authorized():
+            return
+        if urlsplit(self.path).path == "/v1/messages":
+            self._messages()
             return
         if urlsplit(self.path).path == "/v1/parameters":
             sim = self.server.sim
@@ -429,6 +434,8 @@ class _Handler(BaseHTTPRequestHandler):
             except ValueError:
                 return self._error(400, "invalid_param", "conversation_id must be a valid UUID")
             turn = sim._open_conversation(conversation_id, user)
+            if turn is None and sim.dead_conversation_pings and mode == "streaming" and script.app == "advanced-chat":
+                return self._pings_only()  # Dify >= 1.13 validates in the worker: 200, then only pings (#37197)
             if turn is None:
                 hint = _RESTX_HINT if sim.restx_404_hint else ""
                 return self._error(404, "not_found", "Conversation Not Exists." + hint)
@@ -449,6 +456,29 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             with sim._lock:
                 sim._tasks.pop(ids.task, None)
+
+    def _pings_only(self) -> None:
+        """A stream that only pings (every 0.2 s here, 10 s in Dify) until the client leaves or 300 s pass."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream; charset=utf-8")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        end = time.monotonic() + 300
+        while time.monotonic() < end and not self.server.sim._closing.wait(0.2):
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(b"event: ping\n\n"), b"event: ping\n\n"))
+            self.wfile.flush()
+        self.close_connection = True
+
+    def _messages(self) -> None:
+        """``GET /messages?conversation_id=&user=``: 404 unless the conversation is the user's (dify-api.md §6)."""
+        query = dict(parse_qsl(urlsplit(self.path).query))
+        sim = self.server.sim
+        with sim._lock:
+            owner = sim._conversations.get(query.get("conversation_id", ""))
+        if owner is None or owner[0] != query.get("user"):
+            return self._error(404, "not_found", "Conversation Not Exists.")
+        body = {"limit": int(query.get("limit") or 20), "has_more": False, "data": []}
+        self._send(200, json.dumps(body).encode(), "application/json")
 
     def _scripted_error(self, script: Script) -> None:
         status = script.http_status

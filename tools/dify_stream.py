@@ -201,7 +201,8 @@ class AnswerStream:
         h.end_headers()
         self.opening()
         deltas = s.split()
-        cut = min(len(deltas), *(n for n in (s.error_after, s.eof_after) if n is not None), len(deltas))
+        cut = min(len(deltas), *(n for n in (s.error_after, s.eof_after, s.stopped_after) if n is not None),
+                  len(deltas))
         stopped = False
         for i, delta in enumerate(deltas[:cut]):
             if self.wait(s.delay):
@@ -215,6 +216,7 @@ class AnswerStream:
                 self.frame("message_replace", answer=s.replace_text, reason=reason)
         if not stopped and s.stall > 0:
             stopped = self.stall()
+        stopped = stopped or s.stopped_after is not None
         if stopped:
             self.stopped_ending()
         elif s.error_after is not None:

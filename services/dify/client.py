@@ -22,6 +22,7 @@ import aiohttp
 
 from services.dify.events import ConversationDropped, DifyEvent
 from services.dify.reading import ERROR_BODY_LIMIT, ResponseReader, http_error
+from services.dify.sse import DEFAULT_MAX_FRAME_BYTES
 from services.errors import (
     DifyConnectionError,
     DifyError,
@@ -54,6 +55,7 @@ class DifyClient:
         total_timeout: float = 300.0,
         idle_timeout: float = 120.0,
         first_output_timeout: float = 20.0,
+        max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
         max_retries: int = 3,
         backoff_base: float = 0.5,
         backoff_max: float = 8.0,
@@ -76,7 +78,8 @@ class DifyClient:
         self.max_retries, self.backoff_base, self.backoff_max = max_retries, backoff_base, backoff_max
         self._clock, self._sleep = clock, sleep
         self._reader = ResponseReader(read_timeout=read_timeout, idle_timeout=idle_timeout,
-                                      total_timeout=total_timeout, clock=clock, first_output=first_output_timeout)
+                                      total_timeout=total_timeout, clock=clock, first_output=first_output_timeout,
+                                      max_frame_bytes=max_frame_bytes)
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:  # created on the loop that uses it (aiohttp binds to it)

@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 import aiohttp
 
 from services.dify.events import ChatEventDecoder, Delta, DifyEvent, Finished, Started
-from services.dify.sse import SSEError, SSEParser
+from services.dify.sse import DEFAULT_MAX_FRAME_BYTES, SSEError, SSEParser
 from services.errors import DifyHTTPError, DifyIncompleteError, DifyStaleConversation, DifyStreamError, DifyTimeout
 
 log = logging.getLogger(__name__)
@@ -33,10 +33,12 @@ class ResponseReader:
     """Reads responses of one Dify client with its timeouts and clock."""
 
     def __init__(self, *, read_timeout: float, idle_timeout: float, total_timeout: float,
-                 clock: Callable[[], float], first_output: float = 20.0) -> None:
+                 clock: Callable[[], float], first_output: float = 20.0,
+                 max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES) -> None:
         self.read_timeout, self.idle_timeout, self.total_timeout = read_timeout, idle_timeout, total_timeout
         self.first_output = first_output  # seconds without a data frame before a stored conversation is checked
         self.clock = clock
+        self.max_frame_bytes = max_frame_bytes
 
     async def read_all(self, resp: aiohttp.ClientResponse, deadline: float, limit: int) -> bytes:
         """The whole body (at most ``limit`` bytes, else DifyIncompleteError) by ``deadline``."""
@@ -69,7 +71,7 @@ class ResponseReader:
         With ``probe``, a stream that sends no data frame for ``first_output`` seconds is asked about:
         when the probe says its conversation is gone, DifyStaleConversation ends it (dify-api.md §7.1).
         """
-        state, parser = ChatEventDecoder(), SSEParser()
+        state, parser = ChatEventDecoder(), SSEParser(self.max_frame_bytes)
         idle_until = self.clock() + self.idle_timeout
         quiet_until = self.clock() + self.first_output if probe is not None else None
         grace_until: float | None = None
