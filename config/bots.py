@@ -43,6 +43,7 @@ FIELDS: dict[str, str] = {
     "response_url_hosts": "wecom_response_url_hosts",
     "auth_mode": "auth_mode",
     "stop_commands": "stop_commands",
+    "new_commands": "new_commands",
     "quote_template": "quote_template",
     "media_hosts": "wecom_media_hosts",
     "dify_file_hosts": "dify_file_hosts",
@@ -50,7 +51,8 @@ FIELDS: dict[str, str] = {
 }
 """A bot's keys in the file → the setting each one overrides."""
 
-LISTS = frozenset({"bot_names", "response_url_hosts", "stop_commands", "media_hosts", "dify_file_hosts"})
+LISTS = frozenset({"bot_names", "response_url_hosts", "stop_commands", "new_commands", "media_hosts",
+                   "dify_file_hosts"})
 """Keys that may be written as a list of strings (or as one comma-separated string)."""
 
 SECRETS = frozenset({"wecom_token", "wecom_encoding_aes_key", "dify_api_key"})

@@ -104,6 +104,8 @@ class Settings:
     msg_stopped: str = _env("MSG_STOPPED", "（已停止）")
     msg_stop_ack: str = _env("MSG_STOP_ACK", "已停止当前回答。")
     msg_nothing_to_stop: str = _env("MSG_NOTHING_TO_STOP", "当前没有正在进行的回答。")
+    new_commands: str = _env("NEW_COMMANDS", "/new,新对话")
+    msg_new_ack: str = _env("MSG_NEW_ACK", "好的，我们重新开始：下一条消息开始新的对话。")
     auth_mode: str = _env("AUTH_MODE", "none")
     mysql_host: str = _env("MYSQL_HOST", "127.0.0.1")
     mysql_port: int = _env("MYSQL_PORT", 3306)
@@ -167,6 +169,11 @@ class Settings:
     def stop_words(self) -> frozenset[str]:
         """Messages that stop the user's running answer."""
         return frozenset(w.strip().lower() for w in self.stop_commands.split(",") if w.strip())
+
+    @property
+    def new_words(self) -> frozenset[str]:
+        """Messages that end the conversation with Dify: the next message starts a new one."""
+        return frozenset(w.strip().lower() for w in self.new_commands.split(",") if w.strip())
 
     @property
     def bot_names(self) -> list[str]:

@@ -97,6 +97,9 @@ class MessageHandler:
                 admission = self.engine.answer_now(job, self.settings.msg_unsupported, "unsupported")
             elif asked.lower() in self.settings.stop_words:
                 admission = self.engine.stop(job)
+            elif asked.lower() in self.settings.new_words and not inbound.has_media:
+                job.reset, job.quoted_attachments = True, ()  # queued like a question: after the answers before it
+                admission = self.engine.admit(job)
             elif not asked:
                 admission = self.engine.answer_now(job, self.settings.msg_empty_query)
             else:

@@ -100,3 +100,23 @@ def test_a_chatflow_stopped_or_failed_keeps_its_partial_text(make_app: Any, sign
     dify.script("q", script)
     wecom = InProcessWeCom(make_app().test_client(), signer)
     assert ask(wecom, "q") == f"已经写了一半\n\n{getattr(settings, note)}"
+
+
+def test_new_starts_a_fresh_conversation_after_the_running_answer(make_app: Any, signer: WeComSigner,
+                                                                   dify: DifySimulator, settings: Settings,
+                                                                   redis_client: redis.Redis) -> None:
+    wecom = InProcessWeCom(make_app().test_client(), signer)
+    ask(wecom, "first")
+    old = redis_client.get(conversation_key(settings))
+    dify.script("long", Script(answer="长" * 60, delta_size=3, delay=0.03))  # still running when /new arrives
+    running = wecom.send(text_message("long"))
+    reset = wecom.send(text_message("新对话"))
+    after = wecom.send(text_message("next"))
+    assert running and reset and after
+    assert contents(wecom.until_finished(reset["stream"]["id"]))[-1] == settings.msg_new_ack
+    assert contents(wecom.until_finished(running["stream"]["id"]))[-1] == "长" * 60  # it finished first
+    assert contents(wecom.until_finished(after["stream"]["id"]))[-1] == "echo: next"
+    long_req, next_req = dify.chat_requests()[1:]
+    assert long_req.json["conversation_id"] == old.decode() and "conversation_id" not in next_req.json
+    assert redis_client.get(conversation_key(settings)) not in (None, old)  # the new one, kept
+    assert len(dify.chat_requests()) == 3  # /new itself never reaches Dify

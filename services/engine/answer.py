@@ -47,6 +47,9 @@ class Answers:
             return Outcome.INTERRUPTED, s.msg_interrupted
         if not await e.redis(store.set_status, job.sid, "running"):
             return Outcome.ABANDONED, ""
+        if job.reset:  # its turn: every answer before it has ended (or was stopped); later ones start afresh
+            await e.redis(store.drop_conversation, job.scope)
+            return Outcome.FINISHED, s.msg_new_ack
         active = store.keys.active(job.scope)
         await e.redis(store.put_lease, active, job.sid, int(s.stream_window_seconds * 1000) + 60_000)
         conversation = await e.redis(store.get_conversation, job.scope)

@@ -70,6 +70,7 @@ class Job:
     attachments: tuple[tuple[str, str], ...] = ()  # (msgtype, URL) of media for Dify (URLs expire in 5 minutes)
     quoted_attachments: tuple[tuple[str, str], ...] = ()  # the quote's media: best effort
     files: list[dict[str, str]] = field(default_factory=list)  # the uploaded files, for Dify's chat
+    reset: bool = False  # /new: in its turn, end the conversation instead of asking Dify
     image_links: str = ""  # the answer's images (shown in its last frame) as links, for a follow-up
     created: float = field(default_factory=time.time)
     state: State = State.QUEUED
