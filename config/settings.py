@@ -105,6 +105,7 @@ class Settings:
     msg_stop_ack: str = _env("MSG_STOP_ACK", "已停止当前回答。")
     msg_nothing_to_stop: str = _env("MSG_NOTHING_TO_STOP", "当前没有正在进行的回答。")
     new_commands: str = _env("NEW_COMMANDS", "/new,新对话")
+    feedback_ttl_seconds: int = _env("FEEDBACK_TTL_SECONDS", 7 * 86400)
     msg_new_ack: str = _env("MSG_NEW_ACK", "好的，我们重新开始：下一条消息开始新的对话。")
     auth_mode: str = _env("AUTH_MODE", "none")
     mysql_host: str = _env("MYSQL_HOST", "127.0.0.1")
@@ -301,6 +302,7 @@ def _validate(s: Settings) -> None:
     _require(1024 <= s.media_max_bytes <= 200 * 1024 * 1024, "media_max_bytes", "must be between 1024 and 209715200")
     _require(s.media_timeout > 0, "media_timeout", "must be > 0 seconds")
     _require(bool(s.media_query.strip()), "media_query", "must not be empty (Dify needs a question with the file)")
+    _require(s.feedback_ttl_seconds >= 60, "feedback_ttl_seconds", "must be >= 60")
     _require(0 <= s.answer_images_max_bytes <= 20 * 1024 * 1024, "answer_images_max_bytes",
              "must be between 0 (images as links) and 20971520 (they travel base64 in one poll's reply)")
     _require("{link}" in s.msg_answer_file_failed, "msg_answer_file_failed", "must contain {link}")

@@ -43,14 +43,18 @@ class Decision:
     shown: int = 0
 
 
-def stream_frame(sid: str, content: str, finish: bool, images: list[dict[str, Any]] | None = None) -> dict[str, Any]:
+def stream_frame(sid: str, content: str, finish: bool, images: list[dict[str, Any]] | None = None, *,
+                 feedback: bool = False) -> dict[str, Any]:
     """Return a stream reply; ``content`` is the full snapshot, cut on a character boundary.
 
-    ``images`` (``msg_item`` entries) are allowed only in the last frame (``finish``).
+    ``images`` (``msg_item`` entries) are allowed only in the last frame (``finish``); ``feedback``
+    (in an answer's first frame) lets the user rate it, under the stream's id.
     """
     stream: dict[str, Any] = {"id": sid, "finish": finish, "content": utf8_prefix(content, MAX_CONTENT_BYTES)}
     if images and finish:
         stream["msg_item"] = images
+    if feedback:
+        stream["feedback"] = {"id": sid}
     return {"msgtype": "stream", "stream": stream}
 
 

@@ -15,6 +15,7 @@ from services import metrics
 from services.bot import Bot
 from services.engine import Engine, Job
 from services.errors import StoreUnavailable
+from services.feedback import read_rating, send_rating
 from services.frames import MAX_CONTENT_BYTES, Notes, decide, stream_frame
 from services.inbound import MESSAGE_TYPES, read
 from utils.logging import user_ref
@@ -50,19 +51,40 @@ class MessageHandler:
         if msgtype == "stream":
             return self.on_refresh(msg)
         if msgtype == "event":
-            return self.on_event(_dict(msg.get("event")))
+            return self.on_event(msg)
         return self.on_message(msg)
 
-    def on_event(self, event: dict[str, Any]) -> Outcome:
-        """Greet a user opening the chat (``enter_chat``); other events get the empty reply.
+    def on_event(self, msg: dict[str, Any]) -> Outcome:
+        """Greet a user opening the chat (``enter_chat``), pass a rating on to Dify; reply empty to the rest.
 
         ``feedback_event`` may only be answered empty (wecom-protocol.md §2.4). Without an answer to
         ``enter_chat`` no other arrives that day, so the welcome text is sent whenever one is set.
         """
+        event = _dict(msg.get("event"))
+        if event.get("eventtype") == "feedback_event":
+            return self.on_feedback(msg, event)
         if event.get("eventtype") == "enter_chat" and self.settings.msg_welcome:
             return {"msgtype": "text", "text": {"content": self.settings.msg_welcome}}, "welcome"
         log.info("callback ignored", extra={"msgtype": "event", "eventtype": _str(event.get("eventtype"))[:64]})
         return None, "ignored"
+
+    def on_feedback(self, msg: dict[str, Any], event: dict[str, Any]) -> Outcome:
+        """Send a user's rating to Dify (once per msgid, from any replica); the reply is always empty."""
+        msgid = _str(msg.get("msgid"))
+        rating = read_rating(event, _str(_dict(msg.get("from")).get("userid")))
+        if rating is None or not msgid or len(msgid) > MAX_ID_LEN:
+            metrics.FEEDBACK.labels(self.bot.id, "invalid").inc()
+            return None, "invalid"
+        try:
+            first = self.store.acquire_lease(self.store.keys.msg(msgid), "feedback", self.store.stream_ttl * 1000)
+        except StoreUnavailable:
+            metrics.FEEDBACK.labels(self.bot.id, "redis_unavailable").inc()
+            return None, "redis_unavailable"
+        if not first:
+            metrics.FEEDBACK.labels(self.bot.id, "duplicate").inc()
+            return None, "duplicate"
+        self.engine.run_soon(self.bot, lambda: send_rating(self.engine, self.bot, rating))
+        return None, "feedback"
 
     def on_message(self, msg: dict[str, Any]) -> Outcome:
         """Start answering a user's message (once per msgid) and reply with its stream.
@@ -111,7 +133,7 @@ class MessageHandler:
         if admission.outcome == "duplicate":
             metrics.DUPLICATES.labels(self.bot.id).inc()
             log.info("duplicate delivery", extra={"msgid": msgid, "sid": sid, "user": user_ref(user)})
-            return self._frame_or_busy(sid), "duplicate"
+            return self._frame_or_busy(sid, feedback=True), "duplicate"
         if admission.outcome != "started":
             return stream_frame(sid, admission.text or self.settings.msg_busy, True), admission.outcome
         extra = {"msgid": msgid, "sid": sid, "user": user_ref(user), "chat": user_ref(chat) if chat else "",
@@ -119,11 +141,14 @@ class MessageHandler:
         if self.settings.log_content:
             extra["content"] = query
         log.info("stream started", extra=extra)
-        return stream_frame(sid, "", False), "started"
+        return stream_frame(sid, "", False, feedback=True), "started"
 
-    def _frame_or_busy(self, sid: str) -> dict[str, Any]:
+    def _frame_or_busy(self, sid: str, *, feedback: bool = False) -> dict[str, Any]:
         try:
-            return self._frame(sid)
+            frame = self._frame(sid)
+            if feedback:  # a re-delivery's reply may be the first WeCom sees: it turns rating on
+                frame["stream"]["feedback"] = {"id": sid}
+            return frame
         except StoreUnavailable:
             self.store.note_busy_shown(sid)
             return stream_frame(sid, self.settings.msg_busy, True)

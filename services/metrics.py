@@ -49,6 +49,8 @@ ANSWER_FILES = Counter(f"{NS}_answer_files_total", "Files of Dify's answers: inl
                        "frame), image_linked, file_linked, host_not_allowed (linked), failed (could not be fetched), "
                        "unlinkable (not an http(s) URL: named only)",
                        ["bot", "outcome"])
+FEEDBACK = Counter(f"{NS}_feedback_total", "Users' ratings of answers: sent to Dify, duplicate, unknown_answer, "
+                   "nothing_to_withdraw, unauthorized, failed, redis_unavailable, invalid", ["bot", "outcome"])
 AUTH = Counter(f"{NS}_auth_total", "User authentication: hit, miss (refreshed), refused, unavailable",
                ["bot", "result"])
 ENGINE_JOBS = Gauge(f"{NS}_engine_jobs", "Answers admitted (authenticating, waiting for their turn or running)",

@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 _STOP_PATH = re.compile(r"/v1/chat-messages/([^/]+)/stop")
+_FEEDBACK_PATH = re.compile(r"/v1/messages/([^/]+)/feedbacks")
 _DEFAULT_ERRORS = {
     400: ("invalid_param", "Invalid parameter."),
     401: ("unauthorized", "Access token is invalid"),
@@ -101,6 +102,8 @@ class DifySimulator:
         self.uploads: dict[str, Upload] = {}  # upload_file_id -> what was uploaded
         self.upload_errors: list[int] = []  # statuses the next uploads are answered with (Dify's envelope)
         self.dead_conversation_pings = False  # a Chatflow asked with a conversation it lost: only pings
+        self.messages: dict[str, str] = {}  # message_id -> its user
+        self.feedbacks: list[dict[str, Any]] = []  # the feedback bodies received, with their message_id
         self._conns: set[socket.socket] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -164,6 +167,8 @@ class DifySimulator:
             self.uploads.clear()
             self.upload_errors = []
             self.dead_conversation_pings = False
+            self.messages.clear()
+            self.feedbacks.clear()
             self.file_upload = dict(DEFAULT_FILE_UPLOAD)
             self.tool_files = ToolFiles()
 
@@ -304,12 +309,15 @@ class _Handler(BaseHTTPRequestHandler):
             if not self._authorized():
                 return
             stop = _STOP_PATH.fullmatch(path)
+            feedback = _FEEDBACK_PATH.fullmatch(path)
             if path == "/v1/files/upload":
                 self._upload(raw)
             elif path == "/v1/chat-messages":
                 self._chat(body if isinstance(body, dict) else {})
             elif stop:
                 self._stop(stop.group(1), body if isinstance(body, dict) else {})
+            elif feedback:
+                self._feedback(feedback.group(1), body if isinstance(body, dict) else {})
             else:
                 self._error(404, "not_found", "The requested URL was not found on the server.")
         except (ConnectionError, TimeoutError, Abort):
@@ -396,6 +404,22 @@ class _Handler(BaseHTTPRequestHandler):
                   "preview_url": None, "source_url": f"/files/{upload.id}/file-preview"}
         self._send(201, json.dumps(record).encode(), "application/json")
 
+    def _feedback(self, message_id: str, body: dict[str, Any]) -> None:
+        """``POST /messages/{id}/feedbacks``: the message must be the user's (dify-api.md §6)."""
+        sim, user, rating = self.server.sim, body.get("user"), body.get("rating", "missing")
+        if not isinstance(user, str) or not user or rating not in ("like", "dislike", None):
+            return self._error(400, "invalid_param", "Invalid parameter.")
+        with sim._lock:
+            owner = sim.messages.get(message_id)
+            if owner is None or owner != user:
+                return self._error(404, "not_found", "Message Not Exists.")
+            withdrawn_nothing = rating is None and not any(f["message_id"] == message_id for f in sim.feedbacks)
+            if not withdrawn_nothing:
+                sim.feedbacks.append({"message_id": message_id, **body})
+        if withdrawn_nothing:
+            return self._error(400, "invalid_param", "Feedback does not exist.")
+        self._send(200, json.dumps({"result": "success"}).encode(), "application/json")
+
     def _stop(self, task_id: str, body: dict[str, Any]) -> None:
         user = body.get("user")
         if not isinstance(user, str) or not user:
@@ -445,6 +469,7 @@ class _Handler(BaseHTTPRequestHandler):
         task = Task(user)
         ids = Ids(conversation_id, str(uuid.uuid4()), str(uuid.uuid4()), int(time.time()), turn)
         with sim._lock:
+            sim.messages[ids.message] = user
             sim._tasks[ids.task] = task
             sim._peak_open = max(sim._peak_open, len(sim._tasks))
         try:

@@ -147,6 +147,14 @@ class DifyClient:
 
         return str((await self._json("POST", "/files/upload", form, authorization, expect_id=True))["id"])
 
+    async def feedback(self, message_id: str, *, rating: str | None, user: str, content: str = "",
+                       authorization: str | None = None) -> None:
+        """Rate an answer (``POST /messages/{id}/feedbacks``): ``like``, ``dislike`` or None (withdrawn)."""
+        body: dict[str, Any] = {"rating": rating, "user": user}
+        if content:
+            body["content"] = content
+        await self._json("POST", f"/messages/{quote(message_id, safe='')}/feedbacks", lambda: body, authorization)
+
     async def parameters(self, authorization: str | None = None) -> dict[str, Any]:
         """The app's ``GET /parameters`` (its features and file upload settings)."""
         return await self._json("GET", "/parameters", lambda: None, authorization)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
@@ -71,8 +72,10 @@ class Answers:
                     elif isinstance(event, Started):
                         conversation = event.conversation_id or conversation
                         job.task_id = event.task_id
-                        await self._best_effort(job, store.set_fields, job.sid,
-                                                {"task_id": event.task_id, "dify_user": job.dify_user})
+                        answer = json.dumps({"message_id": event.message_id, "user": job.dify_user})
+                        await self._best_effort(job, store.started, job.sid,
+                                                {"task_id": event.task_id, "dify_user": job.dify_user},
+                                                answer, s.feedback_ttl_seconds)
                     elif isinstance(event, ConversationDropped):
                         await self._best_effort(job, store.drop_conversation, job.scope)
                         conversation = None

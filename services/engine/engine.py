@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -152,6 +152,23 @@ class Engine:
                 self._thread.loop.call_soon_threadsafe(self._cancel, local, Outcome.STOPPED)
         return Admission("stop", sid, ack)
 
+    def run_soon(self, bot: Bot, work: Callable[[], Awaitable[None]]) -> None:
+        """Run ``work`` (e.g. sending feedback) on the loop for ``bot``, apart from any stream; the drain waits."""
+        self.start()
+        self._thread.start().call_soon_threadsafe(self._launch_work, bot, work)
+
+    def _launch_work(self, bot: Bot, work: Callable[[], Awaitable[None]]) -> None:
+        task = asyncio.get_running_loop().create_task(self._work(bot, work))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _work(self, bot: Bot, work: Callable[[], Awaitable[None]]) -> None:
+        BOT.set(bot.id)
+        try:
+            await work()
+        except Exception:  # noqa: BLE001 - background work: say what went wrong, in full
+            log.exception("background work failed")
+
     def begin_shutdown(self) -> None:
         """Refuse new work from now on (``/readyz`` reports it)."""
         self.draining = True
@@ -174,13 +191,13 @@ class Engine:
         return await asyncio.get_running_loop().run_in_executor(self._redis, contextvars.copy_context().run,
                                                                 fn, *args)
 
-    async def io(self, job: Job, fn: Callable[..., T], *args: Any) -> T:
-        """Run slow blocking I/O (MySQL, auth API, response_url) for ``job`` off the loop.
+    async def io(self, job: Job | Bot, fn: Callable[..., T], *args: Any) -> T:
+        """Run slow blocking I/O (MySQL, auth API, response_url) for a job (or a bot's own work) off the loop.
 
         A bot holds at most ``IO_THREADS - (bots - 1)`` of the threads, so a bot whose auth API
         hangs leaves one for each other bot.
         """
-        async with self._io_slots[job.bot.id]:
+        async with self._io_slots[job.id if isinstance(job, Bot) else job.bot.id]:
             return await asyncio.get_running_loop().run_in_executor(self._io, contextvars.copy_context().run,
                                                                     fn, *args)
 

@@ -93,6 +93,10 @@ class Keys:
         """The bot's Dify ``/parameters`` (its file rules), cached for ``PARAMETERS_TTL``."""
         return f"{self.prefix}dify:parameters"
 
+    def feedback(self, sid: str) -> str:
+        """An answer's Dify ``message_id`` and ``user``, for the user's feedback on it (``FEEDBACK_TTL_SECONDS``)."""
+        return f"{self.prefix}feedback:{sid}"
+
     def queue(self, scope: str) -> str:
         """Ticket queue (a list of stream ids) running one conversation's answers in arrival order."""
         return f"{self.prefix}queue:{scope}"

@@ -124,6 +124,15 @@ class StreamStore:
         with self._errors():
             return int(self._fields(keys=[self.keys.stream_meta(sid)], args=args)) == 1
 
+    def started(self, sid: str, fields: dict[str, str], answer: str, answer_ttl: int) -> None:
+        """Record what an answer's first frame from Dify told: meta ``fields``, and its ids for feedback."""
+        with self._errors():
+            pipe = self.redis.pipeline(transaction=False)
+            self._fields(keys=[self.keys.stream_meta(sid)], args=[x for item in fields.items() for x in item],
+                         client=pipe)
+            pipe.set(self.keys.feedback(sid), answer, ex=answer_ttl)
+            pipe.execute()
+
     def put_images(self, sid: str, images: list[dict[str, Any]], links: str) -> int:
         """Keep a running answer's images for its last frame (and their links for a follow-up).
 
