@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from utils.payload import as_dict
 from utils.text import clean
 
 MESSAGE_TYPES = frozenset({"text", "voice", "mixed", "image", "file", "video"})
@@ -38,7 +39,7 @@ class Inbound:
 def read(msg: dict[str, Any]) -> Inbound:
     """Read a message callback (any ``msgtype``; an unknown one reads as nothing)."""
     text, media, urls = _parts(msg)
-    quote_text, quote_media, quote_urls = _parts(_dict(msg.get("quote")))
+    quote_text, quote_media, quote_urls = _parts(as_dict(msg.get("quote")))
     quoted = "\n".join(p for p in (quote_text, *(MEDIA_MARKERS[m] for m in quote_media)) if p)
     msgtype = msg.get("msgtype")
     kind = msgtype if isinstance(msgtype, str) and msgtype in MESSAGE_TYPES else "other"
@@ -61,9 +62,9 @@ def _parts(msg: dict[str, Any]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
         texts: list[str] = []
         media: list[str] = []
         urls: list[str] = []
-        items = _dict(msg.get("mixed")).get("msg_item")
+        items = as_dict(msg.get("mixed")).get("msg_item")
         for item in items if isinstance(items, list) else []:
-            item = _dict(item)
+            item = as_dict(item)
             kind = item.get("msgtype")
             if kind == "text":
                 texts.append(_content(item, "text"))
@@ -75,14 +76,10 @@ def _parts(msg: dict[str, Any]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:
 
 
 def _url(msg: dict[str, Any], key: str) -> str:
-    raw = _dict(msg.get(key)).get("url")
+    raw = as_dict(msg.get(key)).get("url")
     return raw if isinstance(raw, str) else ""
 
 
 def _content(msg: dict[str, Any], key: str) -> str:
-    raw = _dict(msg.get(key)).get("content")
+    raw = as_dict(msg.get(key)).get("content")
     return clean(raw) if isinstance(raw, str) else ""
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}

@@ -6,6 +6,7 @@ wait on Dify, MySQL or any other network service.
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import uuid
@@ -13,12 +14,13 @@ from typing import Any
 
 from services import metrics
 from services.bot import Bot
+from services.chat_events import EventHandler
 from services.engine import Engine, Job
 from services.errors import StoreUnavailable
-from services.feedback import read_rating, send_rating
 from services.frames import MAX_CONTENT_BYTES, Notes, decide, stream_frame
 from services.inbound import MESSAGE_TYPES, read
 from utils.logging import user_ref
+from utils.payload import as_dict, as_str
 from utils.text import strip_mention
 
 log = logging.getLogger(__name__)
@@ -38,6 +40,7 @@ class MessageHandler:
         self.store = bot.store
         self.engine = engine
         self.delivery = bot.delivery
+        self.events = EventHandler(bot, engine, self)
         self.notes = Notes(
             progress={"queued": settings.msg_queued, "waiting": settings.msg_waiting_previous,
                       "authenticating": settings.msg_authenticating, "attaching": settings.msg_attaching},
@@ -51,40 +54,8 @@ class MessageHandler:
         if msgtype == "stream":
             return self.on_refresh(msg)
         if msgtype == "event":
-            return self.on_event(msg)
+            return self.events.handle(msg)
         return self.on_message(msg)
-
-    def on_event(self, msg: dict[str, Any]) -> Outcome:
-        """Greet a user opening the chat (``enter_chat``), pass a rating on to Dify; reply empty to the rest.
-
-        ``feedback_event`` may only be answered empty (wecom-protocol.md §2.4). Without an answer to
-        ``enter_chat`` no other arrives that day, so the welcome text is sent whenever one is set.
-        """
-        event = _dict(msg.get("event"))
-        if event.get("eventtype") == "feedback_event":
-            return self.on_feedback(msg, event)
-        if event.get("eventtype") == "enter_chat" and self.settings.msg_welcome:
-            return {"msgtype": "text", "text": {"content": self.settings.msg_welcome}}, "welcome"
-        log.info("callback ignored", extra={"msgtype": "event", "eventtype": _str(event.get("eventtype"))[:64]})
-        return None, "ignored"
-
-    def on_feedback(self, msg: dict[str, Any], event: dict[str, Any]) -> Outcome:
-        """Send a user's rating to Dify (once per msgid, from any replica); the reply is always empty."""
-        msgid = _str(msg.get("msgid"))
-        rating = read_rating(event, _str(_dict(msg.get("from")).get("userid")))
-        if rating is None or not msgid or len(msgid) > MAX_ID_LEN:
-            metrics.FEEDBACK.labels(self.bot.id, "invalid").inc()
-            return None, "invalid"
-        try:
-            first = self.store.acquire_lease(self.store.keys.msg(msgid), "feedback", self.store.stream_ttl * 1000)
-        except StoreUnavailable:
-            metrics.FEEDBACK.labels(self.bot.id, "redis_unavailable").inc()
-            return None, "redis_unavailable"
-        if not first:
-            metrics.FEEDBACK.labels(self.bot.id, "duplicate").inc()
-            return None, "duplicate"
-        self.engine.run_soon(self.bot, lambda: send_rating(self.engine, self.bot, rating))
-        return None, "feedback"
 
     def on_message(self, msg: dict[str, Any]) -> Outcome:
         """Start answering a user's message (once per msgid) and reply with its stream.
@@ -93,25 +64,25 @@ class MessageHandler:
         videos (the message's and the quote's) go to Dify as files (``engine/attach.py``). A type
         the bot does not know is answered at once with a text saying what it can take: never silence.
         """
-        msgid, user = _str(msg.get("msgid")), _str(_dict(msg.get("from")).get("userid"))
+        msgid, user = as_str(msg.get("msgid")), as_str(as_dict(msg.get("from")).get("userid"))
         inbound = read(msg)
-        chat = _str(msg.get("chatid")) if msg.get("chattype") == "group" else ""
+        chat = as_str(msg.get("chatid")) if msg.get("chattype") == "group" else ""
         if not msgid or not user or max(len(msgid), len(user), len(chat)) > MAX_ID_LEN:
             log.warning("message callback without a usable msgid, userid or chatid")
             return None, "invalid"
         asked = strip_mention(inbound.text, self.settings.bot_names) if chat else inbound.text.strip()
-        unusable = _str(msg.get("msgtype")) not in MESSAGE_TYPES
+        unusable = as_str(msg.get("msgtype")) not in MESSAGE_TYPES
         if inbound.has_media and not asked:
             asked = self.settings.media_query  # Dify needs a question with the file
         query = asked
         if asked and inbound.quote:
             parts = {"quote": inbound.quote, "query": asked}  # one pass: a quote may contain "{query}"
             query = re.sub(r"\{(quote|query)\}", lambda m: parts[m.group(1)], self.settings.quote_template)
-        response_url = _str(msg.get("response_url"))
+        response_url = as_str(msg.get("response_url"))
         followup = bool(response_url) and self.delivery.allowed(response_url)
         job = Job(sid=uuid.uuid4().hex,  # 32 hex digits: unguessable, and what SID accepts
                   bot=self.bot, msgid=msgid, query=query, dify_user=self.bot.dify_user(user, chat),
-                  scope=self._scope(user, chat),
+                  scope=self.scope(user, chat),
                   wecom_user=user, chat=chat, response_url=response_url if followup else "",
                   attachments=inbound.attachments, quoted_attachments=inbound.quoted_attachments)
         try:
@@ -155,7 +126,7 @@ class MessageHandler:
 
     def on_refresh(self, msg: dict[str, Any]) -> Outcome:
         """Answer a stream refresh with the cumulative content so far."""
-        sid = _str(_dict(msg.get("stream")).get("id"))
+        sid = as_str(as_dict(msg.get("stream")).get("id"))
         if not sid:
             return None, "invalid"
         if not SID.fullmatch(sid):  # not one of ours: never touches Redis
@@ -197,39 +168,36 @@ class MessageHandler:
             if d.action == "interrupt":
                 metrics.STREAMS_ENDED.labels(self.bot.id, "interrupted").inc()
                 log.warning("stream interrupted: owner lease lapsed", extra={"sid": sid})
-            if d.finish and snap.status == "done" and not snap.note and snap.meta.get("images", "0") != "0":
-                return self._with_images(sid, d.content, snap.meta.get("image_links", ""))
+            if d.finish and snap.status == "done" and not snap.note:  # an answer's own last frame
+                return self._last_frame(sid, d.content, snap.meta)
             return stream_frame(sid, d.content, d.finish)
         return stream_frame(sid, snap.text if snap else "", False)  # changing under us: finish on a later poll
 
-    def _with_images(self, sid: str, content: str, links: str) -> dict[str, Any]:
-        """The last frame of an answer with images: they go in ``msg_item``, or (if they cannot be read) as links."""
-        try:
-            images = self.store.images(sid)
-        except StoreUnavailable:
-            images = []
-        if images:
-            return stream_frame(sid, content, True, images)
-        log.warning("answer images unavailable: sent as links", extra={"sid": sid})
-        return stream_frame(sid, "\n\n".join(part for part in (content, links) if part), True)  # links cut first
+    def _last_frame(self, sid: str, content: str, meta: dict[str, str]) -> dict[str, Any]:
+        """An answer's last frame, with its images (``msg_item``) and its suggested questions' card.
 
-    def _scope(self, user: str, chat: str) -> str:
+        Images that cannot be read any more go as their links (cut first when the frame is full).
+        """
+        images: list[dict[str, Any]] = []
+        if meta.get("images", "0") != "0":
+            try:
+                images = self.store.images(sid)
+            except StoreUnavailable:
+                pass
+            if not images:
+                log.warning("answer images unavailable: sent as links", extra={"sid": sid})
+                content = "\n\n".join(part for part in (content, meta.get("image_links", "")) if part)
+        frame = stream_frame(sid, content, True, images)
+        try:
+            card = json.loads(meta["card"]) if "card" in meta else None
+        except ValueError:
+            card = None
+        if isinstance(card, dict):  # once per message, in the last frame (wecom-protocol.md §2.3)
+            frame = {"msgtype": "stream_with_template_card", "stream": frame["stream"], "template_card": card}
+        return frame
+
+    def scope(self, user: str, chat: str) -> str:
+        """The conversation a message belongs to: its user's, or (CONVERSATION_SCOPE=chat) its group's."""
         if not chat:
             return f"u:{user}"
         return f"g:{chat}" if self.settings.conversation_scope == "chat" else f"g:{chat}:u:{user}"
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _str(value: Any) -> str:
-    """``value`` if it is a string that UTF-8 can carry (no lone surrogates), else ``""``."""
-    if not isinstance(value, str):
-        return ""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        return ""
-    return value
-

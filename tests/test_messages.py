@@ -93,8 +93,8 @@ def test_unknown_stream_gets_a_terminal_frame(wecom: InProcessWeCom, settings: S
 def test_opening_the_chat_gets_the_welcome_text(wecom: InProcessWeCom, settings: Settings,
                                                dify: DifySimulator) -> None:
     event = {"msgid": "e1", "msgtype": "event", "event": {"eventtype": "enter_chat"}, "from": {"userid": "u"}}
-    assert wecom.send(event) == {"msgtype": "text", "text": {"content": settings.msg_welcome}}
-    assert dify.requests == []
+    assert wecom.send(event) == {"msgtype": "text", "text": {"content": settings.msg_welcome}}  # Dify has no opening
+    assert [r.path for r in dify.requests] == ["/v1/parameters"]
 
 
 def test_no_welcome_text_means_no_welcome(settings: Settings, signer: WeComSigner, apps: list[Flask]) -> None:

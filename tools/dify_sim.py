@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 LOOPBACK = ("127.0.0.1", "::1", "localhost")
 _STOP_PATH = re.compile(r"/v1/chat-messages/([^/]+)/stop")
 _FEEDBACK_PATH = re.compile(r"/v1/messages/([^/]+)/feedbacks")
+_SUGGESTED_PATH = re.compile(r"/v1/messages/([^/]+)/suggested")
 _DEFAULT_ERRORS = {
     400: ("invalid_param", "Invalid parameter."),
     401: ("unauthorized", "Access token is invalid"),
@@ -103,6 +104,10 @@ class DifySimulator:
         self.upload_errors: list[int] = []  # statuses the next uploads are answered with (Dify's envelope)
         self.dead_conversation_pings = False  # a Chatflow asked with a conversation it lost: only pings
         self.messages: dict[str, str] = {}  # message_id -> its user
+        self.opening_statement = ""  # what GET /parameters says
+        self.opening_questions: list[str] = []
+        self.suggestions: list[str] | None = None  # questions after each answer (None: the feature is off)
+        self.parameters_delay = 0.0  # seconds GET /parameters takes
         self.feedbacks: list[dict[str, Any]] = []  # the feedback bodies received, with their message_id
         self._conns: set[socket.socket] = set()
         self._server: _Server | None = None
@@ -168,6 +173,8 @@ class DifySimulator:
             self.upload_errors = []
             self.dead_conversation_pings = False
             self.messages.clear()
+            self.opening_statement, self.opening_questions, self.suggestions = "", [], None
+            self.parameters_delay = 0.0
             self.feedbacks.clear()
             self.file_upload = dict(DEFAULT_FILE_UPLOAD)
             self.tool_files = ToolFiles()
@@ -284,14 +291,20 @@ class _Handler(BaseHTTPRequestHandler):
         if urlsplit(self.path).path == "/v1/messages":
             self._messages()
             return
+        suggested = _SUGGESTED_PATH.fullmatch(urlsplit(self.path).path)
+        if suggested:
+            self._suggested(suggested.group(1))
+            return
         if urlsplit(self.path).path == "/v1/parameters":
             sim = self.server.sim
             limits = {"file_size_limit": sim.size_limits_mb["document"],
                       "image_file_size_limit": sim.size_limits_mb["image"],
                       "audio_file_size_limit": sim.size_limits_mb["audio"],
                       "video_file_size_limit": sim.size_limits_mb["video"], "workflow_file_upload_limit": 10}
-            body = {"opening_statement": "", "suggested_questions": [], "user_input_form": [],
-                    "file_upload": sim.file_upload, "system_parameters": limits}
+            time.sleep(sim.parameters_delay)
+            body = {"opening_statement": sim.opening_statement, "suggested_questions": sim.opening_questions,
+                    "suggested_questions_after_answer": {"enabled": sim.suggestions is not None},
+                    "user_input_form": [], "file_upload": sim.file_upload, "system_parameters": limits}
             self._send(200, json.dumps(body).encode(), "application/json")
             return
         self._error(404, "not_found", "The requested URL was not found on the server.")
@@ -504,6 +517,17 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "not_found", "Conversation Not Exists.")
         body = {"limit": int(query.get("limit") or 20), "has_more": False, "data": []}
         self._send(200, json.dumps(body).encode(), "application/json")
+
+    def _suggested(self, message_id: str) -> None:
+        """``GET /messages/{id}/suggested?user=``: the questions after an answer (dify-api.md §6)."""
+        sim, user = self.server.sim, dict(parse_qsl(urlsplit(self.path).query)).get("user")
+        with sim._lock:
+            owner = sim.messages.get(message_id)
+        if sim.suggestions is None:
+            return self._error(400, "bad_request", "Suggested Questions Is Disabled.")
+        if owner is None or owner != user:
+            return self._error(404, "not_found", "Message Not Exists.")
+        self._send(200, json.dumps({"result": "success", "data": sim.suggestions}).encode(), "application/json")
 
     def _scripted_error(self, script: Script) -> None:
         status = script.http_status

@@ -155,6 +155,12 @@ class DifyClient:
             body["content"] = content
         await self._json("POST", f"/messages/{quote(message_id, safe='')}/feedbacks", lambda: body, authorization)
 
+    async def suggested(self, message_id: str, *, user: str, authorization: str | None = None) -> list[Any]:
+        """The questions Dify suggests after an answer (``GET /messages/{id}/suggested``)."""
+        path = f"/messages/{quote(message_id, safe='')}/suggested?{urlencode({'user': user})}"
+        data = (await self._json("GET", path, lambda: None, authorization)).get("data")
+        return data if isinstance(data, list) else []
+
     async def parameters(self, authorization: str | None = None) -> dict[str, Any]:
         """The app's ``GET /parameters`` (its features and file upload settings)."""
         return await self._json("GET", "/parameters", lambda: None, authorization)

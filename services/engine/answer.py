@@ -12,9 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from config import Settings
 from services import metrics
+from services.cards import clean_questions, keep_card, new_task_id, question_card
 from services.delivery import join, send_rest
 from services.dify import AnswerFile, ConversationDropped, Delta, DifyEvent, Finished, Replace, Started, error_label
 from services.engine.job import Job, Outcome
+from services.engine.parameters import app_parameters
 from services.errors import AuthUnavailable, DifyError, DifyHTTPError, DifyTimeout, StoreUnavailable, UserNotAuthorized
 from services.streams.writer import StreamWriter
 
@@ -71,7 +73,7 @@ class Answers:
                         files.append(event)  # (a Chatflow may hand back the user's own uploads)
                     elif isinstance(event, Started):
                         conversation = event.conversation_id or conversation
-                        job.task_id = event.task_id
+                        job.task_id, job.message_id = event.task_id, event.message_id
                         answer = json.dumps({"message_id": event.message_id, "user": job.dify_user})
                         await self._best_effort(job, store.started, job.sid,
                                                 {"task_id": event.task_id, "dify_user": job.dify_user},
@@ -87,6 +89,8 @@ class Answers:
                                         s.conversation_idle_seconds)
             if files:  # still the active answer: /stop reaches it while its images download
                 await self._add_files(job, files)
+            if job.polled and s.suggestions and job.message_id:
+                await self._suggest(job)
         except DifyError as exc:
             job.bot.health.record(error_label(exc))
             metrics.DIFY_ERRORS.labels(job.bot.id, error_label(exc)).inc()
@@ -111,12 +115,31 @@ class Answers:
             return
         links = reply.text
         if reply.images:
-            if await self._keep_images(job, reply.images, reply.image_links):
+            if job.polled and await self._keep_images(job, reply.images, reply.image_links):
                 job.image_links = reply.image_links
             else:  # the last frame cannot carry them: the images go as links
                 links = join(reply.image_links, links)
         if links:
             job.writer.add(f"\n\n{links}" if job.writer.text else links)
+
+    async def _suggest(self, job: Job) -> None:
+        """Offer the app's questions after the answer (a card in its last frame), when the app enables them."""
+        bot, s = job.bot, job.bot.settings
+        parameters = await app_parameters(self.engine, bot, self.token(job)) or {}
+        after = parameters.get("suggested_questions_after_answer")
+        if not (isinstance(after, dict) and after.get("enabled")):
+            return
+        try:
+            async with asyncio.timeout(s.suggestions_timeout):  # the last frame waits for them this long at most
+                questions = clean_questions(await bot.dify.suggested(job.message_id, user=job.dify_user,
+                                                                     authorization=self.token(job)))
+        except (DifyError, TimeoutError) as exc:
+            log.info("no suggested questions", extra={"sid": job.sid, "reason": type(exc).__name__})
+            return
+        if questions:
+            card = question_card(new_task_id(), s.msg_suggestions_title, questions)
+            await self._best_effort(job, keep_card, bot.store, card, questions, s.card_ttl_seconds)
+            await self._best_effort(job, bot.store.set_fields, job.sid, {"card": json.dumps(card, ensure_ascii=False)})
 
     async def _keep_images(self, job: Job, images: list[dict[str, Any]], links: str) -> bool:
         """Store the images for the last frame (a few tries: a lost reply must not show them twice)."""
@@ -212,12 +235,13 @@ class Answers:
 
         Normally that is ``send_rest``'s part. After Redis trouble, a poll may have answered "busy"
         and ended the stream for WeCom; whether one did shows in whether any poll showed its last
-        frame. If none did, the whole answer goes out once (``mark_delivered``).
+        frame. If none did, the whole answer goes out once (``mark_delivered``); so does the answer
+        to a card click, which has no stream anyone polls.
         """
         e, s, url = self.engine, job.bot.settings, job.response_url
         store, delivery = job.bot.store, job.bot.delivery
         degraded = job.degraded or store.failed_at >= job.created
-        for _ in range(2):
+        for _ in range(2 if job.polled else 0):
             if degraded and not await self._seen(job):
                 break
             try:

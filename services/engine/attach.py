@@ -8,16 +8,15 @@ limit instead, and Dify is not asked.
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import TYPE_CHECKING
 
 from services import metrics
 from services.dify.files import MB, FileRules, Refusal
 from services.engine.job import Job
-from services.errors import DifyError, DifyHTTPError, StoreUnavailable
+from services.engine.parameters import app_parameters
+from services.errors import DifyError, DifyHTTPError
 from services.media import Media, MediaError
-from services.streams.keys import PARAMETERS_TTL
 
 if TYPE_CHECKING:
     from services.engine.engine import Engine
@@ -118,24 +117,9 @@ async def _send(engine: Engine, job: Job, item: Media, filename: str) -> str:
 
 
 async def _rules(engine: Engine, job: Job, token: str | None) -> FileRules | None:
-    """The app's file rules: from Redis, else from Dify (then cached); None when neither can tell."""
-    store, key = job.bot.store, job.bot.store.keys.dify_parameters()
-    try:
-        cached = await engine.redis(store.get_value, key)
-        if cached is not None:
-            return FileRules.from_parameters(json.loads(cached))
-    except (ValueError, StoreUnavailable):  # unreadable, or Redis away: ask Dify
-        pass
-    try:
-        parameters = await job.bot.dify.parameters(authorization=token)
-    except DifyError as exc:  # Dify will refuse what it does not take: upload without checking first
-        log.warning("dify parameters unavailable", extra={"sid": job.sid, "code": exc.code})
-        return None
-    try:
-        await engine.redis(store.put_lease, key, json.dumps(parameters), PARAMETERS_TTL * 1000)
-    except StoreUnavailable:
-        pass  # a cache: the next message asks again
-    return FileRules.from_parameters(parameters)
+    """The app's file rules; None when they cannot be known (Dify will refuse what it does not take)."""
+    parameters = await app_parameters(engine, job.bot, token)
+    return FileRules.from_parameters(parameters) if parameters is not None else None
 
 
 def _explain(job: Job, refusal: Refusal) -> str:

@@ -152,6 +152,15 @@ class Engine:
                 self._thread.loop.call_soon_threadsafe(self._cancel, local, Outcome.STOPPED)
         return Admission("stop", sid, ack)
 
+    def call(self, bot: Bot, work: Callable[[], Awaitable[T]], timeout: float) -> T:
+        """Run ``work`` on the loop for ``bot``; wait ``timeout`` s for its result (TimeoutError: it goes on alone)."""
+        self.start()
+        return asyncio.run_coroutine_threadsafe(self._result(bot, work), self._thread.start()).result(timeout)
+
+    async def _result(self, bot: Bot, work: Callable[[], Awaitable[T]]) -> T:
+        BOT.set(bot.id)
+        return await work()
+
     def run_soon(self, bot: Bot, work: Callable[[], Awaitable[None]]) -> None:
         """Run ``work`` (e.g. sending feedback) on the loop for ``bot``, apart from any stream; the drain waits."""
         self.start()

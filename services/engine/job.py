@@ -71,6 +71,8 @@ class Job:
     quoted_attachments: tuple[tuple[str, str], ...] = ()  # the quote's media: best effort
     files: list[dict[str, str]] = field(default_factory=list)  # the uploaded files, for Dify's chat
     reset: bool = False  # /new: in its turn, end the conversation instead of asking Dify
+    polled: bool = True  # False: nobody polls its stream (a card click): the answer goes whole via response_url
+    message_id: str = ""  # Dify's, once its first frame arrived
     image_links: str = ""  # the answer's images (shown in its last frame) as links, for a follow-up
     created: float = field(default_factory=time.time)
     state: State = State.QUEUED

@@ -97,6 +97,10 @@ class Keys:
         """An answer's Dify ``message_id`` and ``user``, for the user's feedback on it (``FEEDBACK_TTL_SECONDS``)."""
         return f"{self.prefix}feedback:{sid}"
 
+    def card(self, task_id: str) -> str:
+        """A question card's questions, for its clicks (``CARD_TTL_SECONDS``)."""
+        return f"{self.prefix}card:{task_id}"
+
     def queue(self, scope: str) -> str:
         """Ticket queue (a list of stream ids) running one conversation's answers in arrival order."""
         return f"{self.prefix}queue:{scope}"
