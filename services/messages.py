@@ -42,11 +42,11 @@ class MessageHandler:
         self.delivery = bot.delivery
         self.events = EventHandler(bot, engine, self)
         self.notes = Notes(
-            progress={"queued": settings.msg_queued, "waiting": settings.msg_waiting_previous,
+            waiting={"queued": settings.msg_queued, "waiting": settings.msg_waiting_previous,
                       "authenticating": settings.msg_authenticating, "attaching": settings.msg_attaching},
             interrupted=settings.msg_interrupted, window=settings.msg_window,
             window_no_followup=settings.msg_window_no_followup, overflow=settings.msg_overflow,
-            overflow_no_followup=settings.msg_overflow_no_followup)
+            overflow_no_followup=settings.msg_overflow_no_followup, progress=settings.progress)
 
     def handle(self, msg: dict[str, Any]) -> Outcome:
         """Dispatch on ``msgtype``; return the reply and an outcome label for the metrics."""

@@ -61,6 +61,8 @@ class Script:
     error_envelope_message: str = ""
     html_error: bool = False
     fail_times: int = 0  # only the first N requests get http_status (0 = all of them)
+    think: str = ""  # a reasoning model's thoughts: a leading <think> block in the answer's deltas
+    tools: tuple[str, ...] = ()  # agent: tools it calls (agent_thought frames) before it answers
     files: tuple[ToolFile, ...] = ()  # the answer's files: message_file frames, or a Chatflow's message_end.files
 
     def split(self) -> list[str]:
@@ -68,7 +70,8 @@ class Script:
         if self.deltas is not None:
             return list(self.deltas)
         size = max(1, self.delta_size)
-        return [self.answer[i : i + size] for i in range(0, len(self.answer), size)]
+        text = f"<think>{self.think}</think>\n\n{self.answer}" if self.think else self.answer
+        return [text[i : i + size] for i in range(0, len(text), size)]
 
 
 DEFAULT_FILE_UPLOAD: dict[str, Any] = {

@@ -109,16 +109,16 @@ class AnswerStream:
             selector = ["llm", "text"] if self.s.app == "advanced-chat" else None
             self.frame(event, id=self.ids.message, answer=text, from_variable_selector=selector)
 
-    def thought(self, position: int, thought: str) -> None:
+    def thought(self, position: int, thought: str, *, tool: str = "", observation: str = "") -> None:
         self.frame(
             "agent_thought",
             id=f"{self.ids.message[:-2]}{position:02d}",
             position=position,
             thought=thought,
-            observation="",
-            tool="",
-            tool_labels={},
-            tool_input="",
+            observation=observation,
+            tool=tool,
+            tool_labels={tool: {"en_US": tool, "zh_Hans": tool}} if tool else {},
+            tool_input=json.dumps({tool: {}}) if tool else "",
             message_files=[],
         )
 
@@ -273,6 +273,10 @@ class AnswerStream:
         elif s.app == "agent":
             self.thought(1, "")
             self.frame("agent_message", id=self.ids.message, answer="")
+            for tool in s.tools:  # a tool round: the thought names the tool, then carries its observation
+                self.thought(1, "", tool=tool)
+                self.wait(s.delay)
+                self.thought(1, "", tool=tool, observation=json.dumps({tool: "ok"}))
         if s.message_file_quirk and s.app != "agent":
             self.frame(
                 "message_file",

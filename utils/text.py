@@ -19,6 +19,14 @@ def utf8_prefix(text: str, max_bytes: int) -> str:
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
+def utf8_suffix(text: str, max_bytes: int) -> str:
+    """The longest tail of ``text`` that fits in ``max_bytes`` UTF-8 bytes, cut on a character boundary."""
+    raw = text.encode("utf-8")
+    if len(raw) <= max_bytes:
+        return text
+    return raw[len(raw) - max(0, max_bytes):].decode("utf-8", "ignore")
+
+
 def clean(text: str) -> str:
     """Replace lone surrogates (which UTF-8 cannot carry, e.g. from ASCII-escaped JSON) with U+FFFD."""
     return _SURROGATE.sub("\ufffd", text)

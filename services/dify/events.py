@@ -50,6 +50,15 @@ class AnswerFile:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """What the answer is doing before (or while) it writes: ``tool`` and ``node`` name a step, ``reasoning``
+    is a delta of a reasoning model's thoughts (a ``reasoning_chunk``, or its ``<think>`` block)."""
+
+    kind: str
+    text: str
+
+
+@dataclass(frozen=True)
 class ConversationDropped:
     """Dify rejected the stored conversation_id (404); the caller must forget it."""
 
@@ -61,7 +70,7 @@ class Finished:
     conversation_id: str | None
 
 
-DifyEvent = Started | Delta | Replace | AnswerFile | ConversationDropped | Finished
+DifyEvent = Started | Delta | Replace | AnswerFile | Progress | ConversationDropped | Finished
 
 MAX_ANSWER_FILES = 50
 """Files taken from one answer at most (the rest are ignored): bounds what an answer can make us fetch."""
@@ -79,6 +88,8 @@ class ChatEventDecoder:
         self.workflow = False  # Chatflow: message_end is followed by workflow_finished
         self.message_ended = False
         self._files: set[str] = set()  # the answer files already yielded (the same file comes in several events)
+        self._think = ThinkSplitter()
+        self._step = ("", "")  # the last agent step reported (thought id, tool)
 
     @property
     def text(self) -> str:
@@ -112,9 +123,7 @@ class ChatEventDecoder:
                 self.agent = True
             elif event == "message" and self.agent and len(text) == self._size and text == self.text:
                 return out  # New Agent's closing message repeats the whole answer
-            self._parts.append(text)
-            self._size += len(text)
-            out.append(Delta(text))
+            out += self._text(text)
         elif event == "message_file":
             if obj.get("belongs_to") != "user":
                 out += self._answer_files([obj])
@@ -126,6 +135,7 @@ class ChatEventDecoder:
             self.message_ended = True
             out += self._answer_files(obj.get("files"))
             if not self.workflow:
+                out += self._text("", end=True)
                 out.append(Finished(self.conversation_id))
         elif event == "workflow_finished":
             wf = obj.get("data")
@@ -134,6 +144,7 @@ class ChatEventDecoder:
             if status in ("failed", "stopped"):
                 raise DifyStreamError(f"workflow_{status}", str(wf.get("error") or f"workflow {status}"))
             out += self._answer_files(wf.get("files"))
+            out += self._text("", end=True)
             out.append(Finished(self.conversation_id))
         elif event == "error":
             status = obj.get("status")
@@ -142,9 +153,41 @@ class ChatEventDecoder:
                 str(obj.get("message") or ""),
                 status if isinstance(status, int) else None,
             )
+        elif event in ("agent_thought", "node_started", "reasoning_chunk"):
+            out += self._progress(event, obj)
         elif event is not None:
             log.debug("dify: ignoring %s frame", event)
         return out
+
+    def _text(self, text: str, *, end: bool = False) -> list[DifyEvent]:
+        """A text delta, with a reasoning model's leading ``<think>`` block taken out as progress."""
+        answer, reasoning = self._think.feed(text, end=end)
+        out: list[DifyEvent] = [Progress("reasoning", reasoning)] if reasoning else []
+        if answer:
+            self._parts.append(answer)
+            self._size += len(answer)
+            out.append(Delta(answer))
+        return out
+
+    def _progress(self, event: str, obj: dict[str, object]) -> list[DifyEvent]:
+        data = obj.get("data") if isinstance(obj.get("data"), dict) else {}
+        assert isinstance(data, dict)
+        if event == "reasoning_chunk":
+            reasoning = data.get("reasoning")
+            return [Progress("reasoning", reasoning)] if isinstance(reasoning, str) and reasoning else []
+        if event == "node_started":
+            title = data.get("title")
+            inner = data.get("iteration_id") or data.get("loop_id")  # a step inside a loop: its loop was named
+            skip = data.get("node_type") in ("start", "answer", "end") or inner
+            return [Progress("node", title)] if isinstance(title, str) and title and not skip else []
+        tool, thought_id = _str(obj.get("tool")), _str(obj.get("id"))
+        if not tool or obj.get("observation") or self._step == (thought_id, tool):
+            return []
+        self._step = (thought_id, tool)
+        labels = obj.get("tool_labels") if isinstance(obj.get("tool_labels"), dict) else {}
+        assert isinstance(labels, dict)
+        names = [_label(labels.get(name), name) for name in tool.split(";") if name]
+        return [Progress("tool", "、".join(names))]
 
     def _answer_files(self, items: object) -> list[DifyEvent]:
         """The new files among ``items`` (Dify file objects); malformed entries are skipped."""
@@ -161,6 +204,63 @@ class ChatEventDecoder:
             out.append(AnswerFile(url=url, type=_str(item.get("type")) or "custom",
                                   name=_str(item.get("filename")), mime=_str(item.get("mime_type")), source=source))
         return out
+
+
+class ThinkSplitter:
+    """Take a reasoning model's leading ``<think>…</think>`` block out of the answer text, across deltas.
+
+    Only a block that opens the answer counts (a ``<think>`` later in the text is the answer's own).
+    """
+
+    OPEN, CLOSE = "<think>", "</think>"
+
+    def __init__(self) -> None:
+        self.inside = False
+        self.done = False  # the answer has begun: no block any more
+        self._held = ""  # the start of a tag, or leading whitespace, not yet decided on
+        self._closed = False  # the block just closed: the blank lines after it are not the answer's
+
+    def feed(self, text: str, *, end: bool = False) -> tuple[str, str]:
+        """(answer, reasoning) of ``text``; with ``end`` whatever was held back is released as answer."""
+        buf, self._held = self._held + text, ""
+        if self._closed:
+            buf = buf.lstrip()
+            self._closed = not buf
+        if self.done:
+            return buf, ""
+        answer, reasoning = "", ""
+        while buf:
+            if not self.inside:
+                stripped = buf.lstrip()
+                if stripped.startswith(self.OPEN):
+                    self.inside, buf = True, stripped[len(self.OPEN):]
+                    continue
+                if self.OPEN.startswith(stripped) and not end:  # maybe the tag, split across deltas
+                    self._held = buf
+                    return answer, reasoning
+                self.done = True
+                return answer + buf, reasoning
+            i = buf.find(self.CLOSE)
+            if i >= 0:
+                reasoning += buf[:i]
+                rest = buf[i + len(self.CLOSE):].lstrip()
+                self.inside, self.done, self._closed = False, True, not rest
+                return answer + rest, reasoning
+            keep = next((n for n in range(len(self.CLOSE) - 1, 0, -1) if buf.endswith(self.CLOSE[:n])), 0)
+            keep = 0 if end else keep
+            reasoning += buf[: len(buf) - keep]
+            self._held = buf[len(buf) - keep:]
+            return answer, reasoning
+        return answer, reasoning
+
+
+def _label(labels: object, name: str) -> str:
+    """A tool's display name: its Chinese label, else its English one, else its name."""
+    if isinstance(labels, dict):
+        for key in ("zh_Hans", "en_US"):
+            if isinstance(labels.get(key), str) and labels[key]:
+                return str(labels[key])
+    return name
 
 
 def _str(value: object) -> str:

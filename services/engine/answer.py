@@ -14,9 +14,20 @@ from config import Settings
 from services import metrics
 from services.cards import clean_questions, keep_card, new_task_id, question_card
 from services.delivery import join, send_rest
-from services.dify import AnswerFile, ConversationDropped, Delta, DifyEvent, Finished, Replace, Started, error_label
+from services.dify import (
+    AnswerFile,
+    ConversationDropped,
+    Delta,
+    DifyEvent,
+    Finished,
+    Progress,
+    Replace,
+    Started,
+    error_label,
+)
 from services.engine.job import Job, Outcome
 from services.engine.parameters import app_parameters
+from services.engine.progress import ProgressView
 from services.errors import AuthUnavailable, DifyError, DifyHTTPError, DifyTimeout, StoreUnavailable, UserNotAuthorized
 from services.streams.writer import StreamWriter
 
@@ -59,6 +70,8 @@ class Answers:
         first_text = True
         files: list[AnswerFile] = []
         uploaded = {f.get("upload_file_id") for f in job.files}
+        progress = ProgressView(s.progress, tool=s.msg_progress_tool, node=s.msg_progress_node,
+                                thinking=s.msg_progress_thinking)
         try:
             async with aclosing(self._events(job, conversation)) as events:  # a cancel closes the response
                 async for event in events:
@@ -69,6 +82,9 @@ class Answers:
                         job.writer.add(event.text)  # the keeper writes it within one tick
                     elif isinstance(event, Replace):
                         job.writer.replace(event.text)
+                    elif isinstance(event, Progress):
+                        if (note := progress.add(event)) is not None:
+                            job.writer.show_progress(note)  # written with the text, within one tick
                     elif isinstance(event, AnswerFile) and event.source not in uploaded:
                         files.append(event)  # (a Chatflow may hand back the user's own uploads)
                     elif isinstance(event, Started):
@@ -101,6 +117,8 @@ class Answers:
         except AuthUnavailable:
             return Outcome.FAILED, s.msg_auth_unavailable
         finally:
+            if progress.mode != "off":
+                job.writer.show_progress(progress.final())  # steps go; a reasoning model's thoughts stay
             await self._best_effort(job, store.release_lease, active, job.sid)  # else it lapses
         return Outcome.FINISHED, ""
 

@@ -89,17 +89,24 @@ class LeaseKeeper:
 
     def _flush_store(self, store: StreamStore, jobs: list[Job], report: Report) -> None:
         taken: list[tuple[Job, StreamWriter, Write]] = []
+        notes: list[tuple[StreamWriter, str]] = []
         for job in jobs:
             writer = job.writer
-            if writer is not None and writer.dirty and (write := writer.take()) is not None:
+            if writer is None or not writer.dirty:
+                continue
+            if (write := writer.take()) is not None:
                 taken.append((job, writer, write))
-        if not taken:
+            if (note := writer.take_progress()) is not None:
+                notes.append((writer, note))
+        if not taken and not notes:
             return
         try:
-            results = store.write_many([write for _, _, write in taken])
+            results = store.write_many([write for _, _, write in taken], [(w.sid, note) for w, note in notes])
         except BaseException:
             for _, writer, _ in taken:
                 writer.settle(None)  # sent again on the next tick
+            for writer, note in notes:
+                writer.keep_progress(note)
             raise
         for (job, writer, _), result in zip(taken, results, strict=True):
             writer.settle(result)

@@ -14,7 +14,8 @@ from services.errors import StoreUnavailable
 
 TERMINAL = frozenset({"done", "failed", "interrupted"})
 META_FIELDS = ("status", "note", "created", "seq", "final", "shown", "closed", "followup", "task_id",
-               "dify_user", "delivered", "user", "chat", "seen", "busy", "images", "image_links", "card")
+               "dify_user", "delivered", "user", "chat", "seen", "busy", "images", "image_links", "card",
+               "progress")
 """Every meta field any reader uses; snapshots fetch exactly these (HMGET, not HGETALL)."""
 
 

@@ -94,14 +94,16 @@ class StreamStore:
         with self._errors():
             return WriteResult(int(self._write(keys=keys, args=args)))
 
-    def write_many(self, writes: list[tuple[str, int, str, bool]]) -> list[WriteResult | None]:
-        """Apply (sid, seq, text, replace) writes in one pipelined round trip; results in order.
+    def write_many(self, writes: list[tuple[str, int, str, bool]],
+                   progress: list[tuple[str, str]] | None = None) -> list[WriteResult | None]:
+        """Apply (sid, seq, text, replace) writes, and (sid, progress) notes, in one pipelined round trip.
 
-        A write Redis answered with an error (OOM, BUSY, READONLY during a failover) is None: not
-        applied, to be sent again. A failed round trip raises ``StoreUnavailable``; since every
-        write is sequence-checked, all of them may simply be sent again.
+        Returns the writes' results in order. A write Redis answered with an error (OOM, BUSY,
+        READONLY during a failover) is None: not applied, to be sent again. A failed round trip
+        raises ``StoreUnavailable``; since every write is sequence-checked, all of them may simply
+        be sent again. A progress note only overwrites the meta field (never recreating a stream).
         """
-        if not writes:
+        if not writes and not progress:
             return []
         with self._errors():
             pipe = self.redis.pipeline(transaction=False)
@@ -109,8 +111,10 @@ class StreamStore:
             for sid, seq, text, replace in writes:
                 self._write(keys=[self.keys.stream_meta(sid), self.keys.stream_text(sid)],
                             args=[seq, "replace" if replace else "append", text, now], client=pipe)
+            for sid, note in progress or []:
+                self._fields(keys=[self.keys.stream_meta(sid)], args=["progress", note], client=pipe)
             replies = pipe.execute(raise_on_error=False)
-        return [WriteResult(int(r)) if isinstance(r, int) else None for r in replies]
+        return [WriteResult(int(r)) if isinstance(r, int) else None for r in replies[: len(writes)]]
 
     def set_status(self, sid: str, status: str, note: str = "") -> bool:
         """Move a live stream to ``status``; False if it already finished or is gone."""

@@ -36,6 +36,7 @@ class StreamWriter:
         self._flush_lock = threading.Lock()
         self.lost = False
         self.refused: WriteResult | None = None  # why Redis refused the stream's writes, once it did
+        self._progress: str | None = None  # the newest progress note not yet written
 
     def add(self, text: str) -> None:
         """Queue ``text`` to be appended."""
@@ -52,10 +53,28 @@ class StreamWriter:
             self._pending.clear()
             self._all = [text]
 
+    def show_progress(self, note: str) -> None:
+        """Queue ``note`` as what the stream shows of its progress (it replaces the previous one)."""
+        with self._buffer_lock:
+            self._progress = note
+
+    def take_progress(self) -> str | None:
+        """The progress note to write now, if it changed (``keep_progress`` puts it back after a failure)."""
+        with self._buffer_lock:
+            note, self._progress = self._progress, None
+        return note
+
+    def keep_progress(self, note: str) -> None:
+        """Put back a progress note that could not be written, unless a newer one came meanwhile."""
+        with self._buffer_lock:
+            if self._progress is None:
+                self._progress = note
+
     @property
     def dirty(self) -> bool:
         """True when something waits to be written (a cheap check without taking a lock)."""
-        return not self.lost and (bool(self._pending) or self._replace is not None or self._inflight is not None)
+        return not self.lost and (bool(self._pending) or self._replace is not None or self._inflight is not None
+                                  or self._progress is not None)
 
     @property
     def text(self) -> str:
@@ -88,6 +107,12 @@ class StreamWriter:
             while (write := self._next()) is not None:
                 _, seq, text, replace = write
                 self._done(self.store.write(self.sid, seq, text, replace=replace))
+            if (note := self.take_progress()) is not None and not self.lost:
+                try:
+                    self.store.set_fields(self.sid, {"progress": note})
+                except BaseException:
+                    self.keep_progress(note)
+                    raise
 
     def _next(self) -> Write | None:
         if self.lost:
