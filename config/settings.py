@@ -82,6 +82,10 @@ class Settings:
     card_ttl_seconds: int = _env("CARD_TTL_SECONDS", 3 * 86400)
     msg_suggestions_title: str = _env("MSG_SUGGESTIONS_TITLE", "你可以这样问我")
     msg_asked: str = _env("MSG_ASKED", "已提问：{question}")
+    msg_chosen: str = _env("MSG_CHOSEN", "已选择：{choice}")
+    msg_form_unsupported: str = _env("MSG_FORM_UNSUPPORTED",
+                                     "（这一步需要在 Dify 网页中填写表单，无法在企业微信里完成。）")
+    msg_form_closed: str = _env("MSG_FORM_CLOSED", "这个表单已经提交过或已过期。")
     msg_unsupported: str = _env("MSG_UNSUPPORTED", "这类消息我还看不懂：请发文字、语音、图片、文件或视频。")
     quote_template: str = _env("QUOTE_TEMPLATE", "「{quote}」\n{query}")
     wecom_media_hosts: str = _env("WECOM_MEDIA_HOSTS", "*.qq.com,*.myqcloud.com")

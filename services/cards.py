@@ -7,13 +7,18 @@ A card's questions are kept in Redis under its ``task_id`` (``Keys.card``), so a
 from __future__ import annotations
 
 import json
+import re
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
+from services.dify import FormRequired
 from services.streams.store import StreamStore
 
 MAX_BUTTONS = 6  # WeCom's button_list limit
 MAX_BUTTON_TEXT = 50  # characters shown on a button (the question itself is asked whole)
+MAX_FORM_TEXT = 500  # characters of a form's text on its card
+_PLACEHOLDER = re.compile(r"\{\{#\$output\.([A-Za-z_][A-Za-z0-9_]*)#\}\}")  # where a form field's value goes
 
 
 def question_card(task_id: str, title: str, questions: list[str], text: str = "") -> dict[str, Any]:
@@ -37,24 +42,50 @@ def clean_questions(raw: object) -> list[str]:
     return [q.strip() for q in items if isinstance(q, str) and q.strip()][:MAX_BUTTONS]
 
 
-def keep_card(store: StreamStore, card: dict[str, Any], questions: list[str], ttl: int) -> None:
-    """Remember a card and its questions for its clicks (raises StoreUnavailable)."""
-    record = json.dumps({"card": card, "questions": questions[:MAX_BUTTONS]}, ensure_ascii=False)
+def form_card(task_id: str, form: FormRequired) -> dict[str, Any]:
+    """A ``button_interaction`` card for a Human Input form: its text (fields filled in) and one button per action."""
+    text = _PLACEHOLDER.sub(lambda m: form.values.get(m.group(1), ""), form.content).strip()
+    card: dict[str, Any] = {"card_type": "button_interaction", "main_title": {"title": form.title or "请选择"}}
+    if text:
+        card["sub_title_text"] = text[:MAX_FORM_TEXT]
+    card["button_list"] = [{"text": _cut(title), "style": 1 if n == 0 else 2, "key": f"a{n}"}
+                           for n, (_, title) in enumerate(form.actions[:MAX_BUTTONS])]
+    card["task_id"] = task_id
+    return card
+
+
+@dataclass(frozen=True)
+class Click:
+    """What a click on one of our cards asks: a question, or a form's action."""
+
+    card: dict[str, Any]
+    label: str  # the clicked button's text, for the card's update
+    question: str = ""
+    form: dict[str, Any] | None = None  # token, run_id, values, and the chosen ``action``
+
+
+def keep_card(store: StreamStore, card: dict[str, Any], questions: list[str], ttl: int,
+              form: dict[str, Any] | None = None) -> None:
+    """Remember a card and its questions (or its form) for its clicks (raises StoreUnavailable)."""
+    record = json.dumps({"card": card, "questions": questions[:MAX_BUTTONS], "form": form}, ensure_ascii=False)
     store.put_lease(store.keys.card(card["task_id"]), record, ttl * 1000)
 
 
-def clicked(store: StreamStore, task_id: str, key: str) -> tuple[dict[str, Any], str] | None:
-    """The card and the question a click (``task_id``, button ``key``) stands for; None if unknown or expired."""
+def clicked(store: StreamStore, task_id: str, key: str) -> Click | None:
+    """What a click (``task_id``, button ``key``) stands for; None if the card is unknown or expired."""
     raw = store.get_value(store.keys.card(task_id)) if task_id else None
     try:
         record = json.loads(raw) if raw else {}
-        questions, card = record["questions"], record["card"]
-        number = int(key.removeprefix("q")) if key.startswith("q") else -1
-    except (ValueError, KeyError, TypeError):
+        card, questions, form = record["card"], record["questions"], record.get("form")
+        number = int(key[1:]) if key[:1] in ("q", "a") else -1
+        if isinstance(form, dict) and key.startswith("a"):
+            action, label = form["actions"][number] if 0 <= number < len(form["actions"]) else ("", "")
+            return Click(card, str(label), form={**form, "action": str(action)}) if action else None
+        if key.startswith("q") and 0 <= number < len(questions):
+            return Click(card, str(questions[number]), question=str(questions[number]))
+    except (ValueError, KeyError, TypeError, IndexError):
         return None
-    if not isinstance(card, dict) or not isinstance(questions, list) or not 0 <= number < len(questions):
-        return None
-    return card, str(questions[number])
+    return None
 
 
 def _cut(question: str) -> str:

@@ -76,8 +76,11 @@ class EventHandler:
         return None, "feedback"
 
     def on_card_click(self, msg: dict[str, Any], click: dict[str, Any]) -> Outcome:
-        """Ask the clicked question in the user's conversation; the card is updated at once, the answer
-        follows through the event's ``response_url`` (a click cannot be answered with a stream)."""
+        """Ask the clicked question (or answer the clicked form) in the user's conversation.
+
+        The card is updated at once; the answer follows through the event's ``response_url`` (a click
+        cannot be answered with a stream), once per click msgid.
+        """
         msgid, user = as_str(msg.get("msgid")), as_str(as_dict(msg.get("from")).get("userid"))
         chat = as_str(msg.get("chatid")) if msg.get("chattype") == "group" else ""
         response_url = as_str(msg.get("response_url"))
@@ -90,15 +93,17 @@ class EventHandler:
         if found is None or not self.bot.delivery.allowed(response_url):
             log.info("card click not answerable (unknown card, or no usable response_url)")
             return None, "ignored"
-        card, question = found
-        job = Job(sid=uuid.uuid4().hex, bot=self.bot, msgid=msgid, query=question,
+        s = self.bot.settings
+        job = Job(sid=uuid.uuid4().hex, bot=self.bot, msgid=msgid, query=found.question or found.label,
                   dify_user=self.bot.dify_user(user, chat), scope=self.messages.scope(user, chat),
-                  wecom_user=user, chat=chat, response_url=response_url, polled=False)
+                  wecom_user=user, chat=chat, response_url=response_url, polled=False, resume=found.form)
         try:
             admission = self.engine.admit(job)  # a re-delivered click finds its msgid claimed: asked once
         except StoreUnavailable:
             return None, "redis_unavailable"
-        title = {**as_dict(card.get("main_title")), "desc": self.bot.settings.msg_asked.replace("{question}", question)}
+        said = s.msg_chosen.replace("{choice}", found.label) if found.form else \
+            s.msg_asked.replace("{question}", found.question)
+        title = {**as_dict(found.card.get("main_title")), "desc": said}
         update = {"response_type": "update_template_card", "userids": [user],
-                  "template_card": {**card, "main_title": title}}
+                  "template_card": {**found.card, "main_title": title}}
         return update, "card_click" if admission.outcome != "duplicate" else "duplicate"

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 from tools.dify_files import ToolFile
+from tools.dify_forms import Form
 
 USAGE = {
     "prompt_tokens": 12,
@@ -63,6 +64,7 @@ class Script:
     fail_times: int = 0  # only the first N requests get http_status (0 = all of them)
     think: str = ""  # a reasoning model's thoughts: a leading <think> block in the answer's deltas
     tools: tuple[str, ...] = ()  # agent: tools it calls (agent_thought frames) before it answers
+    form: Form | None = None  # advanced-chat: pause at a Human Input form after the answer's first part
     files: tuple[ToolFile, ...] = ()  # the answer's files: message_file frames, or a Chatflow's message_end.files
 
     def split(self) -> list[str]:

@@ -27,6 +27,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from tools.dify_files import ToolFile, ToolFiles, demo_png
+from tools.dify_forms import Form, Forms
 from tools.dify_script import (
     DEFAULT_FILE_UPLOAD,
     KINDS,
@@ -40,7 +41,7 @@ from tools.dify_script import (
 )
 from tools.dify_stream import AnswerStream
 
-__all__ = ["DEFAULT_FILE_UPLOAD", "DifySimulator", "RecordedRequest", "Script", "ToolFile", "Upload", "main"]
+__all__ = ["DEFAULT_FILE_UPLOAD", "DifySimulator", "Form", "RecordedRequest", "Script", "ToolFile", "Upload", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,8 @@ LOOPBACK = ("127.0.0.1", "::1", "localhost")
 _STOP_PATH = re.compile(r"/v1/chat-messages/([^/]+)/stop")
 _FEEDBACK_PATH = re.compile(r"/v1/messages/([^/]+)/feedbacks")
 _SUGGESTED_PATH = re.compile(r"/v1/messages/([^/]+)/suggested")
+_EVENTS_PATH = re.compile(r"/v1/workflow/([^/]+)/events")
+_FORM_PATH = re.compile(r"/v1/form/human_input/([^/]+)")
 _DEFAULT_ERRORS = {
     400: ("invalid_param", "Invalid parameter."),
     401: ("unauthorized", "Access token is invalid"),
@@ -89,6 +92,7 @@ class DifySimulator:
         self.restx_404_hint = restx_404_hint
         self.draw = draw  # an unscripted query asking to draw ("画", "draw") is answered with a picture
         self.tool_files = ToolFiles()  # the answers' files, served at signed /files/tools/ URLs
+        self.forms = Forms()  # runs paused at a Human Input form
         self.app_id = str(uuid.uuid4())
         self._lock = threading.Lock()
         self._closing = threading.Event()
@@ -178,6 +182,7 @@ class DifySimulator:
             self.feedbacks.clear()
             self.file_upload = dict(DEFAULT_FILE_UPLOAD)
             self.tool_files = ToolFiles()
+            self.forms = Forms()
 
     @property
     def requests(self) -> list[RecordedRequest]:
@@ -291,6 +296,10 @@ class _Handler(BaseHTTPRequestHandler):
         if urlsplit(self.path).path == "/v1/messages":
             self._messages()
             return
+        events = _EVENTS_PATH.fullmatch(urlsplit(self.path).path)
+        if events:
+            self._resume(events.group(1))
+            return
         suggested = _SUGGESTED_PATH.fullmatch(urlsplit(self.path).path)
         if suggested:
             self._suggested(suggested.group(1))
@@ -323,12 +332,19 @@ class _Handler(BaseHTTPRequestHandler):
                 return
             stop = _STOP_PATH.fullmatch(path)
             feedback = _FEEDBACK_PATH.fullmatch(path)
+            form = _FORM_PATH.fullmatch(path)
             if path == "/v1/files/upload":
                 self._upload(raw)
             elif path == "/v1/chat-messages":
                 self._chat(body if isinstance(body, dict) else {})
             elif stop:
                 self._stop(stop.group(1), body if isinstance(body, dict) else {})
+            elif form:
+                submitted = body if isinstance(body, dict) else {}
+                status, code, message = self.server.sim.forms.submit(form.group(1), submitted)
+                if status != 200:
+                    return self._error(status, code, message)
+                self._send(200, b"{}", "application/json")
             elif feedback:
                 self._feedback(feedback.group(1), body if isinstance(body, dict) else {})
             else:
@@ -517,6 +533,22 @@ class _Handler(BaseHTTPRequestHandler):
             return self._error(404, "not_found", "Conversation Not Exists.")
         body = {"limit": int(query.get("limit") or 20), "has_more": False, "data": []}
         self._send(200, json.dumps(body).encode(), "application/json")
+
+    def _resume(self, run_id: str) -> None:
+        """``GET /workflow/{run_id}/events?user=``: the rest of a paused run once its form is submitted."""
+        sim = self.server.sim
+        run = sim.forms.waiting(run_id, dict(parse_qsl(urlsplit(self.path).query)).get("user", ""))
+        if run is None:
+            return self._error(404, "not_found", "Workflow run not found")
+        task = Task(run.user)
+        with sim._lock:
+            sim._tasks[run.ids.task] = task
+        try:
+            script = Script(app="advanced-chat", leading_ping=True, delta_size=2)
+            AnswerStream(self, script, run.ids, task, "", run.user, {}, resumed=run).run()
+        finally:
+            with sim._lock:
+                sim._tasks.pop(run.ids.task, None)
 
     def _suggested(self, message_id: str) -> None:
         """``GET /messages/{id}/suggested?user=``: the questions after an answer (dify-api.md §6)."""

@@ -7,8 +7,10 @@ import random
 import socket
 import time
 import uuid
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from tools.dify_forms import Form, PausedRun
 from tools.dify_script import KINDS, USAGE, Abort, Ids, Script, Task, Upload
 
 if TYPE_CHECKING:
@@ -19,9 +21,10 @@ class AnswerStream:
 
     def __init__(
         self, handler: _Handler, script: Script, ids: Ids, task: Task, query: str, user: str, inputs: Any,
-        uploads: list[Upload] | None = None,
+        uploads: list[Upload] | None = None, resumed: PausedRun | None = None,
     ) -> None:
         self.h, self.s, self.ids, self.task = handler, script, ids, task
+        self.resumed = resumed  # re-attached to a paused run: ping until its form is submitted
         self.query, self.user, self.inputs = query, user, inputs
         self.rng = random.Random(script.seed)
         self.pending = bytearray()
@@ -199,6 +202,14 @@ class AnswerStream:
         h.send_header("X-Accel-Buffering", "no")
         h.send_header("Transfer-Encoding", "chunked")
         h.end_headers()
+        if self.resumed is not None:
+            self.run_id = self.resumed.run_id
+            while not self.resumed.submitted.wait(0.2):
+                self.ping()
+                self.drain(force=True)
+                if self.h.server.sim._closing.is_set():
+                    raise Abort
+            self.s = s = replace(self.s, answer=self.resumed.form.then.get(self.resumed.chosen or "", ""))
         self.opening()
         deltas = s.split()
         cut = min(len(deltas), *(n for n in (s.error_after, s.eof_after, s.stopped_after) if n is not None),
@@ -217,7 +228,9 @@ class AnswerStream:
         if not stopped and s.stall > 0:
             stopped = self.stall()
         stopped = stopped or s.stopped_after is not None
-        if stopped:
+        if s.form is not None and s.app == "advanced-chat" and not stopped:
+            self.paused_ending(s.form)
+        elif stopped:
             self.stopped_ending()
         elif s.error_after is not None:
             self.error_ending()
@@ -311,6 +324,16 @@ class AnswerStream:
             if s.closing_message:
                 self.frame("message", id=self.ids.message, answer=self.text, from_variable_selector=None)
         self.message_end()
+
+    def paused_ending(self, form: Form) -> None:
+        """Stop at a Human Input node: its form, then workflow_paused; the relay ends the stream there."""
+        data = self.h.server.sim.forms.pause(self.run_id, self.user, form, self.ids)
+        self.workflow("human_input_required", data)
+        reason = {"TYPE": "human_input_required", **{k: v for k, v in data.items() if k != "display_in_ui"}}
+        self.workflow("workflow_paused", {"workflow_run_id": self.run_id, "paused_nodes": [data["node_id"]],
+                                          "outputs": {}, "reasons": [reason], "status": "paused",
+                                          "created_at": self.ids.created, "elapsed_time": 1.0, "total_tokens": 46,
+                                          "total_steps": 3})
 
     def error_ending(self) -> None:
         s = self.s

@@ -3,11 +3,22 @@
 from __future__ import annotations
 
 from services.dify.client import DifyClient
-from services.dify.events import AnswerFile, ConversationDropped, Delta, DifyEvent, Finished, Progress, Replace, Started
+from services.dify.events import (
+    AnswerFile,
+    ConversationDropped,
+    Delta,
+    DifyEvent,
+    Finished,
+    FormRequired,
+    Paused,
+    Progress,
+    Replace,
+    Started,
+)
 from services.errors import DifyError, DifyHTTPError
 
-__all__ = ["AnswerFile", "ConversationDropped", "Delta", "DifyClient", "DifyEvent", "Finished", "Progress", "Replace",
-           "Started", "error_label"]
+__all__ = ["AnswerFile", "ConversationDropped", "Delta", "DifyClient", "DifyEvent", "Finished", "FormRequired",
+           "Paused", "Progress", "Replace", "Started", "error_label"]
 
 DIFY_CODES = frozenset({
     "invalid_param", "app_unavailable", "not_chat_app", "provider_not_initialize", "provider_quota_exceeded",

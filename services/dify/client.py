@@ -147,6 +147,28 @@ class DifyClient:
 
         return str((await self._json("POST", "/files/upload", form, authorization, expect_id=True))["id"])
 
+    async def resume(self, run_id: str, *, token: str, action: str, inputs: dict[str, str], user: str,
+                     authorization: str | None = None) -> AsyncGenerator[DifyEvent, None]:
+        """Answer a paused run's form and yield the rest of its answer (Dify >= 1.14).
+
+        The run's event stream is opened first and the form submitted after: Dify relays events
+        at most once, so a stream opened after the submit could miss the start of the answer.
+        """
+        deadline = self._clock() + self.total_timeout
+        headers = {**self._headers(authorization), "Accept": "text/event-stream"}
+        url = f"{self.base_url}/workflow/{quote(run_id, safe='')}/events?{urlencode({'user': user})}"
+        resp = await self._post(url, None, headers, deadline, method="GET")
+        try:
+            if resp.status >= 300:
+                raise await http_error(resp)
+            body = {"inputs": inputs, "action": action, "user": user}
+            await self._json("POST", f"/form/human_input/{quote(token, safe='')}", lambda: body, authorization)
+            async with aclosing(self._reader.stream(resp, deadline)) as events:
+                async for event in events:
+                    yield event
+        finally:
+            resp.release() if resp.content.at_eof() else resp.close()
+
     async def feedback(self, message_id: str, *, rating: str | None, user: str, content: str = "",
                        authorization: str | None = None) -> None:
         """Rate an answer (``POST /messages/{id}/feedbacks``): ``like``, ``dislike`` or None (withdrawn)."""

@@ -59,6 +59,30 @@ class Progress:
 
 
 @dataclass(frozen=True)
+class FormRequired:
+    """A Chatflow paused at a Human Input form (Dify >= 1.14): what it says and what a choice sends back.
+
+    ``values`` are the fields' resolved defaults; ``complete`` says every field has one (a button
+    alone can then answer the form); ``token`` is None when the form cannot be submitted by API.
+    """
+
+    run_id: str
+    token: str | None
+    title: str
+    content: str
+    actions: tuple[tuple[str, str], ...]
+    values: dict[str, str]
+    complete: bool
+
+
+@dataclass(frozen=True)
+class Paused:
+    """The run stopped at its form(s); the stream ends here (a choice resumes it)."""
+
+    run_id: str
+
+
+@dataclass(frozen=True)
 class ConversationDropped:
     """Dify rejected the stored conversation_id (404); the caller must forget it."""
 
@@ -70,7 +94,7 @@ class Finished:
     conversation_id: str | None
 
 
-DifyEvent = Started | Delta | Replace | AnswerFile | Progress | ConversationDropped | Finished
+DifyEvent = Started | Delta | Replace | AnswerFile | Progress | FormRequired | Paused | ConversationDropped | Finished
 
 MAX_ANSWER_FILES = 50
 """Files taken from one answer at most (the rest are ignored): bounds what an answer can make us fetch."""
@@ -153,6 +177,11 @@ class ChatEventDecoder:
                 str(obj.get("message") or ""),
                 status if isinstance(status, int) else None,
             )
+        elif event == "human_input_required":
+            out += _form(_str(obj.get("workflow_run_id")), obj.get("data"))
+        elif event == "workflow_paused":
+            out += self._text("", end=True)
+            out += [Paused(_str(obj.get("workflow_run_id"))), Finished(self.conversation_id)]
         elif event in ("agent_thought", "node_started", "reasoning_chunk"):
             out += self._progress(event, obj)
         elif event is not None:
@@ -252,6 +281,22 @@ class ThinkSplitter:
             self._held = buf[len(buf) - keep:]
             return answer, reasoning
         return answer, reasoning
+
+
+def _form(run_id: str, data: object) -> list[DifyEvent]:
+    """The form of a ``human_input_required`` frame (a malformed one: nothing)."""
+    if not isinstance(data, dict) or not run_id:
+        return []
+    actions = tuple((_str(a.get("id")), _str(a.get("title")) or _str(a.get("id")))
+                    for a in data.get("actions") or [] if isinstance(a, dict) and _str(a.get("id")))
+    names = [_str(i.get("output_variable_name")) for i in data.get("inputs") or [] if isinstance(i, dict)]
+    resolved = data.get("resolved_default_values") if isinstance(data.get("resolved_default_values"), dict) else {}
+    assert isinstance(resolved, dict)
+    values = {n: str(resolved[n]) for n in names if n in resolved and resolved[n] is not None}
+    token = _str(data.get("form_token")) if data.get("display_in_ui") is not False else ""
+    return [FormRequired(run_id=run_id, token=token or None, title=_str(data.get("node_title")),
+                         content=_str(data.get("form_content")), actions=actions, values=values,
+                         complete=len(values) == len(names))]
 
 
 def _label(labels: object, name: str) -> str:

@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import functools
 import json
 import logging
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from config import Settings
 from services import metrics
-from services.cards import clean_questions, keep_card, new_task_id, question_card
 from services.delivery import join, send_rest
 from services.dify import (
     AnswerFile,
@@ -20,13 +18,15 @@ from services.dify import (
     Delta,
     DifyEvent,
     Finished,
+    FormRequired,
+    Paused,
     Progress,
     Replace,
     Started,
     error_label,
 )
+from services.engine.extras import Extras
 from services.engine.job import Job, Outcome
-from services.engine.parameters import app_parameters
 from services.engine.progress import ProgressView
 from services.errors import AuthUnavailable, DifyError, DifyHTTPError, DifyTimeout, StoreUnavailable, UserNotAuthorized
 from services.streams.writer import StreamWriter
@@ -52,6 +52,7 @@ class Answers:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.last_chance = False  # the drain ran out of time: one Redis attempt each, no waiting
+        self.extras = Extras(self)
 
     async def run(self, job: Job) -> tuple[Outcome, str]:
         """Stream the Dify answer (the job has its conversation's turn); return how it ended."""
@@ -68,7 +69,10 @@ class Answers:
         await e.redis(store.put_lease, active, job.sid, int(s.stream_window_seconds * 1000) + 60_000)
         conversation = await e.redis(store.get_conversation, job.scope)
         first_text = True
+        note = ""
         files: list[AnswerFile] = []
+        forms: list[FormRequired] = []
+        paused = False
         uploaded = {f.get("upload_file_id") for f in job.files}
         progress = ProgressView(s.progress, tool=s.msg_progress_tool, node=s.msg_progress_node,
                                 thinking=s.msg_progress_thinking)
@@ -82,31 +86,37 @@ class Answers:
                         job.writer.add(event.text)  # the keeper writes it within one tick
                     elif isinstance(event, Replace):
                         job.writer.replace(event.text)
+                    elif isinstance(event, FormRequired):
+                        forms.append(event)
+                    elif isinstance(event, Paused):
+                        paused = True
                     elif isinstance(event, Progress):
-                        if (note := progress.add(event)) is not None:
-                            job.writer.show_progress(note)  # written with the text, within one tick
+                        if (shown := progress.add(event)) is not None:
+                            job.writer.show_progress(shown)  # written with the text, within one tick
                     elif isinstance(event, AnswerFile) and event.source not in uploaded:
                         files.append(event)  # (a Chatflow may hand back the user's own uploads)
                     elif isinstance(event, Started):
                         conversation = event.conversation_id or conversation
                         job.task_id, job.message_id = event.task_id, event.message_id
                         answer = json.dumps({"message_id": event.message_id, "user": job.dify_user})
-                        await self._best_effort(job, store.started, job.sid,
+                        await self.best_effort(job, store.started, job.sid,
                                                 {"task_id": event.task_id, "dify_user": job.dify_user},
                                                 answer, s.feedback_ttl_seconds)
                     elif isinstance(event, ConversationDropped):
-                        await self._best_effort(job, store.drop_conversation, job.scope)
+                        await self.best_effort(job, store.drop_conversation, job.scope)
                         conversation = None
                     elif isinstance(event, Finished):
                         conversation = event.conversation_id or conversation
             job.bot.health.record("ok")
             if conversation:  # the answer succeeded: its conversation goes on (before anything else can fail)
-                await self._best_effort(job, store.set_conversation, job.scope, conversation,
+                await self.best_effort(job, store.set_conversation, job.scope, conversation,
                                         s.conversation_idle_seconds)
             if files:  # still the active answer: /stop reaches it while its images download
-                await self._add_files(job, files)
-            if job.polled and s.suggestions and job.message_id:
-                await self._suggest(job)
+                await self.extras.add_files(job, files)
+            if paused:  # at a Human Input form: a card for it, or a note saying where to go on
+                note = await self.extras.offer_form(job, forms)
+            elif job.polled and s.suggestions and job.message_id:
+                await self.extras.suggest(job)
         except DifyError as exc:
             job.bot.health.record(error_label(exc))
             metrics.DIFY_ERRORS.labels(job.bot.id, error_label(exc)).inc()
@@ -119,55 +129,8 @@ class Answers:
         finally:
             if progress.mode != "off":
                 job.writer.show_progress(progress.final())  # steps go; a reasoning model's thoughts stay
-            await self._best_effort(job, store.release_lease, active, job.sid)  # else it lapses
-        return Outcome.FINISHED, ""
-
-    async def _add_files(self, job: Job, files: list[AnswerFile]) -> None:
-        """Put the answer's images in its last frame and links to the rest under its text."""
-        assert job.writer is not None
-        prepare = functools.partial(job.bot.answer_files.prepare, inline=not self.engine.draining)
-        try:
-            reply = await self.engine.io(job, prepare, files)
-        except Exception:  # a file must never sink the answer: log it, and the text stands
-            log.exception("answer files not prepared", extra={"sid": job.sid})
-            return
-        links = reply.text
-        if reply.images:
-            if job.polled and await self._keep_images(job, reply.images, reply.image_links):
-                job.image_links = reply.image_links
-            else:  # the last frame cannot carry them: the images go as links
-                links = join(reply.image_links, links)
-        if links:
-            job.writer.add(f"\n\n{links}" if job.writer.text else links)
-
-    async def _suggest(self, job: Job) -> None:
-        """Offer the app's questions after the answer (a card in its last frame), when the app enables them."""
-        bot, s = job.bot, job.bot.settings
-        parameters = await app_parameters(self.engine, bot, self.token(job)) or {}
-        after = parameters.get("suggested_questions_after_answer")
-        if not (isinstance(after, dict) and after.get("enabled")):
-            return
-        try:
-            async with asyncio.timeout(s.suggestions_timeout):  # the last frame waits for them this long at most
-                questions = clean_questions(await bot.dify.suggested(job.message_id, user=job.dify_user,
-                                                                     authorization=self.token(job)))
-        except (DifyError, TimeoutError) as exc:
-            log.info("no suggested questions", extra={"sid": job.sid, "reason": type(exc).__name__})
-            return
-        if questions:
-            card = question_card(new_task_id(), s.msg_suggestions_title, questions)
-            await self._best_effort(job, keep_card, bot.store, card, questions, s.card_ttl_seconds)
-            await self._best_effort(job, bot.store.set_fields, job.sid, {"card": json.dumps(card, ensure_ascii=False)})
-
-    async def _keep_images(self, job: Job, images: list[dict[str, Any]], links: str) -> bool:
-        """Store the images for the last frame (a few tries: a lost reply must not show them twice)."""
-        for delay in (0.1, 0.3, 0.0):
-            try:
-                return bool(await self.engine.redis(job.bot.store.put_images, job.sid, images, links) == 1)
-            except StoreUnavailable:
-                job.degraded = True
-                await asyncio.sleep(delay)
-        return False
+            await self.best_effort(job, store.release_lease, active, job.sid)  # else it lapses
+        return Outcome.FINISHED, note
 
     async def settle(self, job: Job, outcome: Outcome, note: str) -> None:
         """Write the final status (retrying Redis), let the conversation go on, then follow up."""
@@ -183,7 +146,7 @@ class Answers:
         if job.first_in_line and (job.attachments or job.quoted_attachments):  # it was active while attaching
             steps.append((store.release_lease, (store.keys.active(job.scope), job.sid)))
         for step, args in steps:
-            await self._best_effort(job, step, *args)
+            await self.best_effort(job, step, *args)
         if outcome is Outcome.STOPPED and job.task_id:
             await self._stop_dify(job)
         if finished and job.response_url:
@@ -197,9 +160,14 @@ class Answers:
             inputs = identity.dify_inputs(s.inputs_from_user) if identity else {}
             token = self.token(job)
             try:
-                async with aclosing(job.bot.dify.chat(job.query, user=job.dify_user, conversation_id=conversation,
-                                                      inputs=inputs, authorization=token,
-                                                      files=job.files or None)) as events:
+                if job.resume is not None:  # a form's choice: the paused run goes on
+                    r = job.resume
+                    answer = job.bot.dify.resume(r["run_id"], token=r["token"], action=r["action"],
+                                                 inputs=r["values"], user=job.dify_user, authorization=token)
+                else:
+                    answer = job.bot.dify.chat(job.query, user=job.dify_user, conversation_id=conversation,
+                                               inputs=inputs, authorization=token, files=job.files or None)
+                async with aclosing(answer) as events:
                     async for event in events:
                         yield event
                 return
@@ -293,7 +261,7 @@ class Answers:
                 return False
             await asyncio.sleep(0.25)
 
-    async def _best_effort(self, job: Job, step: Callable[..., object], *args: object) -> None:
+    async def best_effort(self, job: Job, step: Callable[..., object], *args: object) -> None:
         """Run a Redis step the answer does not depend on; if Redis is away, note it and go on."""
         try:
             await self.engine.redis(step, *args)
@@ -307,6 +275,8 @@ class Answers:
             return s.msg_dify_timeout
         if isinstance(exc, DifyHTTPError) and exc.status == 429:
             return s.msg_dify_busy
+        if exc.code in ("human_input_form_submitted", "human_input_form_expired"):
+            return s.msg_form_closed
         if exc.code == "workflow_stopped":  # stopped in Dify (its console, or a stop that raced the answer)
             return s.msg_stopped
         return s.msg_dify_failed

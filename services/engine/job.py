@@ -12,6 +12,7 @@ import asyncio
 import enum
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from services.bot import Bot
 from services.streams.writer import StreamWriter
@@ -73,6 +74,7 @@ class Job:
     reset: bool = False  # /new: in its turn, end the conversation instead of asking Dify
     polled: bool = True  # False: nobody polls its stream (a card click): the answer goes whole via response_url
     message_id: str = ""  # Dify's, once its first frame arrived
+    resume: dict[str, Any] | None = None  # a form's choice (token, run_id, values, action): resume that run
     image_links: str = ""  # the answer's images (shown in its last frame) as links, for a follow-up
     created: float = field(default_factory=time.time)
     state: State = State.QUEUED
