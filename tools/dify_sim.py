@@ -610,6 +610,24 @@ def _phrase(status: int) -> str:
         return "Error"
 
 
+def demo(sim: DifySimulator, delay: float = 0.08) -> DifySimulator:
+    """Dress the simulator as a demo app for ``make run``: an opening with questions, suggestions after each
+    answer, and queries that draw, use a tool, think, or pause at a form."""
+    sim.draw = True
+    sim.opening_statement = "你好，我是模拟的 Dify 助手。可以直接提问，也可以试试下面的问题。"
+    sim.opening_questions = ["画一只猫", "现在几点了？", "帮我审批一份报价", "1+1 等于几？想清楚再说"]
+    sim.suggestions = ["再画一张", "换个说法解释一下"]
+    sim.script("现在几点了？", Script(answer="现在是模拟时间 10:50。", app="agent", tools=("current_time",),
+                                  delay=delay, delta_size=2))
+    sim.script("1+1 等于几？想清楚再说", Script(think="先想一想：一加一……等于二。", answer="等于 2。",
+                                           delay=delay, delta_size=2))
+    sim.script("帮我审批一份报价", Script(answer="报价单已生成：ACME 公司，¥12,000。", app="advanced-chat",
+                                     delay=delay, delta_size=3,
+                                     form=Form(title="审批", content="是否把报价发给客户？",
+                                               then={"approve": "已发送报价。", "reject": "已取消，报价未发送。"})))
+    return sim
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serve a demo Dify app until interrupted."""
     parser = argparse.ArgumentParser(
@@ -625,8 +643,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--api-key", action="append", help="accept only these keys (default: any)")
     args = parser.parse_args(argv)
     default = Script(delay=args.delay, app=args.app, flavour=args.flavour, delta_size=2)
-    sim = DifySimulator(args.host, args.port, default, api_keys=set(args.api_key) if args.api_key else None,
-                        draw=True)
+    sim = demo(DifySimulator(args.host, args.port, default, api_keys=set(args.api_key) if args.api_key else None),
+               args.delay)
     sim.start()
     keys = "the --api-key values" if args.api_key else "any API key"
     print(f"Dify simulator at {sim.url}  (set DIFY_BASE_URL={sim.url}; accepts {keys})")

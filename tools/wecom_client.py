@@ -80,6 +80,21 @@ def text_message(content: str, *, userid: str = "zhangsan", chattype: str = "sin
     return payload
 
 
+def event_message(eventtype: str, body: dict[str, Any] | None = None, *, userid: str = "zhangsan",
+                  response_url: str = "", msgid: str | None = None) -> dict[str, Any]:
+    """Return the decrypted payload of an event callback (wecom-protocol.md §1.7): ``enter_chat``,
+    ``feedback_event`` or ``template_card_event`` with its ``body``."""
+    event: dict[str, Any] = {"eventtype": eventtype}
+    if body is not None:
+        event[eventtype] = body
+    payload: dict[str, Any] = {"msgid": msgid or uuid.uuid4().hex, "create_time": int(time.time()),
+                               "aibotid": "AIBOTID", "chattype": "single", "from": {"userid": userid},
+                               "msgtype": "event", "event": event}
+    if response_url:
+        payload["response_url"] = response_url
+    return payload
+
+
 def stream_refresh(stream_id: str, *, userid: str = "zhangsan", chattype: str = "single",
                    chatid: str | None = None, aibotid: str = "AIBOTID") -> dict[str, Any]:
     """Return the decrypted payload of a stream refresh callback (wecom-protocol.md §1.6)."""

@@ -11,13 +11,15 @@ from __future__ import annotations
 import argparse
 import base64
 import hashlib
+import json
 import sys
 import uuid
 from pathlib import Path
 from typing import Any
 
 from config.settings import read_environment
-from tools.wecom_client import WeComClient, WeComSigner, text_message
+from tools.response_inbox import ResponseInbox
+from tools.wecom_client import WeComClient, WeComSigner, event_message, text_message
 from tools.wecom_media import MediaHost
 
 PLACEHOLDER_DIFY = {"DIFY_BASE_URL": "http://127.0.0.1:1/v1", "DIFY_API_KEY": "app-unused"}
@@ -89,7 +91,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quote", default=None, metavar="TEXT", help="quote an earlier message saying TEXT")
     parser.add_argument("--save", default="var/received", metavar="DIR",
                         help="where to save the images of the answer (default %(default)s)")
+    events = parser.add_mutually_exclusive_group()
+    events.add_argument("--enter-chat", action="store_true", help="open the chat (enter_chat): show the welcome")
+    events.add_argument("--feedback", metavar="STREAM_ID", help="rate the answer of this stream (see --rating)")
+    events.add_argument("--click", metavar="TASK_ID:KEY", help="click a card's button; the answer comes back "
+                        "through a local response_url")
+    parser.add_argument("--rating", choices=["like", "dislike", "cancel"], default="like")
+    parser.add_argument("--reason", type=int, action="append", default=[], metavar="N",
+                        help="with --rating dislike: WeCom's reason codes (1 unrelated, 2 incomplete, 3 wrong, "
+                             "4 wrong analysis)")
     args = parser.parse_args(argv)
+    if args.enter_chat or args.feedback or args.click:
+        return _event(args)
     if args.file and (args.image or args.text or args.voice) or args.voice and (args.image or args.text):
         parser.error("a file or a voice message is sent alone (text and images go together as a mixed message)")
     if not (args.text or args.image or args.file or args.voice):
@@ -129,7 +142,57 @@ def main(argv: list[str] | None = None) -> int:
     finished = bool(frames) and frames[-1]["stream"]["finish"]
     print(f"\n-- {len(frames)} encrypted frames, stream {'finished' if finished else 'NOT finished'}")
     images_ok = _save_images(frames[-1]["stream"] if frames else {}, Path(args.save))
+    if frames:
+        print(f"-- rate it: python -m tools.wecom_sim --feedback {frames[-1]['stream']['id']} --rating like")
+        _show_card(frames[-1].get("template_card"))
     return 0 if finished and images_ok else 1
+
+
+def _client(args: argparse.Namespace) -> WeComClient:
+    values = read_environment()  # ./.env overlaid with the process environment, as the server reads them
+    if args.bot is None:
+        return WeComClient(WeComSigner(*_credentials(values)))
+    return WeComClient(WeComSigner(*_bot_credentials(values, args.bot)), path=f"/wecom/callback/{args.bot}")
+
+
+def _event(args: argparse.Namespace) -> int:
+    """Send one event (enter_chat, feedback_event, template_card_event) and show what comes back."""
+    client, inbox = _client(args), None
+    if args.enter_chat:
+        payload = event_message("enter_chat", userid=args.user)
+    elif args.feedback:
+        kind = {"like": 1, "dislike": 2, "cancel": 3}[args.rating]
+        body = {"id": args.feedback, "type": kind, **({"inaccurate_reason_list": args.reason} if kind == 2 else {})}
+        payload = event_message("feedback_event", body, userid=args.user)
+    else:
+        task_id, _, key = args.click.partition(":")
+        inbox = ResponseInbox()  # `make run` lets the bot call loopback response_urls
+        payload = event_message("template_card_event", {"card_type": "button_interaction", "event_key": key,
+                                                        "task_id": task_id}, userid=args.user, response_url=inbox.url())
+    try:
+        reply = client.send(args.url, payload)
+        print(json.dumps(reply, ensure_ascii=False, indent=2) if reply else "-- empty reply")
+        _show_card((reply or {}).get("template_card"))
+        if inbox is not None and reply:
+            print("-- waiting for the answer through response_url …", flush=True)
+            if inbox.arrived.wait(120):
+                print(inbox.received[0].get("markdown", {}).get("content", inbox.received[0]))
+            else:
+                print("-- no answer within 120 s")
+                return 1
+    finally:
+        if inbox is not None:
+            inbox.close()
+    return 0
+
+
+def _show_card(card: Any) -> None:
+    """Print how to click each button of a card."""
+    if not isinstance(card, dict) or "task_id" not in card:
+        return
+    for button in card.get("button_list") or []:
+        command = f"python -m tools.wecom_sim --click {card['task_id']}:{button.get('key')}"
+        print(f"-- click \"{button.get('text')}\": {command}")
 
 
 def _save_images(stream: dict[str, Any], folder: Path) -> bool:
