@@ -83,6 +83,7 @@ class Settings:
     msg_suggestions_title: str = _env("MSG_SUGGESTIONS_TITLE", "你可以这样问我")
     msg_asked: str = _env("MSG_ASKED", "已提问：{question}")
     msg_chosen: str = _env("MSG_CHOSEN", "已选择：{choice}")
+    msg_done: str = _env("MSG_DONE", "（已完成。）")
     msg_form_unsupported: str = _env("MSG_FORM_UNSUPPORTED",
                                      "（这一步需要在 Dify 网页中填写表单，无法在企业微信里完成。）")
     msg_form_closed: str = _env("MSG_FORM_CLOSED", "这个表单已经提交过或已过期。")

@@ -23,9 +23,9 @@ _PLACEHOLDER = re.compile(r"\{\{#\$output\.([A-Za-z_][A-Za-z0-9_]*)#\}\}")  # wh
 
 def question_card(task_id: str, title: str, questions: list[str], text: str = "") -> dict[str, Any]:
     """A ``button_interaction`` card with one button per question (at most six)."""
-    card: dict[str, Any] = {"card_type": "button_interaction", "main_title": {"title": title}}
+    card: dict[str, Any] = {"card_type": "button_interaction", "main_title": {"title": _cut(title)}}
     if text:
-        card["sub_title_text"] = text
+        card["sub_title_text"] = text[:MAX_FORM_TEXT]
     card["button_list"] = [{"text": _cut(q), "style": 1, "key": f"q{n}"} for n, q in enumerate(questions[:MAX_BUTTONS])]
     card["task_id"] = task_id
     return card
@@ -42,12 +42,16 @@ def clean_questions(raw: object) -> list[str]:
     return [q.strip() for q in items if isinstance(q, str) and q.strip()][:MAX_BUTTONS]
 
 
-def form_card(task_id: str, form: FormRequired) -> dict[str, Any]:
-    """A ``button_interaction`` card for a Human Input form: its text (fields filled in) and one button per action."""
-    text = _PLACEHOLDER.sub(lambda m: form.values.get(m.group(1), ""), form.content).strip()
+def form_card(task_id: str, form: FormRequired, answer: str = "") -> dict[str, Any]:
+    """A ``button_interaction`` card for a Human Input form: its text (fields filled in) and one button per action.
+
+    ``answer`` (the text before the form, when the card goes alone) comes first.
+    """
+    filled = _PLACEHOLDER.sub(lambda m: form.values.get(m.group(1), ""), form.content).strip()
+    text = "\n\n".join(part for part in (answer.strip()[-MAX_FORM_TEXT:], filled) if part)
     card: dict[str, Any] = {"card_type": "button_interaction", "main_title": {"title": form.title or "请选择"}}
     if text:
-        card["sub_title_text"] = text[:MAX_FORM_TEXT]
+        card["sub_title_text"] = text[-MAX_FORM_TEXT:]  # the form's own words last: keep them
     card["button_list"] = [{"text": _cut(title), "style": 1 if n == 0 else 2, "key": f"a{n}"}
                            for n, (_, title) in enumerate(form.actions[:MAX_BUTTONS])]
     card["task_id"] = task_id

@@ -93,16 +93,21 @@ class EventHandler:
         if found is None or not self.bot.delivery.allowed(response_url):
             log.info("card click not answerable (unknown card, or no usable response_url)")
             return None, "ignored"
-        s = self.bot.settings
+        s, form = self.bot.settings, found.form or {}
+        # a form's run belongs to whoever started it (Dify lets only that user re-attach), in its conversation
         job = Job(sid=uuid.uuid4().hex, bot=self.bot, msgid=msgid, query=found.question or found.label,
-                  dify_user=self.bot.dify_user(user, chat), scope=self.messages.scope(user, chat),
+                  dify_user=str(form.get("user") or self.bot.dify_user(user, chat)),
+                  scope=str(form.get("scope") or self.messages.scope(user, chat)),
                   wecom_user=user, chat=chat, response_url=response_url, polled=False, resume=found.form)
         try:
             admission = self.engine.admit(job)  # a re-delivered click finds its msgid claimed: asked once
         except StoreUnavailable:
             return None, "redis_unavailable"
+        if admission.outcome == "busy":  # nothing will follow: leave the card as it was, to be clicked again
+            return None, "busy"
         said = s.msg_chosen.replace("{choice}", found.label) if found.form else \
             s.msg_asked.replace("{question}", found.question)
+        said = said if len(said) <= 100 else said[:99] + "…"
         title = {**as_dict(found.card.get("main_title")), "desc": said}
         update = {"response_type": "update_template_card", "userids": [user],
                   "template_card": {**found.card, "main_title": title}}

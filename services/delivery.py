@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import requests
 
@@ -49,7 +50,17 @@ class ResponseURL:
         content = text
         if len(text.encode("utf-8")) > MAX_CONTENT_BYTES:
             content = fit(text, truncated_note)[0]
-        body = {"msgtype": "markdown", "markdown": {"content": content}}
+        return self._post(url, {"msgtype": "markdown", "markdown": {"content": content}})
+
+    def send_card(self, url: str, card: dict[str, Any]) -> bool:
+        """POST a template card (WeCom takes one only in a single chat, wecom-protocol.md §3)."""
+        if not self.allowed(url):
+            self._count("refused")
+            log.warning("response_url host not allowed")
+            return False
+        return self._post(url, {"msgtype": "template_card", "template_card": card})
+
+    def _post(self, url: str, body: dict[str, Any]) -> bool:
         for attempt in range(self.retries + 1):
             try:
                 resp = self.session.post(url, json=body, timeout=(self.timeout, self.timeout),

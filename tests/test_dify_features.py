@@ -103,6 +103,8 @@ def test_a_clicked_question_is_answered_in_the_same_conversation(make_app: Any, 
     assert update["template_card"]["main_title"]["desc"] == "已提问：发票丢了怎么办？"
     assert wecom.send(click) is not None  # WeCom re-delivered the click: asked once
     wait_for(lambda: responses.contents(), timeout=10)
+    engine = wecom.client.application.extensions["wecom_dify"].engine  # type: ignore[attr-defined]
+    wait_for(lambda: not engine.keeper.jobs(), timeout=10)  # (a second job, if any, would have run by now)
     assert responses.contents() == ["可以开具遗失证明。"]
     hello, asked = dify.chat_requests()
     assert asked.json["query"] == "发票丢了怎么办？" and asked.json["user"] == hello.json["user"]
@@ -149,3 +151,15 @@ def test_suggestions_are_off_by_configuration_or_when_the_app_has_none(make_app:
     assert first is not None
     assert contents(wecom.until_finished(first["stream"]["id"]))[-1] == "echo: again"
     assert not [r for r in dify.requests if r.path.endswith("/suggested")]
+
+
+def test_a_click_the_engine_cannot_take_leaves_the_card_as_it_was(make_app: Any, signer: WeComSigner,
+                                                                  dify: DifySimulator,
+                                                                  responses: ResponseServer) -> None:
+    dify.opening_questions = ["多久到账？"]
+    app = make_app()
+    wecom = InProcessWeCom(app.test_client(), signer)
+    card = wecom.send(enter_chat())["template_card"]  # type: ignore[index]
+    app.extensions["wecom_dify"].engine.begin_shutdown()  # a rolling update: no new work here
+    assert wecom.send(card_click(card, "q0", responses.url("busy"))) is None  # to be clicked again elsewhere
+    assert dify.chat_requests() == []

@@ -128,7 +128,7 @@ class Broken:
 
     dirty = True
 
-    def take(self) -> None:
+    def take_batch(self) -> None:
         raise KeyError("a bug")
 
 

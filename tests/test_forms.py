@@ -90,3 +90,69 @@ def test_a_form_a_card_cannot_carry_gets_a_clear_note(wecom: InProcessWeCom, dif
     last = last_frame(wecom, "表单")
     assert last["msgtype"] == "stream"
     assert last["stream"]["content"] == f"需要补充信息。\n\n{settings.msg_form_unsupported}"
+
+
+def test_a_form_click_by_another_group_member_resumes_as_the_runs_user(
+        wecom: InProcessWeCom, dify: DifySimulator, responses: ResponseServer, settings: Settings) -> None:
+    dify.script("报价", Script(answer="报价单已生成。", app="advanced-chat", form=QUOTE))
+    asked = text_message("报价", userid="zhangsan", chattype="group", chatid="g1")
+    first = wecom.send(asked)
+    assert first is not None
+    card = wecom.until_finished(first["stream"]["id"])[-1]["template_card"]
+    other = click(card, "a0", responses.url("lisi"))
+    other.update({"chattype": "group", "chatid": "g1", "from": {"userid": "lisi"}})
+    assert wecom.send(other) is not None
+    wait_for(lambda: responses.contents(), timeout=10)
+    assert responses.contents() == ["已发送报价。"]  # Dify lets only the run's user re-attach: we resume as them
+    assert dify.forms.submits[0]["user"] == dify.chat_requests()[0].json["user"]
+
+
+def test_a_form_answered_after_new_does_not_bring_the_old_conversation_back(
+        wecom: InProcessWeCom, dify: DifySimulator, responses: ResponseServer, settings: Settings,
+        redis_client: redis.Redis) -> None:
+    from services.streams.keys import Keys
+
+    key = Keys(settings.redis_key_prefix).conversation("u:zhangsan")
+    dify.script("报价", Script(answer="报价单已生成。", app="advanced-chat", form=QUOTE))
+    card = last_frame(wecom, "报价")["template_card"]
+    first = wecom.send(text_message("/new"))
+    assert first is not None
+    wecom.until_finished(first["stream"]["id"])
+    assert redis_client.get(key) is None
+    wecom.send(click(card, "a0", responses.url("after-new")))
+    wait_for(lambda: responses.contents(), timeout=10)
+    assert redis_client.get(key) is None  # the next message still starts afresh
+
+
+def test_a_form_after_a_form_comes_as_a_card_with_the_text(wecom: InProcessWeCom, dify: DifySimulator,
+                                                           responses: ResponseServer) -> None:
+    second = Form(title="复核", content="金额超过一万，是否继续？", then={"approve": "已完成两级审批。"})
+    two_step = Form(title="审批", content="是否发送？", then={"approve": "一级审批通过。"}, next={"approve": second})
+    dify.script("两级", Script(answer="开始审批。", app="advanced-chat", form=two_step))
+    card = last_frame(wecom, "两级")["template_card"]
+    wecom.send(click(card, "a0", responses.url("first")))
+    wait_for(lambda: responses.received, timeout=10)
+    [sent] = responses.received
+    assert sent["msgtype"] == "template_card"  # the text and the next form together (a single chat)
+    follow = sent["template_card"]
+    assert follow["main_title"]["title"] == "复核"
+    assert follow["sub_title_text"] == "一级审批通过。\n\n金额超过一万，是否继续？"
+    wecom.send(click(follow, "a0", responses.url("second")))
+    wait_for(lambda: len(responses.received) == 2, timeout=10)
+    assert responses.received[-1]["markdown"]["content"] == "已完成两级审批。"
+
+
+def test_a_lost_submit_reply_is_not_sent_twice_and_an_empty_branch_still_answers(
+        wecom: InProcessWeCom, dify: DifySimulator, responses: ResponseServer, settings: Settings) -> None:
+    dify.forms.fail_next = [502]  # Dify took the choice; a proxy lost the reply
+    dify.script("报价", Script(answer="报价单已生成。", app="advanced-chat", form=QUOTE))
+    card = last_frame(wecom, "报价")["template_card"]
+    wecom.send(click(card, "a0", responses.url("lost")))
+    wait_for(lambda: responses.contents(), timeout=10)
+    assert responses.contents() == ["已发送报价。"] and len(dify.forms.submits) == 1  # read on, not re-sent
+    quiet = Form(then={"reject": ""})  # a branch that says nothing
+    dify.script("静默", Script(answer="请选择。", app="advanced-chat", form=quiet))
+    card = last_frame(wecom, "静默")["template_card"]
+    wecom.send(click(card, "a1", responses.url("quiet")))
+    wait_for(lambda: len(responses.contents()) == 2, timeout=10)
+    assert responses.contents()[1] == settings.msg_done  # never an empty message

@@ -85,7 +85,8 @@ def test_progress_is_cut_first_when_the_frame_is_full(make_app: Any, signer: WeC
 @given(st.text(alphabet="ab<>/thinkTHINK \n", max_size=20), st.text(alphabet="xy <>\n", max_size=20),
        st.lists(st.integers(min_value=0, max_value=60), max_size=6))
 def test_the_think_block_is_found_however_the_deltas_split_it(reasoning: str, answer: str, cuts: list[int]) -> None:
-    reasoning = reasoning.replace("</think>", "")
+    while "</think>" in reasoning:  # (removing one can make another)
+        reasoning = reasoning.replace("</think>", "")
     text = f"<think>{reasoning}</think>\n\n{answer.lstrip()}"
     points = sorted({min(c, len(text)) for c in cuts})
     pieces = [text[a:b] for a, b in zip([0, *points], [*points, len(text)], strict=True)]

@@ -261,3 +261,16 @@ def test_images_are_kept_only_for_a_running_answer_not_closed_early(store: Strea
     assert 0 < redis_client.pttl(KEYS.stream_images("run")) <= 420_000  # WeCom polls for 6 minutes, not 2 hours
     snap = store.snapshot("run")
     assert snap is not None and (snap.meta["images"], snap.meta["image_links"]) == ("1", "![a](u)")
+
+
+def test_a_finished_answer_keeps_the_progress_note_it_ended_with(store: StreamStore) -> None:
+    store.claim("m", "s", "w1", {})
+    store.set_status("s", "running")
+    assert store.set_progress("s", "▸ 正在使用工具：search")
+    assert store.set_progress("s", "最后的想法")
+    store.set_status("s", "done")
+    assert not store.set_progress("s", "▸ 正在使用工具：search")  # a late keeper write: refused
+    assert store.write_many([], [("s", "▸ 迟到的")]) == [WriteResult.APPLIED]  # answered, not applied
+    snap = store.snapshot("s")
+    assert snap is not None and snap.meta["progress"] == "最后的想法"
+    assert not store.set_progress("gone", "x")

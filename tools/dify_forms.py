@@ -28,6 +28,7 @@ class Form:
     inputs: tuple[tuple[str, str | None], ...] = ()  # (name, default); None: the user must type it
     display_in_ui: bool = True
     then: dict[str, str] = field(default_factory=dict)  # action id -> the rest of the answer
+    next: dict[str, Form] = field(default_factory=dict)  # action id -> the form the resumed run pauses at
 
 
 @dataclass
@@ -51,6 +52,7 @@ class Forms:
         self._lock = threading.Lock()
         self.runs: dict[str, PausedRun] = {}  # run id -> run
         self.submits: list[dict[str, Any]] = []  # the submit bodies received, with their token
+        self.fail_next: list[int] = []  # statuses the next submits get (e.g. 502 from a proxy, after taking it)
 
     def pause(self, run_id: str, user: str, form: Form, ids: Any) -> dict[str, Any]:
         """Register a paused run; return the ``data`` of its ``human_input_required`` frame."""
@@ -88,7 +90,10 @@ class Forms:
                 return 400, "invalid_form_data", f"Missing required inputs: {', '.join(missing)}"
             run.chosen, run.inputs = action, dict(inputs)
             self.submits.append({"token": token, **body})
+            failure = self.fail_next.pop(0) if self.fail_next else None
         run.submitted.set()
+        if failure is not None:  # taken, but the answer was lost on its way back
+            return failure, f"http_{failure}", "Bad Gateway"
         return 200, "", ""
 
     def waiting(self, run_id: str, user: str) -> PausedRun | None:

@@ -209,7 +209,9 @@ class AnswerStream:
                 self.drain(force=True)
                 if self.h.server.sim._closing.is_set():
                     raise Abort
-            self.s = s = replace(self.s, answer=self.resumed.form.then.get(self.resumed.chosen or "", ""))
+            chosen = self.resumed.chosen or ""
+            self.s = s = replace(self.s, answer=self.resumed.form.then.get(chosen, ""),
+                                 form=self.resumed.form.next.get(chosen))
         self.opening()
         deltas = s.split()
         cut = min(len(deltas), *(n for n in (s.error_after, s.eof_after, s.stopped_after) if n is not None),

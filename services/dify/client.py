@@ -35,6 +35,8 @@ from services.errors import (
 log = logging.getLogger(__name__)
 
 _STALE_CONVERSATION = "Conversation Not Exists"
+RESUME_SETTLE = 0.3
+"""Seconds between a paused run's first event (its subscription is live) and submitting its form."""
 
 Sleep = Callable[[float], Awaitable[None]]
 
@@ -162,8 +164,16 @@ class DifyClient:
             if resp.status >= 300:
                 raise await http_error(resp)
             body = {"inputs": inputs, "action": action, "user": user}
-            await self._json("POST", f"/form/human_input/{quote(token, safe='')}", lambda: body, authorization)
-            async with aclosing(self._reader.stream(resp, deadline)) as events:
+            first = await self._reader.first_frame(resp, deadline)  # Dify subscribes after its first ping
+            await self._sleep(RESUME_SETTLE)
+            try:  # sent once: a retry after a 5xx would only hear "already submitted"
+                await self._json("POST", f"/form/human_input/{quote(token, safe='')}", lambda: body, authorization,
+                                 retry=False)
+            except DifyHTTPError as exc:
+                if exc.status < 500:
+                    raise
+                log.warning("dify: form submit answered %d; reading the run in case it was taken", exc.status)
+            async with aclosing(self._reader.stream(resp, deadline, prefix=first)) as events:
                 async for event in events:
                     yield event
         finally:
@@ -188,8 +198,12 @@ class DifyClient:
         return await self._json("GET", "/parameters", lambda: None, authorization)
 
     async def _json(self, method: str, path: str, body: Callable[[], Any], authorization: str | None, *,
-                    expect_id: bool = False) -> dict[str, Any]:
-        """One JSON request; what cannot have been served (connection refused, 5xx, 429) is retried."""
+                    expect_id: bool = False, retry: bool = True) -> dict[str, Any]:
+        """One JSON request; what cannot have been served (connection refused, 5xx, 429) is retried.
+
+        Without ``retry`` only a request that surely never arrived (connection refused) is sent again.
+        """
+        label = path.split("?", 1)[0].rsplit("/", 1)[-1]  # (never the query: it names the user)
         deadline = self._clock() + self.total_timeout
         headers = {**self._headers(authorization), "Accept": "application/json"}
         attempt = 0
@@ -201,9 +215,10 @@ class DifyClient:
                 raise await http_error(resp)
             except DifyError as error:
                 delay = min(self.backoff_max, self.backoff_base * 2**attempt)
-                if not _retryable(error) or attempt >= self.max_retries or self._clock() + delay >= deadline:
+                again = _retryable(error) if retry else error.code == "connection_error"
+                if not again or attempt >= self.max_retries or self._clock() + delay >= deadline:
                     raise
-                log.warning("dify: %s %s (attempt %d), retrying in %.2fs", path, error.code, attempt + 1, delay)
+                log.warning("dify: %s %s (attempt %d), retrying in %.2fs", label, error.code, attempt + 1, delay)
                 await self._sleep(delay)
                 attempt += 1
         try:
@@ -282,9 +297,11 @@ class DifyClient:
                                     self._clock() + self.connect_timeout + self.read_timeout, method="GET")
         except DifyError:
             return False  # cannot tell: keep waiting for the answer
-        gone = resp.status == 404
-        resp.close()
-        return gone
+        if resp.status != 404:
+            resp.close()
+            return False
+        error = await http_error(resp)  # Dify's own envelope, not a gateway's 404 page
+        return error.code == "not_found" and error.message.startswith(_STALE_CONVERSATION)
 
     async def _post(self, url: str, body: Any, headers: dict[str, str], deadline: float,
                     method: str = "POST") -> aiohttp.ClientResponse:

@@ -64,8 +64,18 @@ class ResponseReader:
             log.info("dify: stream cut: %s", type(e).__name__)
             return b""  # treated like EOF
 
+    async def first_frame(self, resp: aiohttp.ClientResponse, deadline: float, limit: int = 64 * 1024) -> bytes:
+        """The bytes up to the end of the stream's first frame (e.g. its ping), for ``stream``'s ``prefix``."""
+        got = bytearray()
+        while b"\n\n" not in got and len(got) <= limit:
+            data = await self.read(resp, deadline)
+            if not data:
+                break
+            got += data
+        return bytes(got)
+
     async def stream(self, resp: aiohttp.ClientResponse, deadline: float,
-                     probe: Probe | None = None) -> AsyncGenerator[DifyEvent, None]:
+                     probe: Probe | None = None, prefix: bytes = b"") -> AsyncGenerator[DifyEvent, None]:
         """The events of a streaming answer; it must end with a terminal event (or a Chatflow's grace).
 
         With ``probe``, a stream that sends no data frame for ``first_output`` seconds is asked about:
@@ -80,7 +90,7 @@ class ResponseReader:
             until = min(deadline, idle_until if grace_until is None else grace_until,
                         deadline if quiet_until is None else quiet_until)
             try:
-                data = await self.read(resp, until)
+                data, prefix = (prefix, b"") if prefix else (await self.read(resp, until), b"")
             except DifyTimeout as e:
                 if grace_until is not None:
                     finished = Finished(state.conversation_id)

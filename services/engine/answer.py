@@ -82,6 +82,8 @@ class Answers:
                     if isinstance(event, Delta):
                         if first_text:
                             first_text = False
+                            if (shown := progress.pending()) is not None:
+                                job.writer.show_progress(shown)  # the last thoughts before the answer
                             metrics.FIRST_TEXT_SECONDS.labels(job.bot.id).observe(max(0.0, e.clock() - job.created))
                         job.writer.add(event.text)  # the keeper writes it within one tick
                     elif isinstance(event, Replace):
@@ -108,7 +110,8 @@ class Answers:
                     elif isinstance(event, Finished):
                         conversation = event.conversation_id or conversation
             job.bot.health.record("ok")
-            if conversation:  # the answer succeeded: its conversation goes on (before anything else can fail)
+            if conversation and job.resume is None:  # it succeeded: its conversation goes on (a form's run
+                # belongs to the conversation it paused in, which /new may have ended since)
                 await self.best_effort(job, store.set_conversation, job.scope, conversation,
                                         s.conversation_idle_seconds)
             if files:  # still the active answer: /stop reaches it while its images download
@@ -242,9 +245,11 @@ class Answers:
             claimed = await e.redis(store.mark_delivered, job.sid)
         except StoreUnavailable:
             claimed = True  # nobody can have delivered it without Redis either
-        if claimed:
+        if claimed and job.follow_card is not None:  # it paused at a form: the card carries its text
+            await e.io(job, delivery.send_card, url, job.follow_card)
+        elif claimed:
             text = job.writer.text if job.writer else ""
-            await e.io(job, delivery.send, url, join(text, job.image_links, note), s.msg_truncated)
+            await e.io(job, delivery.send, url, join(text, job.image_links, note) or s.msg_done, s.msg_truncated)
 
     async def _seen(self, job: Job) -> bool:
         """Wait up to ``SEEN_GRACE`` for a poll to have shown the stream's last (or closing) frame."""

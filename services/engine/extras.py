@@ -49,12 +49,12 @@ class Extras:
     async def suggest(self, job: Job) -> None:
         """Offer the app's questions after the answer (a card in its last frame), when the app enables them."""
         bot, s = job.bot, job.bot.settings
-        parameters = await app_parameters(self.answers.engine, bot, self.answers.token(job)) or {}
-        after = parameters.get("suggested_questions_after_answer")
-        if not (isinstance(after, dict) and after.get("enabled")):
-            return
         try:
             async with asyncio.timeout(s.suggestions_timeout):  # the last frame waits for them this long at most
+                parameters = await app_parameters(self.answers.engine, bot, self.answers.token(job)) or {}
+                after = parameters.get("suggested_questions_after_answer")
+                if not (isinstance(after, dict) and after.get("enabled")):
+                    return
                 questions = clean_questions(await bot.dify.suggested(job.message_id, user=job.dify_user,
                                                                      authorization=self.answers.token(job)))
         except (DifyError, TimeoutError) as exc:
@@ -77,19 +77,31 @@ class Extras:
         return False
 
     async def offer_form(self, job: Job, forms: list[FormRequired]) -> str:
-        """Put a paused run's form in the answer's last frame as a card; return a note when it cannot be one."""
+        """Offer a paused run's form as a card; return a note when it cannot be one.
+
+        The card goes in the answer's last frame, or (an answer nobody polls: a form after a form) through
+        ``response_url`` with the answer's text on it, which WeCom takes only in a single chat. Its click
+        resumes the run as the run's own Dify user, whoever clicks.
+        """
         s = job.bot.settings
         form = forms[0] if forms else None
-        if form is None or form.token is None or not form.complete or not form.actions or not job.polled:
+        if form is None or form.token is None or not form.complete or not form.actions or \
+                (not job.polled and (job.chat or not job.response_url)):
             log.info("form not offered as a card", extra={"sid": job.sid})
             return s.msg_form_unsupported
-        card = form_card(new_task_id(), form)
-        record = {"token": form.token, "run_id": form.run_id, "values": form.values,
-                  "actions": [list(a) for a in form.actions]}
+        text = "" if job.polled or job.writer is None else job.writer.text
+        card = form_card(new_task_id(), form, text)
+        record = {"token": form.token, "run_id": form.run_id, "values": form.values, "user": job.dify_user,
+                  "scope": job.scope, "actions": [list(a) for a in form.actions]}
         try:
             await self.answers.engine.redis(keep_card, job.bot.store, card, [], s.card_ttl_seconds, record)
-            await self.answers.engine.redis(job.bot.store.set_fields, job.sid,
-                                            {"card": json.dumps(card, ensure_ascii=False)})
+            if job.polled:
+                await self.answers.engine.redis(job.bot.store.set_fields, job.sid,
+                                                {"card": json.dumps(card, ensure_ascii=False)})
         except StoreUnavailable:
             return s.msg_form_unsupported
+        if not job.polled:
+            job.follow_card = card
+        if len(forms) > 1:
+            log.info("parallel forms: only the first is offered", extra={"sid": job.sid, "forms": len(forms)})
         return ""

@@ -75,6 +75,7 @@ class Job:
     polled: bool = True  # False: nobody polls its stream (a card click): the answer goes whole via response_url
     message_id: str = ""  # Dify's, once its first frame arrived
     resume: dict[str, Any] | None = None  # a form's choice (token, run_id, values, action): resume that run
+    follow_card: dict[str, Any] | None = None  # an unpolled answer paused at a form: its card goes instead
     image_links: str = ""  # the answer's images (shown in its last frame) as links, for a follow-up
     created: float = field(default_factory=time.time)
     state: State = State.QUEUED

@@ -88,28 +88,25 @@ class LeaseKeeper:
             self._flush_store(store, group, report)
 
     def _flush_store(self, store: StreamStore, jobs: list[Job], report: Report) -> None:
-        taken: list[tuple[Job, StreamWriter, Write]] = []
-        notes: list[tuple[StreamWriter, str]] = []
+        taken: list[tuple[Job, StreamWriter, Write | None, str | None]] = []
         for job in jobs:
             writer = job.writer
-            if writer is None or not writer.dirty:
-                continue
-            if (write := writer.take()) is not None:
-                taken.append((job, writer, write))
-            if (note := writer.take_progress()) is not None:
-                notes.append((writer, note))
-        if not taken and not notes:
+            if writer is not None and writer.dirty and (batch := writer.take_batch()) is not None:
+                taken.append((job, writer, *batch))
+        if not taken:
             return
+        writes = [write for _, _, write, _ in taken if write is not None]
+        notes = [(writer.sid, note) for _, writer, _, note in taken if note is not None]
         try:
-            results = store.write_many([write for _, _, write in taken], [(w.sid, note) for w, note in notes])
+            replies = store.write_many(writes, notes)
         except BaseException:
-            for _, writer, _ in taken:
-                writer.settle(None)  # sent again on the next tick
-            for writer, note in notes:
-                writer.keep_progress(note)
+            for _, writer, _, note in taken:
+                writer.settle_batch(None, note, False)  # sent again on the next tick
             raise
-        for (job, writer, _), result in zip(taken, results, strict=True):
-            writer.settle(result)
+        results, written = iter(replies[: len(writes)]), iter(replies[len(writes):])
+        for job, writer, write, note in taken:
+            result = next(results) if write is not None else None
+            writer.settle_batch(result, note, note is None or next(written) is not None)
             if writer.refused is WriteResult.FINISHED:  # e.g. /stop on another replica
                 report.finished_elsewhere.append(job)
             elif writer.lost:

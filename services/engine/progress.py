@@ -9,17 +9,26 @@ is done the step lines go; in ``think`` mode the reasoning stays in its block.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
 from services.dify import Progress
 
 MAX_NOTE = 6000
 """Characters of progress kept (the latest): what a poll may show above the answer."""
+REASONING_EVERY = 1.0
+"""Seconds between two notes while only reasoning changes (each note is rewritten whole into Redis)."""
 
 
 class ProgressView:
     """One answer's progress note, as its events come."""
 
-    def __init__(self, mode: str, *, tool: str, node: str, thinking: str) -> None:
+    def __init__(self, mode: str, *, tool: str, node: str, thinking: str,
+                 clock: Callable[[], float] = time.monotonic, every: float = REASONING_EVERY) -> None:
         self.mode = mode
+        self.clock, self.every = clock, every
+        self._shown_at = float("-inf")
+        self._unshown = False  # reasoning arrived that no note has shown yet
         self.templates = {"tool": tool, "node": node}
         self.thinking = thinking
         self._parts: list[str] = []  # think mode: step lines and reasoning, in order
@@ -44,6 +53,17 @@ class ProgressView:
         if self._size > 2 * MAX_NOTE:  # keep memory bounded: only the tail is ever shown
             self._parts = ["".join(self._parts)[-MAX_NOTE:]]
             self._size = len(self._parts[0])
+        if event.kind == "reasoning" and self.clock() - self._shown_at < self.every:
+            self._unshown = True  # thoughts stream by the token: the note is rewritten at most once a second
+            return None
+        return self._note()
+
+    def pending(self) -> str | None:
+        """The note with the reasoning not shown yet (e.g. when the answer's text begins), else None."""
+        return self._note() if self._unshown else None
+
+    def _note(self) -> str:
+        self._shown_at, self._unshown = self.clock(), False
         return "".join(self._parts)[-MAX_NOTE:].strip()
 
     def final(self) -> str:

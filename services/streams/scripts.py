@@ -131,6 +131,15 @@ redis.call('HSET', KEYS[1], unpack(ARGV))
 return 1
 """
 
+SET_PROGRESS = """
+-- KEYS[1] = stream meta; ARGV[1] = the progress note.
+-- Sets the note of a live stream only: a finished one keeps the note its answer ended with.
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status or status == 'done' or status == 'failed' or status == 'interrupted' then return 0 end
+redis.call('HSET', KEYS[1], 'progress', ARGV[1])
+return 1
+"""
+
 PUT_IMAGES = """
 -- KEYS[1] = stream meta, KEYS[2] = the stream's images; ARGV[1] = msg_item JSON, ARGV[2] = how many,
 -- ARGV[3] = the images as markdown links, ARGV[4] = the images' TTL (ms).

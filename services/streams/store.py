@@ -48,6 +48,7 @@ class StreamStore:
         self._status = client.register_script(scripts.SET_STATUS)
         self._fields = client.register_script(scripts.SET_FIELDS)
         self._images = client.register_script(scripts.PUT_IMAGES)
+        self._progress = client.register_script(scripts.SET_PROGRESS)
         self._close = client.register_script(scripts.CLOSE_STREAM)
         self._interrupt = client.register_script(scripts.INTERRUPT_ORPHAN)
         self._mark = client.register_script(scripts.MARK_DELIVERED)
@@ -98,10 +99,11 @@ class StreamStore:
                    progress: list[tuple[str, str]] | None = None) -> list[WriteResult | None]:
         """Apply (sid, seq, text, replace) writes, and (sid, progress) notes, in one pipelined round trip.
 
-        Returns the writes' results in order. A write Redis answered with an error (OOM, BUSY,
-        READONLY during a failover) is None: not applied, to be sent again. A failed round trip
-        raises ``StoreUnavailable``; since every write is sequence-checked, all of them may simply
-        be sent again. A progress note only overwrites the meta field (never recreating a stream).
+        Returns the writes' results, then one per note (APPLIED, or None: Redis refused it), in order.
+        A write Redis answered with an error (OOM, BUSY, READONLY during a failover) is None: not
+        applied, to be sent again. A failed round trip raises ``StoreUnavailable``; since every
+        write is sequence-checked, all of them may simply be sent again. A note is set only on a
+        live stream (``SET_PROGRESS``): a finished answer keeps the note it ended with.
         """
         if not writes and not progress:
             return []
@@ -112,9 +114,15 @@ class StreamStore:
                 self._write(keys=[self.keys.stream_meta(sid), self.keys.stream_text(sid)],
                             args=[seq, "replace" if replace else "append", text, now], client=pipe)
             for sid, note in progress or []:
-                self._fields(keys=[self.keys.stream_meta(sid)], args=["progress", note], client=pipe)
+                self._progress(keys=[self.keys.stream_meta(sid)], args=[note], client=pipe)
             replies = pipe.execute(raise_on_error=False)
-        return [WriteResult(int(r)) if isinstance(r, int) else None for r in replies[: len(writes)]]
+        results = [WriteResult(int(r)) if isinstance(r, int) else None for r in replies[: len(writes)]]
+        return results + [WriteResult.APPLIED if isinstance(r, int) else None for r in replies[len(writes):]]
+
+    def set_progress(self, sid: str, note: str) -> bool:
+        """Set a live stream's progress note; False if it has finished (or is gone)."""
+        with self._errors():
+            return int(self._progress(keys=[self.keys.stream_meta(sid)], args=[note])) == 1
 
     def set_status(self, sid: str, status: str, note: str = "") -> bool:
         """Move a live stream to ``status``; False if it already finished or is gone."""

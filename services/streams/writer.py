@@ -93,6 +93,30 @@ class StreamWriter:
             self._flush_lock.release()
         return write
 
+    def take_batch(self) -> tuple[Write | None, str | None] | None:
+        """Claim the next write and the newest progress note together (None: nothing, or being written).
+
+        The flush lock stays held until ``settle_batch``: a note goes out in order with the text,
+        never after a newer one that ``flush`` wrote meanwhile.
+        """
+        if not self._flush_lock.acquire(blocking=False):
+            return None
+        write, note = self._next(), (self.take_progress() if not self.lost else None)
+        if write is None and note is None:
+            self._flush_lock.release()
+            return None
+        return write, note
+
+    def settle_batch(self, result: WriteResult | None, note: str | None, note_written: bool) -> None:
+        """Record how a ``take_batch`` went: the write's result, and whether its note was written."""
+        try:
+            if note is not None and not note_written:
+                self.keep_progress(note)
+            if result is not None:
+                self._done(result)
+        finally:
+            self._flush_lock.release()
+
     def settle(self, result: WriteResult | None) -> None:
         """Record the outcome of the write ``take`` returned (None: it failed and will be sent again)."""
         try:
@@ -109,7 +133,7 @@ class StreamWriter:
                 self._done(self.store.write(self.sid, seq, text, replace=replace))
             if (note := self.take_progress()) is not None and not self.lost:
                 try:
-                    self.store.set_fields(self.sid, {"progress": note})
+                    self.store.set_progress(self.sid, note)
                 except BaseException:
                     self.keep_progress(note)
                     raise
