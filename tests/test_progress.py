@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from app import create_app
 from config import Settings
-from services.dify.events import ThinkSplitter
+from services.dify.think import ThinkSplitter
 from tests.helpers import InProcessWeCom, contents
 from tools.dify_sim import DifySimulator, Script
 from tools.wecom_client import WeComSigner, text_message
