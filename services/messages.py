@@ -168,13 +168,13 @@ class MessageHandler:
             if d.action == "interrupt":
                 metrics.STREAMS_ENDED.labels(self.bot.id, "interrupted").inc()
                 log.warning("stream interrupted: owner lease lapsed", extra={"sid": sid})
-            if d.finish and snap.status == "done" and not snap.note:  # an answer's own last frame
-                return self._last_frame(sid, d.content, snap.meta)
+            if d.finish and snap.status == "done" and snap.final is None:  # an answer's own last frame
+                return self._last_frame(sid, d.content, snap.meta, card=not snap.note)
             return stream_frame(sid, d.content, d.finish)
         return stream_frame(sid, snap.text if snap else "", False)  # changing under us: finish on a later poll
 
-    def _last_frame(self, sid: str, content: str, meta: dict[str, str]) -> dict[str, Any]:
-        """An answer's last frame, with its images (``msg_item``) and its suggested questions' card.
+    def _last_frame(self, sid: str, content: str, meta: dict[str, str], *, card: bool) -> dict[str, Any]:
+        """An answer's last frame, with its images (``msg_item``) and (``card``) its questions' or form's card.
 
         Images that cannot be read any more go as their links (cut first when the frame is full).
         """
@@ -189,11 +189,11 @@ class MessageHandler:
                 content = "\n\n".join(part for part in (content, meta.get("image_links", "")) if part)
         frame = stream_frame(sid, content, True, images)
         try:
-            card = json.loads(meta["card"]) if "card" in meta else None
+            template = json.loads(meta["card"]) if card and "card" in meta else None
         except ValueError:
-            card = None
-        if isinstance(card, dict):  # once per message, in the last frame (wecom-protocol.md §2.3)
-            frame = {"msgtype": "stream_with_template_card", "stream": frame["stream"], "template_card": card}
+            template = None
+        if isinstance(template, dict):  # once per message, in the last frame (wecom-protocol.md §2.3)
+            frame = {"msgtype": "stream_with_template_card", "stream": frame["stream"], "template_card": template}
         return frame
 
     def scope(self, user: str, chat: str) -> str:

@@ -156,3 +156,4 @@ def test_a_lost_submit_reply_is_not_sent_twice_and_an_empty_branch_still_answers
     wecom.send(click(card, "a1", responses.url("quiet")))
     wait_for(lambda: len(responses.contents()) == 2, timeout=10)
     assert responses.contents()[1] == settings.msg_done  # never an empty message
+
