@@ -101,6 +101,14 @@ class Keys:
         """A question card's questions, for its clicks (``CARD_TTL_SECONDS``)."""
         return f"{self.prefix}card:{task_id}"
 
+    def ws_holder(self, bot_id: str) -> str:
+        """Which replica holds the bot's long connection, and its term (``owner|fence``; a short lease)."""
+        return f"{self.prefix}ws:holder:{bot_id}"
+
+    def ws_fence(self, bot_id: str) -> str:
+        """The bot's fencing counter: each new holder term takes the next number (TTL 30 days, renewed)."""
+        return f"{self.prefix}ws:fence:{bot_id}"
+
     def queue(self, scope: str) -> str:
         """Ticket queue (a list of stream ids) running one conversation's answers in arrival order."""
         return f"{self.prefix}queue:{scope}"
