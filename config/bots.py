@@ -32,6 +32,10 @@ FIELDS: dict[str, str] = {
     "wecom_token": "wecom_token",
     "wecom_encoding_aes_key": "wecom_encoding_aes_key",
     "wecom_receive_id": "wecom_receive_id",
+    "transport": "wecom_transport",
+    "bot_id": "wecom_bot_id",
+    "ws_secret": "wecom_ws_secret",
+    "ws_url": "wecom_ws_url",
     "bot_names": "wecom_bot_names",
     "dify_base_url": "dify_base_url",
     "dify_api_key": "dify_api_key",
@@ -55,7 +59,7 @@ LISTS = frozenset({"bot_names", "response_url_hosts", "stop_commands", "new_comm
                    "dify_file_hosts"})
 """Keys that may be written as a list of strings (or as one comma-separated string)."""
 
-SECRETS = frozenset({"wecom_token", "wecom_encoding_aes_key", "dify_api_key"})
+SECRETS = frozenset({"wecom_token", "wecom_encoding_aes_key", "dify_api_key", "ws_secret"})
 MESSAGES = {f.removeprefix("msg_"): f for f in Settings.__dataclass_fields__ if f.startswith("msg_")}
 """``[bots.<id>.messages]`` keys → the user-facing text each one overrides (``busy`` → ``msg_busy``)."""
 
@@ -230,9 +234,17 @@ class _BotReader:
 
 
 def _check_distinct_tokens(bots: dict[str, Settings]) -> None:
-    """Two bots with one Token would accept each other's callbacks: refuse, naming the second."""
+    """Two bots with one Token would accept each other's callbacks, two with one BotID would kick each
+    other's long connection: refuse, naming the second."""
     seen: dict[str, str] = {}
+    held: dict[str, str] = {}
     for bot_id, s in bots.items():
+        if s.wecom_transport != "callback":
+            if s.wecom_bot_id in held:
+                raise ConfigError(f"bots.{bot_id}.bot_id", f"is the BotID of bots.{held[s.wecom_bot_id]} too; "
+                                                           "WeCom keeps one long connection per bot")
+            held[s.wecom_bot_id] = bot_id
+            continue
         if s.wecom_token in seen:
             raise ConfigError(f"bots.{bot_id}.wecom_token", f"is the Token of bots.{seen[s.wecom_token]} too; each "
                                                             "WeCom bot needs its own, or one would accept the other's "

@@ -44,6 +44,11 @@ class Settings:
     dify_api_key: str = _env("DIFY_API_KEY", "")
     bots_file: str = _env("BOTS_FILE", "")
     wecom_receive_id: str = _env("WECOM_RECEIVE_ID", "")
+    wecom_transport: str = _env("WECOM_TRANSPORT", "callback")
+    wecom_bot_id: str = _env("WECOM_BOT_ID", "")
+    wecom_ws_secret: str = _env("WECOM_WS_SECRET", "")
+    wecom_ws_url: str = _env("WECOM_WS_URL", "wss://openws.work.weixin.qq.com")
+    ws_lease_seconds: float = _env("WS_LEASE_SECONDS", 6.0)
     wecom_timestamp_window_seconds: int = _env("WECOM_TIMESTAMP_WINDOW_SECONDS", 3600)
     max_request_bytes: int = _env("MAX_REQUEST_BYTES", 262144)
     log_level: str = _env("LOG_LEVEL", "INFO")
@@ -157,7 +162,8 @@ class Settings:
             name = f.metadata["env"]
             if name in values:
                 kwargs[f.name] = _convert(name, values[name], f.type)
-            elif name in PER_BOT_REQUIRED and not values.get("BOTS_FILE"):
+            elif name in PER_BOT_REQUIRED and not values.get("BOTS_FILE") and \
+                    not (name in CALLBACK_ONLY and values.get("WECOM_TRANSPORT") == "websocket"):
                 raise ConfigError(name, "is required but not set")
         return cls(**kwargs)
 
@@ -215,6 +221,8 @@ def read_environment(environ: Mapping[str, str] | None = None, dotenv: str | Pat
 
 
 PER_BOT_REQUIRED = frozenset({"WECOM_TOKEN", "WECOM_ENCODING_AES_KEY", "DIFY_BASE_URL", "DIFY_API_KEY"})
+CALLBACK_ONLY = frozenset({"WECOM_TOKEN", "WECOM_ENCODING_AES_KEY"})
+"""What only a callback bot needs: a long-connection bot has its BotID and Secret instead."""
 """Required for the single bot of an environment-only configuration; a bots file sets them per bot."""
 
 
@@ -346,6 +354,18 @@ def _validate(s: Settings) -> None:
 
 def _validate_bot(s: Settings) -> None:
     """The values every bot needs: its WeCom credentials and its Dify app."""
+    _require(s.wecom_transport in {"callback", "websocket"}, "wecom_transport", "must be 'callback' or 'websocket'")
+    _require(_is_http_url(s.dify_base_url), "dify_base_url",
+             "must be an http(s) URL including /v1, e.g. https://api.dify.ai/v1")
+    _require(bool(s.dify_api_key.strip()), "dify_api_key", "is required but empty")
+    if s.wecom_transport == "websocket":
+        _require(bool(s.wecom_bot_id.strip()), "wecom_bot_id", "is required for a long-connection bot (its BotID)")
+        _require(bool(s.wecom_ws_secret.strip()), "wecom_ws_secret",
+                 "is required for a long-connection bot (its long-connection Secret)")
+        _require(urlsplit(s.wecom_ws_url).scheme in {"ws", "wss"} and bool(urlsplit(s.wecom_ws_url).hostname),
+                 "wecom_ws_url", "must be a ws:// or wss:// URL")
+        _require(3 <= s.ws_lease_seconds <= 60, "ws_lease_seconds", "must be between 3 and 60")
+        return
     _require(bool(s.wecom_token), "wecom_token", "is required but empty")
     _require(s.wecom_token.isascii() and s.wecom_token.isalnum() and len(s.wecom_token) <= 32,
              "wecom_token", "must be 1-32 letters or digits (as shown in the WeCom admin console)")
@@ -356,9 +376,6 @@ def _validate_bot(s: Settings) -> None:
         raise ConfigError(
             "WECOM_ENCODING_AES_KEY", "must be 43 letters/digits that base64-decode to 32 bytes"
         ) from None
-    _require(_is_http_url(s.dify_base_url), "dify_base_url",
-             "must be an http(s) URL including /v1, e.g. https://api.dify.ai/v1")
-    _require(bool(s.dify_api_key.strip()), "dify_api_key", "is required but empty")
 
 
 def _is_http_url(url: str) -> bool:

@@ -55,7 +55,7 @@ class Bot:
 
     id: str
     settings: Settings
-    crypto: WeComCrypto
+    crypto: WeComCrypto | None  # None: a long-connection bot (no callbacks, no message encryption)
     store: StreamStore
     dify: DifyClient
     delivery: ResponseURL
@@ -71,8 +71,9 @@ class Bot:
               api: AuthAPI | None = None, dify: DifyClient | None = None) -> Bot:
         """Create the bot's clients on the shared Redis ``client`` (and, with AUTH_MODE=mysql, ``users``)."""
         s = config.settings
-        crypto = WeComCrypto(s.wecom_token, s.wecom_encoding_aes_key, s.wecom_receive_id,
-                             timestamp_window=s.wecom_timestamp_window_seconds or None)
+        crypto = None if s.wecom_transport == "websocket" else WeComCrypto(
+            s.wecom_token, s.wecom_encoding_aes_key, s.wecom_receive_id,
+            timestamp_window=s.wecom_timestamp_window_seconds or None)
         keys = Keys.for_bot(s.redis_key_prefix, config.namespace, s.auth_redis_wechatid_key, s.auth_redis_token_key)
         store = StreamStore(client, keys, stream_ttl=s.stream_ttl_seconds,
                             owner_lease_ms=int(s.producer_lease_seconds * 1000))

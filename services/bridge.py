@@ -15,6 +15,7 @@ from services.auth_api import AuthAPI
 from services.bot import Bot
 from services.dify import DifyClient
 from services.engine import Engine
+from services.longconn.bot import LongConnectionBot
 from services.messages import MessageHandler
 from services.user_db import MySQLConfig, UserDB
 
@@ -57,6 +58,9 @@ class Bridge:
                    for bot_id, config in bots.items()}
         engine = Engine(settings, runtime)
         handlers = {bot_id: MessageHandler(bot, engine) for bot_id, bot in runtime.items()}
+        for bot_id, bot in runtime.items():
+            if bot.settings.wecom_transport == "websocket":  # held by one worker of one replica at a time
+                engine.add_service(LongConnectionBot(bot, handlers[bot_id], engine, engine.owner))
         return cls(settings=settings, redis=client, bots=runtime, handlers=handlers, engine=engine, users=users)
 
     def init_app(self, app: Flask) -> None:

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from config import Settings
 from services import metrics
@@ -51,6 +51,16 @@ class Admission:
     outcome: str  # started | duplicate | busy | stop | empty | unsupported
     sid: str
     text: str = ""  # the final answer when the engine answered at once (stop, empty)
+
+
+class Service(Protocol):
+    """Long-running work of a worker, started with the engine and stopped first at the drain."""
+
+    async def run(self) -> None:
+        """Work until stopped."""
+
+    async def stop(self) -> None:
+        """Stop at once, handing over what can be."""
 
 
 class Gone(Exception):
@@ -93,6 +103,7 @@ class Engine:
         self._lock = threading.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._keeping: asyncio.Task[None] | None = None
+        self._services: list[Service] = []  # long-running work of the worker (a long connection's holder)
 
     # -- the interface for request threads ----------------------------------------------------------
     @property
@@ -110,6 +121,8 @@ class Engine:
                     for pool, size in ((self._redis, REDIS_THREADS), (self._io, IO_THREADS), (self._keeper_thread, 1)):
                         _spawn_all(pool, size)  # the thread count is fixed from the start, whatever the load
                     self._keeping = asyncio.run_coroutine_threadsafe(self._create_keeper(), loop).result()
+                    for service in self._services:
+                        loop.call_soon_threadsafe(self._launch_service, service)
 
     def admit(self, job: Job) -> Admission:
         """Claim ``job``'s msgid and, on its first delivery, start answering it (raises StoreUnavailable)."""
@@ -161,6 +174,21 @@ class Engine:
         BOT.set(bot.id)
         return await work()
 
+    def add_service(self, service: Service) -> None:
+        """Run ``service`` on the loop from ``start`` until the drain (which stops it first: a handover)."""
+        self._services.append(service)
+
+    def _launch_service(self, service: Service) -> None:
+        asyncio.get_running_loop().create_task(self._serve(service))
+
+    async def _serve(self, service: Service) -> None:
+        try:
+            await service.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:  # noqa: BLE001 - a service must say, in full, why it ended
+            log.exception("service ended")
+
     def run_soon(self, bot: Bot, work: Callable[[], Awaitable[None]]) -> None:
         """Run ``work`` (e.g. sending feedback) on the loop for ``bot``, apart from any stream; the drain waits."""
         self.start()
@@ -179,8 +207,12 @@ class Engine:
             log.exception("background work failed")
 
     def begin_shutdown(self) -> None:
-        """Refuse new work from now on (``/readyz`` reports it)."""
+        """Refuse new work from now on (``/readyz`` reports it); services hand over at once."""
         self.draining = True
+        loop = self._thread.loop
+        if loop is not None and self._keeping is not None:
+            for service in self._services:
+                asyncio.run_coroutine_threadsafe(service.stop(), loop)
 
     def drain(self, budget: float) -> None:
         """Stop taking work, let running answers finish within ``budget`` s, interrupt the rest."""
@@ -335,6 +367,11 @@ class Engine:
             self._cancel(job, Outcome.ABANDONED)
 
     async def _drain(self, budget: float) -> None:
+        for service in self._services:  # first: a long connection goes to a standby at once
+            try:
+                await service.stop()
+            except Exception:  # noqa: BLE001 - the drain goes on
+                log.exception("stopping a service failed")
         for job in self.keeper.jobs():
             if job.state in (State.QUEUED, State.AUTHENTICATING, State.ATTACHING, State.WAITING):
                 self._cancel(job, Outcome.INTERRUPTED)

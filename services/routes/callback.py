@@ -14,7 +14,7 @@ import time
 from flask import Blueprint, Response, abort, g, request
 
 from config import DEFAULT_BOT
-from crypto import SignatureError, WeComCryptoError
+from crypto import SignatureError, WeComCrypto, WeComCryptoError
 from services import metrics
 from services.bot import Bot
 from services.bridge import get_bridge
@@ -39,14 +39,17 @@ def query_params(*extra: str) -> list[str]:
     return values
 
 
-def find_bot(bot_id: str) -> tuple[Bot, MessageHandler]:
-    """The configured bot ``bot_id`` and its handler, or abort with 404 (nothing is decrypted)."""
+def find_bot(bot_id: str) -> tuple[Bot, WeComCrypto, MessageHandler]:
+    """The configured callback bot ``bot_id``, its crypto and handler, or abort with 404 (nothing is decrypted).
+
+    A long-connection bot takes no callbacks: it is not found here either.
+    """
     bridge = get_bridge()
     bot, handler = bridge.bots.get(bot_id), bridge.handlers.get(bot_id)
-    if bot is None or handler is None:
+    if bot is None or handler is None or bot.crypto is None:
         metrics.UNKNOWN_BOT.inc()
         abort(404, description="no such bot")
-    return bot, handler
+    return bot, bot.crypto, handler
 
 
 @bp.before_request
@@ -76,10 +79,10 @@ def reject(bot: Bot, exc: WeComCryptoError, msgtype: str = "verify") -> Response
 @bp.get("/wecom/callback/<bot_id>")
 def verify_url(bot_id: str) -> Response:
     """Answer WeCom's URL verification with the bare decrypted ``echostr``."""
-    bot, _ = find_bot(bot_id)
+    bot, crypto, _ = find_bot(bot_id)
     signature, timestamp, nonce, echostr = query_params("echostr")
     try:
-        plaintext = bot.crypto.verify_url(signature, timestamp, nonce, echostr)
+        plaintext = crypto.verify_url(signature, timestamp, nonce, echostr)
     except WeComCryptoError as exc:
         return reject(bot, exc)
     metrics.CALLBACKS.labels(bot.id, "verify", "ok").inc()
@@ -90,8 +93,8 @@ def verify_url(bot_id: str) -> Response:
 @bp.post("/wecom/callback/<bot_id>")
 def receive(bot_id: str) -> Response:
     """Verify and decrypt an AI-bot callback, handle it, and answer with an encrypted reply."""
-    bot, handler = find_bot(bot_id)
-    return _receive(bot, handler)
+    bot, crypto, handler = find_bot(bot_id)
+    return _receive(bot, crypto, handler)
 
 
 # The bot ``default`` also answers at the short URL (separate views: a rule with defaults would
@@ -108,11 +111,11 @@ def receive_default() -> Response:
     return receive(DEFAULT_BOT)
 
 
-def _receive(bot: Bot, handler: MessageHandler) -> Response:
+def _receive(bot: Bot, crypto: WeComCrypto, handler: MessageHandler) -> Response:
     started = time.perf_counter()
     signature, timestamp, nonce = query_params()
     try:
-        plaintext = bot.crypto.decrypt_json(signature, timestamp, nonce, request.get_data())
+        plaintext = crypto.decrypt_json(signature, timestamp, nonce, request.get_data())
     except WeComCryptoError as exc:
         return reject(bot, exc, "unknown")
     try:
@@ -129,7 +132,7 @@ def _receive(bot: Bot, handler: MessageHandler) -> Response:
     if reply is None:
         response = Response(b"", status=200)
     else:
-        body = bot.crypto.encrypt_json(json.dumps(reply, ensure_ascii=False), nonce)
+        body = crypto.encrypt_json(json.dumps(reply, ensure_ascii=False), nonce)
         response = Response(body, mimetype="application/json")
     metrics.CALLBACKS.labels(bot.id, msgtype, outcome).inc()
     metrics.CALLBACK_SECONDS.labels(msgtype).observe(time.perf_counter() - started)

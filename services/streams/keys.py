@@ -109,6 +109,15 @@ class Keys:
         """The bot's fencing counter: each new holder term takes the next number (TTL 30 days, renewed)."""
         return f"{self.prefix}ws:fence:{bot_id}"
 
+    def ws_streams(self, bot_id: str) -> str:
+        """The bot's live answers pushed over its long connection: sid → its req_id and what was pushed last
+        (the hash lives 7 minutes past its last change; WeCom takes updates for 6)."""
+        return f"{self.prefix}ws:streams:{bot_id}"
+
+    def ws_inbox(self, bot_id: str) -> str:
+        """Messages the bot's long connection received, for any replica to answer (7 minutes past the last)."""
+        return f"{self.prefix}ws:inbox:{bot_id}"
+
     def queue(self, scope: str) -> str:
         """Ticket queue (a list of stream ids) running one conversation's answers in arrival order."""
         return f"{self.prefix}queue:{scope}"
