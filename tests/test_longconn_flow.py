@@ -3,8 +3,10 @@ as callbacks, its answer pushed frame by frame under the callback's req_id until
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -13,8 +15,10 @@ from flask import Flask
 
 from app import create_app
 from config import Settings
-from tests.helpers import wait_for
+from tests.conftest import AES_KEY, TOKEN
+from tests.helpers import InProcessWeCom, contents, wait_for
 from tools.dify_sim import DifySimulator, Script
+from tools.wecom_client import WeComSigner, text_message
 from tools.wecom_ws_sim import LongConnectionSim
 
 BOT, SECRET = "aibot-ws", "ws-secret"
@@ -61,3 +65,62 @@ def test_a_message_is_answered_over_the_long_connection(ws_app: Flask, sim: Long
 def test_a_long_connection_bot_takes_no_callbacks(ws_app: Flask) -> None:
     client = ws_app.test_client()
     assert client.post("/wecom/callback?msg_signature=a&timestamp=1&nonce=2", data=b"{}").status_code == 404
+
+
+def test_opening_the_chat_is_welcomed_over_the_long_connection(ws_app: Flask, sim: LongConnectionSim,
+                                                               settings: Settings) -> None:
+    wait_for(lambda: sim.live(BOT) is not None, timeout=10)
+    started = time.monotonic()
+    req_id = sim.send_event(BOT, {"msgid": uuid.uuid4().hex, "aibotid": BOT, "chattype": "single",
+                                  "from": {"userid": "zhangsan"}, "msgtype": "event",
+                                  "event": {"eventtype": "enter_chat"}})
+    wait_for(lambda: sim.answers(req_id), timeout=5)
+    assert time.monotonic() - started < 5
+    assert sim.answers(req_id) == [{"msgtype": "text", "text": {"content": settings.msg_welcome}}]
+    [frame] = [f for f in sim.live(BOT).frames if f.get("headers", {}).get("req_id") == req_id]  # type: ignore[union-attr]
+    assert frame["cmd"] == "aibot_respond_welcome_msg"
+
+
+def test_refused_credentials_fail_readiness_and_are_not_hammered(settings: Settings, redis_client: redis.Redis,
+                                                                 sim: LongConnectionSim) -> None:
+    app = create_app(settings.replace(wecom_transport="websocket", wecom_bot_id=BOT, wecom_ws_secret="wrong",
+                                      wecom_ws_url=sim.url, ws_lease_seconds=3.0))
+    other = create_app(settings.replace(wecom_transport="websocket", wecom_bot_id=BOT, wecom_ws_secret="wrong",
+                                        wecom_ws_url=sim.url, ws_lease_seconds=3.0))  # another replica
+    try:
+        for a in (app, other):
+            a.extensions["wecom_dify"].engine.start()
+        wait_for(lambda: app.test_client().get("/readyz").status_code == 503, timeout=10)
+        body = app.test_client().get("/readyz").get_json()
+        assert body["checks"]["long_connection:default"] == "refused: check its BotID and Secret"
+        time.sleep(3.5)  # a lease's length: the other replica takes it, and remembers the refusal
+        assert len(sim.connections) == 1  # asked once, not hammered by either replica
+        assert other.test_client().get("/readyz").status_code == 503
+    finally:
+        for a in (app, other):
+            a.extensions["wecom_dify"].engine.drain(2)
+
+
+def test_a_callback_bot_and_a_long_connection_bot_in_one_deployment(settings: Settings, redis_client: redis.Redis,
+                                                                    sim: LongConnectionSim, dify: DifySimulator,
+                                                                    signer: WeComSigner, tmp_path: Path) -> None:
+    from config import load_bots
+
+    bots_file = tmp_path / "bots.toml"
+    bots_file.write_text(f'[bots.web]\nwecom_token = "{TOKEN}"\nwecom_encoding_aes_key = "{AES_KEY}"\n\n'
+                         f'[bots.lan]\ntransport = "websocket"\nbot_id = "{BOT}"\nws_secret = "{SECRET}"\n'
+                         f'ws_url = "{sim.url}"\n', encoding="utf-8")
+    base = settings.replace(bots_file=str(bots_file))
+    app = create_app(base, bots=load_bots(base, {}))
+    app.extensions["wecom_dify"].engine.start()
+    try:
+        wecom = InProcessWeCom(app.test_client(), signer, path="/wecom/callback/web")
+        first = wecom.send(text_message("网页"))
+        assert first is not None and contents(wecom.until_finished(first["stream"]["id"]))[-1] == "echo: 网页"
+        wait_for(lambda: sim.live(BOT) is not None, timeout=10)
+        req_id = sim.send_message(BOT, text("内网"))
+        wait_for(lambda: any(a["stream"]["finish"] for a in sim.answers(req_id)), timeout=10)
+        assert sim.answers(req_id)[-1]["stream"]["content"] == "echo: 内网"
+        assert {r.json["user"] for r in dify.chat_requests()} == {"wecom:web:zhangsan", "wecom:lan:zhangsan"}
+    finally:
+        app.extensions["wecom_dify"].engine.drain(5)

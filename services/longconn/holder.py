@@ -55,6 +55,10 @@ class Holder:
             except BadCredentials as exc:
                 self.healthy = False
                 log.error("long connection refused: check the bot's BotID and Secret", extra={"reason": str(exc)})
+                try:
+                    await self.redis(self.lease.mark_refused, 2 * BAD_CREDENTIALS_PAUSE)
+                except StoreUnavailable:
+                    pass
                 await self._let_go()
                 await asyncio.sleep(BAD_CREDENTIALS_PAUSE)
             except Kicked:
@@ -93,6 +97,12 @@ class Holder:
 
     async def _hold(self) -> None:
         """Subscribe and keep the connection while the term is provably ours."""
+        try:
+            refused = await self.redis(self.lease.refused)
+        except StoreUnavailable:
+            refused = False
+        if refused:  # another replica was refused just now: don't ask again yet
+            raise BadCredentials("refused recently (remembered in Redis)")
         connection = self.connection = self.connect()
         await connection.open()
         self.healthy = True

@@ -43,6 +43,7 @@ class HolderLease:
     def __init__(self, store: StreamStore, bot_id: str, owner: str, lease_ms: int) -> None:
         self.store, self.owner, self.lease_ms = store, owner, lease_ms
         self.key, self.fence_key = store.keys.ws_holder(bot_id), store.keys.ws_fence(bot_id)
+        self.refused_key = store.keys.ws_refused(bot_id)
         self._take = store.redis.register_script(TAKE)
         self._renew = store.redis.register_script(RENEW)
 
@@ -61,6 +62,14 @@ class HolderLease:
     def release(self, term: str) -> None:
         """Give the lease up at once, if ``term`` still holds it (a clean handover)."""
         self.store.release_lease(self.key, term)
+
+    def mark_refused(self, seconds: float) -> None:
+        """Remember for every replica that WeCom refused the credentials (no one hammers subscribe)."""
+        self.store.put_lease(self.refused_key, "1", int(seconds * 1000))
+
+    def refused(self) -> bool:
+        """True while a refusal of the credentials is remembered."""
+        return self.store.get_value(self.refused_key) is not None
 
     def holder(self) -> str | None:
         """The term holding the lease now, if any."""

@@ -114,6 +114,10 @@ class Keys:
         (the hash lives 7 minutes past its last change; WeCom takes updates for 6)."""
         return f"{self.prefix}ws:streams:{bot_id}"
 
+    def ws_refused(self, bot_id: str) -> str:
+        """WeCom refused the bot's BotID/Secret: no replica subscribes again for a while (2 minutes)."""
+        return f"{self.prefix}ws:refused:{bot_id}"
+
     def ws_inbox(self, bot_id: str) -> str:
         """Messages the bot's long connection received, for any replica to answer (7 minutes past the last)."""
         return f"{self.prefix}ws:inbox:{bot_id}"
