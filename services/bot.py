@@ -19,6 +19,7 @@ from crypto import WeComCrypto
 from services.auth_api import AuthAPI
 from services.delivery import ResponseURL
 from services.dify import DifyClient
+from services.longconn.outbox import Outbox
 from services.media import DifyFiles, MediaFetcher
 from services.streams.keys import Keys
 from services.streams.store import StreamStore
@@ -58,7 +59,7 @@ class Bot:
     crypto: WeComCrypto | None  # None: a long-connection bot (no callbacks, no message encryption)
     store: StreamStore
     dify: DifyClient
-    delivery: ResponseURL
+    delivery: ResponseURL | Outbox  # a long-connection bot's follow-ups go through its holder
     namespace: str
     capacity_share: float
     media: MediaFetcher
@@ -92,7 +93,10 @@ class Bot:
                 total_timeout=s.dify_total_timeout, idle_timeout=s.dify_idle_timeout,
                 first_output_timeout=s.dify_first_output_seconds,
                 max_retries=s.dify_max_retries, max_connections=s.engine_capacity)
-        delivery = ResponseURL(s.response_url_hosts, timeout=s.response_url_timeout, bot=config.id)
+        delivery: ResponseURL | Outbox = ResponseURL(s.response_url_hosts, timeout=s.response_url_timeout,
+                                                     bot=config.id)
+        if s.wecom_transport == "websocket":
+            delivery = Outbox(store, s.wecom_bot_id)
         media = MediaFetcher(s.media_hosts, max_bytes=s.media_max_bytes, timeout=s.media_timeout)
         answer_files = DifyFiles(s.dify_base_url, s.file_hosts, budget=s.answer_images_max_bytes,
                                  timeout=s.media_timeout, failed_note=s.msg_answer_file_failed, bot=config.id)

@@ -83,7 +83,7 @@ class EventHandler:
         """
         msgid, user = as_str(msg.get("msgid")), as_str(as_dict(msg.get("from")).get("userid"))
         chat = as_str(msg.get("chatid")) if msg.get("chattype") == "group" else ""
-        response_url = as_str(msg.get("response_url"))
+        response_url = as_str(msg.get("response_url")) or self.messages.follow_up_address(user, chat)
         if not msgid or not user or max(len(msgid), len(user), len(chat)) > MAX_ID_LEN:
             return None, "invalid"
         try:

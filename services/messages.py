@@ -19,6 +19,7 @@ from services.engine import Engine, Job
 from services.errors import StoreUnavailable
 from services.frames import MAX_CONTENT_BYTES, Notes, decide, stream_frame
 from services.inbound import MESSAGE_TYPES, read
+from services.longconn.outbox import address
 from utils.logging import user_ref
 from utils.payload import as_dict, as_str
 from utils.text import strip_mention
@@ -78,7 +79,7 @@ class MessageHandler:
         if asked and inbound.quote:
             parts = {"quote": inbound.quote, "query": asked}  # one pass: a quote may contain "{query}"
             query = re.sub(r"\{(quote|query)\}", lambda m: parts[m.group(1)], self.settings.quote_template)
-        response_url = as_str(msg.get("response_url"))
+        response_url = as_str(msg.get("response_url")) or self.follow_up_address(user, chat)
         followup = bool(response_url) and self.delivery.allowed(response_url)
         job = Job(sid=uuid.uuid4().hex,  # 32 hex digits: unguessable, and what SID accepts
                   bot=self.bot, msgid=msgid, query=query, dify_user=self.bot.dify_user(user, chat),
@@ -195,6 +196,10 @@ class MessageHandler:
         if isinstance(template, dict):  # once per message, in the last frame (wecom-protocol.md §2.3)
             frame = {"msgtype": "stream_with_template_card", "stream": frame["stream"], "template_card": template}
         return frame
+
+    def follow_up_address(self, user: str, chat: str) -> str:
+        """Where a long-connection bot's follow-ups go (its outbox); a callback bot has none of its own."""
+        return address(user, chat) if self.settings.wecom_transport == "websocket" else ""
 
     def scope(self, user: str, chat: str) -> str:
         """The conversation a message belongs to: its user's, or (CONVERSATION_SCOPE=chat) its group's."""

@@ -124,3 +124,27 @@ def test_a_callback_bot_and_a_long_connection_bot_in_one_deployment(settings: Se
         assert {r.json["user"] for r in dify.chat_requests()} == {"wecom:web:zhangsan", "wecom:lan:zhangsan"}
     finally:
         app.extensions["wecom_dify"].engine.drain(5)
+
+
+def test_an_answer_past_the_window_follows_through_the_outbox(settings: Settings, redis_client: redis.Redis,
+                                                              sim: LongConnectionSim, dify: DifySimulator) -> None:
+    answer = "慢" * 60
+    dify.script("慢", Script(answer=answer, delta_size=3, delay=0.2))  # 4 s; the stream window is 3 s
+    app = create_app(settings.replace(wecom_transport="websocket", wecom_bot_id=BOT, wecom_ws_secret=SECRET,
+                                      wecom_ws_url=sim.url, ws_lease_seconds=3.0, stream_window_seconds=3.0))
+    app.extensions["wecom_dify"].engine.start()
+    try:
+        wait_for(lambda: sim.live(BOT) is not None, timeout=10)
+        req_id = sim.send_message(BOT, text("慢"))
+        wait_for(lambda: any(a["stream"]["finish"] for a in sim.answers(req_id)), timeout=10)
+        assert sim.answers(req_id)[-1]["stream"]["content"].endswith(settings.msg_window)
+
+        def sent() -> list[dict[str, Any]]:
+            conn = sim.live(BOT)
+            return [f["body"] for f in (conn.frames if conn else []) if f.get("cmd") == "aibot_send_msg"]
+
+        wait_for(lambda: sent(), timeout=10)
+        assert sent() == [{"chatid": "zhangsan", "chat_type": 1, "msgtype": "markdown",
+                           "markdown": {"content": answer}}]  # the whole answer, once
+    finally:
+        app.extensions["wecom_dify"].engine.drain(5)

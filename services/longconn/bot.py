@@ -20,6 +20,7 @@ import asyncio
 import hashlib
 import json
 import logging
+import uuid
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
@@ -29,6 +30,7 @@ from services.errors import StoreUnavailable
 from services.longconn.connection import LinkLost, LongConnection, LongConnError
 from services.longconn.holder import Holder
 from services.longconn.lease import HolderLease
+from services.longconn.outbox import Outbox
 from services.messages import MessageHandler
 from services.streams.records import store_errors
 
@@ -42,6 +44,7 @@ PUSH_EVERY = 0.3
 EXPIRED, RATE_LIMITED = 846608, 45009
 STREAM_LIFE_MS = 420_000
 """How long a stream stays registered for pushing: WeCom takes updates for 6 minutes after the first."""
+FOLLOW_UPS_PER_TICK = 5
 REPLIES = {"enter_chat": "aibot_respond_welcome_msg", "template_card_event": "aibot_respond_update_msg"}
 HOLDER_TAKES_AFTER = 1.0
 """Seconds a message waits in the inbox for a standby before the holder answers it itself."""
@@ -130,11 +133,13 @@ class LongConnectionBot:
 
     # -- out ---------------------------------------------------------------------------------------------
     async def _push_loop(self) -> None:
-        """While this worker holds the connection: push every registered answer whose frame changed."""
+        """While this worker holds the connection: push every registered answer whose frame changed,
+        then send the follow-ups waiting in the outbox."""
         while True:
             await asyncio.sleep(PUSH_EVERY)
             if self.holder.connection is None:
                 continue
+            await self._send_follow_ups()
             try:
                 streams = await self.engine.redis(self._registered)
             except StoreUnavailable:
@@ -148,6 +153,27 @@ class LongConnectionBot:
                 digest = _digest(frame)
                 if digest != entry.get("sent"):
                     await self._push(sid, str(entry.get("req_id", "")), frame, digest)
+
+    async def _send_follow_ups(self) -> None:
+        outbox = self.bot.delivery
+        if not isinstance(outbox, Outbox):
+            return
+        for _ in range(FOLLOW_UPS_PER_TICK):
+            try:
+                item = await self.engine.redis(outbox.take)
+            except StoreUnavailable:
+                return
+            if item is None:
+                return
+            ack = await self._send("aibot_send_msg", uuid.uuid4().hex, item)
+            if ack is None or ack.get("errcode") == RATE_LIMITED:  # not sent: first in line again
+                try:
+                    await self.engine.redis(outbox.put_back, item)
+                except StoreUnavailable:
+                    log.warning("long connection: a follow-up was lost (redis unavailable)")
+                return
+            if ack.get("errcode") != 0:
+                log.warning("long connection: WeCom refused a follow-up", extra={"errcode": ack.get("errcode")})
 
     async def _push(self, sid: str, req_id: str, frame: dict[str, Any], digest: str) -> None:
         ack = await self._send("aibot_respond_msg", req_id, _pushable(frame))

@@ -118,6 +118,10 @@ class Keys:
         """WeCom refused the bot's BotID/Secret: no replica subscribes again for a while (2 minutes)."""
         return f"{self.prefix}ws:refused:{bot_id}"
 
+    def ws_outbox(self, bot_id: str) -> str:
+        """Follow-ups for the bot's holder to send (``aibot_send_msg``); an hour past the last."""
+        return f"{self.prefix}ws:outbox:{bot_id}"
+
     def ws_inbox(self, bot_id: str) -> str:
         """Messages the bot's long connection received, for any replica to answer (7 minutes past the last)."""
         return f"{self.prefix}ws:inbox:{bot_id}"
