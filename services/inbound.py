@@ -29,6 +29,7 @@ class Inbound:
     kinds: tuple[str, ...] = ()  # what the message was made of, for logs
     attachments: tuple[tuple[str, str], ...] = ()  # (msgtype, URL) of the message's media, in order
     quoted_attachments: tuple[tuple[str, str], ...] = ()  # the quote's: sent along only if they can be
+    media_keys: tuple[tuple[str, str], ...] = ()  # (URL, aeskey): long connection media carry their own key
 
     @property
     def has_media(self) -> bool:
@@ -46,7 +47,21 @@ def read(msg: dict[str, Any]) -> Inbound:
     kinds = (kind,) + (("quote",) if quoted else ())
     return Inbound(text=text, media=media + quote_media, quote=quoted, kinds=kinds,
                    attachments=tuple(zip(media, urls, strict=True)),
-                   quoted_attachments=tuple(zip(quote_media, quote_urls, strict=True)))
+                   quoted_attachments=tuple(zip(quote_media, quote_urls, strict=True)),
+                   media_keys=(*_keys(msg), *_keys(as_dict(msg.get("quote")))))
+
+
+def _keys(msg: dict[str, Any]) -> tuple[tuple[str, str], ...]:
+    """(URL, aeskey) of the media that carry their own key (wecom-protocol.md §1.5, long connection)."""
+    items = [msg, *(as_dict(i) for i in as_dict(msg.get("mixed")).get("msg_item") or [] if isinstance(i, dict))]
+    found: list[tuple[str, str]] = []
+    for item in items:
+        kind = item.get("msgtype")
+        media = as_dict(item.get(kind)) if isinstance(kind, str) and kind in MEDIA_TYPES else {}
+        url, key = media.get("url"), media.get("aeskey")
+        if isinstance(url, str) and url and isinstance(key, str) and key:
+            found.append((url, key))
+    return tuple(found)
 
 
 def _parts(msg: dict[str, Any]) -> tuple[str, tuple[str, ...], tuple[str, ...]]:

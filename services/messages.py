@@ -85,7 +85,8 @@ class MessageHandler:
                   bot=self.bot, msgid=msgid, query=query, dify_user=self.bot.dify_user(user, chat),
                   scope=self.scope(user, chat),
                   wecom_user=user, chat=chat, response_url=response_url if followup else "",
-                  attachments=inbound.attachments, quoted_attachments=inbound.quoted_attachments)
+                  attachments=inbound.attachments, quoted_attachments=inbound.quoted_attachments,
+                  media_keys=dict(inbound.media_keys))
         try:
             if unusable:
                 admission = self.engine.answer_now(job, self.settings.msg_unsupported, "unsupported")

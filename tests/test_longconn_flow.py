@@ -148,3 +148,32 @@ def test_an_answer_past_the_window_follows_through_the_outbox(settings: Settings
                            "markdown": {"content": answer}}]  # the whole answer, once
     finally:
         app.extensions["wecom_dify"].engine.drain(5)
+
+
+def test_an_image_over_the_long_connection_is_read_with_its_own_key(settings: Settings, redis_client: redis.Redis,
+                                                                    sim: LongConnectionSim,
+                                                                    dify: DifySimulator) -> None:
+    import base64
+
+    from crypto.cipher import decode_aes_key
+    from tests.media_server import MediaServer
+
+    media = MediaServer(AES_KEY)  # encrypted with this key; the bot itself has none (a long-connection bot)
+    png = b"\x89PNG\r\n\x1a\n" + bytes(range(200))
+    own_key = base64.b64encode(decode_aes_key(AES_KEY)).decode()
+    app = create_app(settings.replace(wecom_transport="websocket", wecom_bot_id=BOT, wecom_ws_secret=SECRET,
+                                      wecom_ws_url=sim.url, ws_lease_seconds=3.0, wecom_media_hosts="127.0.0.1",
+                                      wecom_encoding_aes_key=""))
+    app.extensions["wecom_dify"].engine.start()
+    try:
+        wait_for(lambda: sim.live(BOT) is not None, timeout=10)
+        body = {"msgid": uuid.uuid4().hex, "aibotid": BOT, "chattype": "single", "from": {"userid": "zhangsan"},
+                "msgtype": "image", "image": {"url": media.add("p", png), "aeskey": own_key}}
+        req_id = sim.send_message(BOT, body)
+        wait_for(lambda: any(a["stream"]["finish"] for a in sim.answers(req_id)), timeout=10)
+        assert sim.answers(req_id)[-1]["stream"]["content"] == f"echo: {settings.media_query}"
+        [chat] = dify.chat_requests()
+        assert [dify.uploads[f["upload_file_id"]].data for f in chat.json["files"]] == [png]
+    finally:
+        app.extensions["wecom_dify"].engine.drain(5)
+        media.close()

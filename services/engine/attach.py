@@ -8,6 +8,7 @@ limit instead, and Dify is not asked.
 
 from __future__ import annotations
 
+import base64
 import logging
 from typing import TYPE_CHECKING
 
@@ -74,7 +75,8 @@ async def attach(engine: Engine, job: Job, token: str | None) -> list[dict[str, 
 async def _download(engine: Engine, job: Job, url: str) -> Media:
     bot, s = job.bot, job.bot.settings
     try:
-        return await engine.io(job, bot.media.fetch, url, s.wecom_encoding_aes_key)
+        own = job.media_keys.get(url)  # long connection: each media's own base64 aeskey
+        return await engine.io(job, bot.media.fetch, url, _key_bytes(own) if own else s.wecom_encoding_aes_key)
     except MediaError as exc:
         metrics.MEDIA.labels(bot.id, exc.code).inc()
         log.warning("media not downloaded", extra={"sid": job.sid, "code": exc.code})
@@ -120,6 +122,14 @@ async def _rules(engine: Engine, job: Job, token: str | None) -> FileRules | Non
     """The app's file rules; None when they cannot be known (Dify will refuse what it does not take)."""
     parameters = await app_parameters(engine, job.bot, token)
     return FileRules.from_parameters(parameters) if parameters is not None else None
+
+
+def _key_bytes(aeskey: str) -> bytes:
+    """A media's own ``aeskey`` (base64 of 32 bytes); anything else gives no key (it will not decrypt)."""
+    try:
+        return base64.b64decode(aeskey, validate=True)
+    except ValueError:
+        return b""
 
 
 def _explain(job: Job, refusal: Refusal) -> str:

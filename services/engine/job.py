@@ -70,6 +70,7 @@ class Job:
     response_url: str = ""
     attachments: tuple[tuple[str, str], ...] = ()  # (msgtype, URL) of media for Dify (URLs expire in 5 minutes)
     quoted_attachments: tuple[tuple[str, str], ...] = ()  # the quote's media: best effort
+    media_keys: dict[str, str] = field(default_factory=dict)  # URL -> its own aeskey (long connection)
     files: list[dict[str, str]] = field(default_factory=list)  # the uploaded files, for Dify's chat
     reset: bool = False  # /new: in its turn, end the conversation instead of asking Dify
     polled: bool = True  # False: nobody polls its stream (a card click): the answer goes whole via response_url
