@@ -44,6 +44,14 @@ def ensure_dotenv(path: Path) -> dict[str, str]:
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
+def _remember(dotenv: Path, name: str) -> str:
+    """A development value for ``name``, appended to ``.env`` so the next run (and wecom_sim) reuse it."""
+    value = f"aibot-{_random(12)}" if name == "WECOM_BOT_ID" else _random(32)
+    with dotenv.open("a") as out:
+        out.write(f"{name}={value}\n")
+    return value
+
+
 def referenced_names(value: Any) -> list[str]:
     """Every ``${NAME}`` in the strings of a parsed TOML ``value``, in order, without repeats."""
     from config.bots import REF
@@ -103,6 +111,9 @@ def validate(env: dict[str, str], port: int) -> None:
         bots = load_bots(settings, env)
     except ConfigError as exc:
         raise SystemExit(f"configuration error: {exc}") from None
+    if not settings.bots_file and settings.wecom_transport == "websocket":
+        print(f"long-connection bot: WECOM_BOT_ID={settings.wecom_bot_id} (its Secret is in .env); no callback URL")
+        return
     if not settings.bots_file:
         print(f"WECOM_TOKEN={env['WECOM_TOKEN']}\nWECOM_ENCODING_AES_KEY={env['WECOM_ENCODING_AES_KEY']}")
         print(f"callback URL: http://<this host>:{port}/wecom/callback  (local: http://127.0.0.1:{port}/wecom/callback)")
@@ -129,6 +140,7 @@ def main(argv: list[str] | None = None) -> int:
         env = {**ensure_bot_secrets(dotenv, env["BOTS_FILE"], env), **env}
     embedded = None
     simulator = None
+    long_connection = None
     try:  # the embedded Redis and the simulator stop however this ends
         if not env.get("REDIS_URL"):
             embedded = start_embedded_redis(Path("var"))
@@ -145,6 +157,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"no DIFY_BASE_URL: using the built-in Dify simulator at {simulator.url} (it echoes your message;"
                   " ask it to 画 or draw for a picture); put DIFY_BASE_URL and DIFY_API_KEY in .env to use a real Dify")
 
+        if env.get("WECOM_TRANSPORT") == "websocket" and not env.get("WECOM_WS_URL"):
+            from tools.wecom_ws_sim import LongConnectionSim
+
+            env.setdefault("WECOM_BOT_ID", values.get("WECOM_BOT_ID") or _remember(dotenv, "WECOM_BOT_ID"))
+            env.setdefault("WECOM_WS_SECRET", values.get("WECOM_WS_SECRET") or _remember(dotenv, "WECOM_WS_SECRET"))
+            long_connection = LongConnectionSim({env["WECOM_BOT_ID"]: env["WECOM_WS_SECRET"]},
+                                                port=int(env.get("WECOM_WS_SIM_PORT", "8002"))).start()
+            env["WECOM_WS_URL"] = long_connection.url
+            print(f"long-connection bot {env['WECOM_BOT_ID']}: subscribing to the built-in WeCom long-connection "
+                  f"simulator at {long_connection.url}; chat with `python -m tools.wecom_sim --ws \"你好\"`")
         # tools.wecom_sim serves --image/--file on loopback, as WeCom serves media from its own hosts
         env.setdefault("WECOM_MEDIA_HOSTS", "127.0.0.1,*.qq.com,*.myqcloud.com")
         # tools.wecom_sim --click receives the answer on a loopback response_url, as WeCom's would
@@ -165,6 +187,8 @@ def main(argv: list[str] | None = None) -> int:
             embedded.shutdown()
         if simulator is not None:
             simulator.stop()
+        if long_connection is not None:
+            long_connection.stop()
 
 
 if __name__ == "__main__":

@@ -89,6 +89,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--file", default=None, metavar="PATH", help="send this file")
     parser.add_argument("--voice", default=None, metavar="TEXT", help="send a voice message WeCom transcribed as TEXT")
     parser.add_argument("--quote", default=None, metavar="TEXT", help="quote an earlier message saying TEXT")
+    parser.add_argument("--ws", nargs="?", const="http://127.0.0.1:8002", default=None, metavar="SIM_URL",
+                        help="talk to a long-connection bot through the long-connection simulator (make run with "
+                             "WECOM_TRANSPORT=websocket serves one at %(const)s)")
     parser.add_argument("--save", default="var/received", metavar="DIR",
                         help="where to save the images of the answer (default %(default)s)")
     events = parser.add_mutually_exclusive_group()
@@ -109,6 +112,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("say something: TEXT, --image, --file or --voice")
 
     values = read_environment()  # ./.env overlaid with the process environment, as the server reads them
+    if args.ws:
+        return _over_ws(args, values)
     if args.bot is None:
         token, key, receive_id = _credentials(values)
         client = WeComClient(WeComSigner(token, key, receive_id))
@@ -146,6 +151,38 @@ def main(argv: list[str] | None = None) -> int:
         print(f"-- rate it: python -m tools.wecom_sim --feedback {frames[-1]['stream']['id']} --rating like")
         _show_card(frames[-1].get("template_card"))
     return 0 if finished and images_ok else 1
+
+
+def _over_ws(args: argparse.Namespace, values: dict[str, str]) -> int:
+    """Send the message as WeCom's long connection would, and print the frames the bot pushes."""
+    import time
+
+    import requests
+
+    bot_id = values.get("WECOM_BOT_ID", "")
+    if not bot_id:
+        raise SystemExit("WECOM_BOT_ID is not set (run `make run WECOM_TRANSPORT=websocket` once)")
+    payload = text_message(args.text, userid=args.user, chattype="group" if args.chat else "single",
+                           chatid=args.chat, msgid=uuid.uuid4().hex, response_url="")
+    del payload["response_url"]
+    if args.voice:
+        del payload["text"]
+        payload.update(msgtype="voice", voice={"content": args.voice})
+    sent = requests.post(f"{args.ws}/control/send", json={"bot_id": bot_id, "body": payload}, timeout=5)
+    if sent.status_code != 200:
+        raise SystemExit(f"the long-connection simulator says: {sent.text.strip()}")
+    req_id, shown, deadline = sent.json()["req_id"], 0, time.monotonic() + 400
+    while time.monotonic() < deadline:
+        answers = requests.get(f"{args.ws}/control/answers", params={"req_id": req_id}, timeout=5).json()["answers"]
+        for frame in answers[shown:]:
+            print(frame.get("stream", {}).get("content", frame), flush=True)
+        shown = len(answers)
+        if answers and answers[-1].get("stream", {}).get("finish"):
+            print(f"-- {shown} frames pushed over the long connection, stream finished")
+            return 0
+        time.sleep(args.interval)
+    print("-- the stream did not finish")
+    return 1
 
 
 def _client(args: argparse.Namespace) -> WeComClient:

@@ -42,7 +42,8 @@ class Connection:
 class LongConnectionSim:
     """The long-connection side of WeCom for a set of bots (``bot_id`` → ``secret``)."""
 
-    def __init__(self, bots: dict[str, str], *, expire_after: float = 360.0, rate_limit: int = 20) -> None:
+    def __init__(self, bots: dict[str, str], *, expire_after: float = 360.0, rate_limit: int = 20,
+                 port: int = 0) -> None:
         self.bots = dict(bots)
         self.expire_after, self.rate_limit = expire_after, rate_limit
         self.connections: list[Connection] = []
@@ -55,7 +56,7 @@ class LongConnectionSim:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._runner: web.AppRunner | None = None
         self._thread = threading.Thread()
-        self.port = 0
+        self.port = port
 
     # -- life -------------------------------------------------------------------------------------------
     def start(self) -> LongConnectionSim:
@@ -66,9 +67,11 @@ class LongConnectionSim:
         async def serve() -> None:
             app = web.Application()
             app.router.add_get("/", self._socket)
+            app.router.add_post("/control/send", self._control_send)  # for tools.wecom_sim --ws
+            app.router.add_get("/control/answers", self._control_answers)
             self._runner = web.AppRunner(app)
             await self._runner.setup()
-            site = web.TCPSite(self._runner, "127.0.0.1", 0)
+            site = web.TCPSite(self._runner, "127.0.0.1", self.port)
             await site.start()
             server = site._server
             assert server is not None and server.sockets
@@ -122,6 +125,27 @@ class LongConnectionSim:
         """The bodies the bot answered ``req_id`` with, in order."""
         with self._lock:
             return list(self.responses.get(req_id, []))
+
+    # -- the control API (loopback): another process plays the user -------------------------------------
+    async def _control_send(self, request: web.Request) -> web.Response:
+        """``POST /control/send`` ``{"bot_id", "cmd", "body"}`` → ``{"req_id"}`` (404: the bot is not subscribed)."""
+        try:
+            order = await request.json()
+            bot_id, cmd, body = order["bot_id"], order.get("cmd", "aibot_msg_callback"), order["body"]
+        except (ValueError, KeyError, TypeError):
+            return web.json_response({"error": "send {bot_id, cmd, body}"}, status=400)
+        with self._lock:
+            entry = self._live.get(bot_id)
+        if entry is None:
+            return web.json_response({"error": f"bot {bot_id} is not subscribed"}, status=404)
+        req_id = uuid.uuid4().hex
+        await entry[1].send_str(json.dumps({"cmd": cmd, "headers": {"req_id": req_id}, "body": body},
+                                           ensure_ascii=False))
+        return web.json_response({"req_id": req_id})
+
+    async def _control_answers(self, request: web.Request) -> web.Response:
+        """``GET /control/answers?req_id=`` → ``{"answers": [...]}``."""
+        return web.json_response({"answers": self.answers(request.query.get("req_id", ""))})
 
     # -- the socket --------------------------------------------------------------------------------------
     def _push(self, bot_id: str, cmd: str, body: dict[str, Any]) -> str:
