@@ -355,9 +355,6 @@ def _validate(s: Settings) -> None:
 def _validate_bot(s: Settings) -> None:
     """The values every bot needs: its WeCom credentials and its Dify app."""
     _require(s.wecom_transport in {"callback", "websocket"}, "wecom_transport", "must be 'callback' or 'websocket'")
-    _require(_is_http_url(s.dify_base_url), "dify_base_url",
-             "must be an http(s) URL including /v1, e.g. https://api.dify.ai/v1")
-    _require(bool(s.dify_api_key.strip()), "dify_api_key", "is required but empty")
     if s.wecom_transport == "websocket":
         _require(bool(s.wecom_bot_id.strip()), "wecom_bot_id", "is required for a long-connection bot (its BotID)")
         _require(bool(s.wecom_ws_secret.strip()), "wecom_ws_secret",
@@ -365,17 +362,20 @@ def _validate_bot(s: Settings) -> None:
         _require(urlsplit(s.wecom_ws_url).scheme in {"ws", "wss"} and bool(urlsplit(s.wecom_ws_url).hostname),
                  "wecom_ws_url", "must be a ws:// or wss:// URL")
         _require(3 <= s.ws_lease_seconds <= 60, "ws_lease_seconds", "must be between 3 and 60")
-        return
-    _require(bool(s.wecom_token), "wecom_token", "is required but empty")
-    _require(s.wecom_token.isascii() and s.wecom_token.isalnum() and len(s.wecom_token) <= 32,
-             "wecom_token", "must be 1-32 letters or digits (as shown in the WeCom admin console)")
-    _require(bool(s.wecom_encoding_aes_key), "wecom_encoding_aes_key", "is required but empty")
-    try:
-        decode_aes_key(s.wecom_encoding_aes_key)
-    except IllegalAesKeyError:
-        raise ConfigError(
-            "WECOM_ENCODING_AES_KEY", "must be 43 letters/digits that base64-decode to 32 bytes"
-        ) from None
+    else:
+        _require(bool(s.wecom_token), "wecom_token", "is required but empty")
+        _require(s.wecom_token.isascii() and s.wecom_token.isalnum() and len(s.wecom_token) <= 32,
+                 "wecom_token", "must be 1-32 letters or digits (as shown in the WeCom admin console)")
+        _require(bool(s.wecom_encoding_aes_key), "wecom_encoding_aes_key", "is required but empty")
+        try:
+            decode_aes_key(s.wecom_encoding_aes_key)
+        except IllegalAesKeyError:
+            raise ConfigError(
+                "WECOM_ENCODING_AES_KEY", "must be 43 letters/digits that base64-decode to 32 bytes"
+            ) from None
+    _require(_is_http_url(s.dify_base_url), "dify_base_url",
+             "must be an http(s) URL including /v1, e.g. https://api.dify.ai/v1")
+    _require(bool(s.dify_api_key.strip()), "dify_api_key", "is required but empty")
 
 
 def _is_http_url(url: str) -> bool:

@@ -166,3 +166,26 @@ def test_references_resolve_from_dotenv_too(tmp_path: Path, monkeypatch: pytest.
     monkeypatch.setenv("TOKEN_HR", "fromEnvironment")  # the environment wins, as for every setting
     hr = load_bots(GLOBAL.replace(bots_file="bots.toml"))["hr"].settings
     assert (hr.dify_api_key, hr.wecom_token) == ("app-from-dotenv", "fromEnvironment")
+
+
+def test_long_connection_bots_need_their_botid_and_secret_not_a_token() -> None:
+    text = '[bots.lan]\ntransport = "websocket"\nbot_id = "aibot-1"\nws_secret = "${WS_LAN}"\n'
+    bots = parse_bots(text, GLOBAL.replace(wecom_token="", wecom_encoding_aes_key=""), {"WS_LAN": "s3cret"})
+    lan = bots["lan"].settings
+    assert (lan.wecom_transport, lan.wecom_bot_id, lan.wecom_ws_secret) == ("websocket", "aibot-1", "s3cret")
+    for bad, variable in (('[bots.lan]\ntransport = "websocket"\nws_secret = "x"\n', "bots.lan.bot_id"),
+                          ('[bots.lan]\ntransport = "websocket"\nbot_id = "b"\n', "bots.lan.ws_secret"),
+                          ('[bots.lan]\ntransport = "websocket"\nbot_id = "b"\nws_secret = "x"\nws_url = "https://x"\n',
+                           "bots.lan.ws_url"),
+                          ('[bots.lan]\ntransport = "carrier pigeon"\n', "bots.lan.transport")):
+        with pytest.raises(ConfigError) as err:
+            parse_bots(bad, GLOBAL, {})
+        assert err.value.variable == variable
+    twice = '[bots.a]\ntransport = "websocket"\nbot_id = "b1"\nws_secret = "x"\n\n' \
+            '[bots.b]\ntransport = "websocket"\nbot_id = "b1"\nws_secret = "y"\n'
+    with pytest.raises(ConfigError) as err:
+        parse_bots(twice, GLOBAL, {})
+    assert err.value.variable == "bots.b.bot_id"  # they would kick each other's connection forever
+    with pytest.raises(ConfigError) as err:  # a secret never shows in an error
+        parse_bots('[bots.lan]\ntransport = "websocket"\nbot_id = 7\nws_secret = "hunter2"\n', GLOBAL, {})
+    assert "hunter2" not in str(err.value)
