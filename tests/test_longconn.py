@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 import redis
 
-from services.longconn.connection import BadCredentials, Kicked, LongConnection
+from services.longconn.connection import BadCredentials, Kicked, LinkLost, LongConnection
 from services.longconn.holder import Holder
 from services.longconn.lease import HolderLease
 from services.streams.keys import Keys
@@ -160,3 +160,20 @@ def test_a_split_brain_settles_without_a_kick_loop(redis_client: redis.Redis, si
         assert sum(h.holding for h, _ in pairs) == 1 and len(sim.subscriptions(BOT)) == 2
 
     run_holders(redis_client, sim, body)
+
+
+def test_unanswered_pings_end_the_connection(sim: LongConnectionSim) -> None:
+    async def scenario() -> None:
+        async def ignore(frame: dict[str, Any]) -> None:
+            pass
+
+        async with aiohttp.ClientSession() as session:
+            conn = LongConnection(sim.url, BOT, SECRET, ignore, session=session, ping_every=0.1, ack_timeout=0.1)
+            await conn.open()
+            sim.mute_pings = True  # the link is half dead: frames go out, nothing comes back
+            started = time.monotonic()
+            with pytest.raises(LinkLost):
+                await asyncio.wait_for(conn.run(), 5)
+            assert time.monotonic() - started < 1.5  # two pings unanswered, not the socket's own timeout
+
+    asyncio.run(scenario())

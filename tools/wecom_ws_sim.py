@@ -57,6 +57,7 @@ class LongConnectionSim:
         self._runner: web.AppRunner | None = None
         self._thread = threading.Thread()
         self.port = port
+        self.mute_pings = False  # leave pings unanswered (a half-dead link)
 
     # -- life -------------------------------------------------------------------------------------------
     def start(self) -> LongConnectionSim:
@@ -173,6 +174,8 @@ class LongConnectionSim:
                 except ValueError:
                     continue
                 conn.frames.append(frame)
+                if frame.get("cmd") == "ping" and self.mute_pings:
+                    continue
                 code, text = await self._handle(conn, ws, frame)
                 req_id = (frame.get("headers") or {}).get("req_id", "")
                 await ws.send_str(json.dumps({"headers": {"req_id": req_id}, "errcode": code, "errmsg": text}))

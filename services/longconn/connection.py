@@ -56,6 +56,7 @@ class LongConnection:
         self._ws: aiohttp.ClientWebSocketResponse | None = None
         self._acks: dict[str, asyncio.Future[Frame]] = {}
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing = False  # the heartbeat gave up on the link and is closing it
 
     async def open(self) -> None:
         """Connect and subscribe; raises BadCredentials or LinkLost."""
@@ -89,7 +90,9 @@ class LongConnection:
                     self._dispatch(frame)
             raise LinkLost("the socket closed")
         finally:
-            beat.cancel()
+            if not beat.done():  # it may be closing the socket itself (pings unanswered): let it finish
+                await asyncio.wait({beat}, timeout=1.0 if self._closing else 0)
+                beat.cancel()
             for future in self._acks.values():
                 if not future.done():
                     future.set_exception(LinkLost("closed before the answer"))
@@ -167,5 +170,6 @@ class LongConnection:
                 missed += 1
                 if missed >= 2:
                     log.warning("long connection: two pings unanswered; closing")
+                    self._closing = True
                     await self.close()
                     return
