@@ -177,3 +177,15 @@ def test_an_image_over_the_long_connection_is_read_with_its_own_key(settings: Se
     finally:
         app.extensions["wecom_dify"].engine.drain(5)
         media.close()
+
+
+def test_an_answers_images_come_as_links_over_the_long_connection(ws_app: Flask, sim: LongConnectionSim,
+                                                                   dify: DifySimulator) -> None:
+    from tools.dify_files import ToolFile, demo_png
+
+    dify.script("画", Script(answer="画好了。", files=(ToolFile(demo_png(20, 10), name="p.png"),)))
+    wait_for(lambda: sim.live(BOT) is not None, timeout=10)
+    req_id = sim.send_message(BOT, text("画"))
+    wait_for(lambda: any(a["stream"]["finish"] for a in sim.answers(req_id)), timeout=15)
+    last = sim.answers(req_id)[-1]["stream"]
+    assert "msg_item" not in last and last["content"].startswith("画好了。\n\n![")  # a link, not lost

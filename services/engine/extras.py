@@ -39,7 +39,8 @@ class Extras:
             return
         links = reply.text
         if reply.images:
-            if job.polled and await self._keep_images(job, reply.images, reply.image_links):
+            framed = job.polled and job.bot.settings.wecom_transport == "callback"  # (no msg_item on a long connection)
+            if framed and await self._keep_images(job, reply.images, reply.image_links):
                 job.image_links = reply.image_links
             else:  # the last frame cannot carry them: the images go as links
                 links = join(reply.image_links, links)
