@@ -116,6 +116,13 @@ class MessageHandler:
         log.info("stream started", extra=extra)
         return stream_frame(sid, "", False, feedback=True), "started"
 
+    def peek(self, sid: str) -> dict[str, Any] | None:
+        """The frame a poll of ``sid`` would get, without counting a poll (None: Redis did not answer)."""
+        try:
+            return self._frame(sid)
+        except StoreUnavailable:
+            return None
+
     def _frame_or_busy(self, sid: str, *, feedback: bool = False) -> dict[str, Any]:
         try:
             frame = self._frame(sid)

@@ -189,3 +189,33 @@ def test_an_answers_images_come_as_links_over_the_long_connection(ws_app: Flask,
     wait_for(lambda: any(a["stream"]["finish"] for a in sim.answers(req_id)), timeout=15)
     last = sim.answers(req_id)[-1]["stream"]
     assert "msg_item" not in last and last["content"].startswith("画好了。\n\n![")  # a link, not lost
+
+
+def test_fixed_credentials_are_taken_again_once_the_refusal_expires(settings: Settings, redis_client: redis.Redis,
+                                                                     sim: LongConnectionSim,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.longconn import holder
+
+    monkeypatch.setattr(holder, "BAD_CREDENTIALS_PAUSE", 1.0)  # (60 s in production; the verdict lasts twice that)
+    sim.bots[BOT] = "not-yet"  # WeCom does not know the secret yet
+    app = create_app(settings.replace(wecom_transport="websocket", wecom_bot_id=BOT, wecom_ws_secret=SECRET,
+                                      wecom_ws_url=sim.url, ws_lease_seconds=3.0))
+    app.extensions["wecom_dify"].engine.start()
+    try:
+        wait_for(lambda: app.test_client().get("/readyz").status_code == 503, timeout=10)
+        sim.bots[BOT] = SECRET  # fixed in the admin console
+        wait_for(lambda: sim.live(BOT) is not None, timeout=15)  # the refusal expired: it subscribes again
+        wait_for(lambda: app.test_client().get("/readyz").status_code == 200, timeout=10)
+    finally:
+        app.extensions["wecom_dify"].engine.drain(2)
+
+
+def test_suggested_questions_come_with_the_last_frame_over_the_long_connection(
+        ws_app: Flask, sim: LongConnectionSim, dify: DifySimulator) -> None:
+    dify.suggestions = ["还有什么？"]
+    wait_for(lambda: sim.live(BOT) is not None, timeout=10)
+    req_id = sim.send_message(BOT, text("问"))
+    wait_for(lambda: any(a["stream"]["finish"] for a in sim.answers(req_id)), timeout=15)
+    last = sim.answers(req_id)[-1]
+    assert last["msgtype"] == "stream_with_template_card"
+    assert [b["text"] for b in last["template_card"]["button_list"]] == ["还有什么？"]

@@ -46,6 +46,8 @@ STREAM_LIFE_MS = 420_000
 """How long a stream stays registered for pushing: WeCom takes updates for 6 minutes after the first."""
 FOLLOW_UPS_PER_TICK = 5
 REPLIES = {"enter_chat": "aibot_respond_welcome_msg", "template_card_event": "aibot_respond_update_msg"}
+INBOX_EVERY = 0.1
+"""Seconds between two looks at an empty inbox."""
 HOLDER_TAKES_AFTER = 1.0
 """Seconds a message waits in the inbox for a standby before the holder answers it itself."""
 
@@ -121,8 +123,7 @@ class LongConnectionBot:
                 await asyncio.sleep(1.0)
                 continue
             if item is None:
-                if self.holder.holding:
-                    await asyncio.sleep(0.2)
+                await asyncio.sleep(INBOX_EVERY)
                 continue
             try:
                 reply, _ = await asyncio.to_thread(self.handler.handle, item["body"])
@@ -145,9 +146,9 @@ class LongConnectionBot:
             except StoreUnavailable:
                 continue
             for sid, entry in streams.items():
-                frame, outcome = await asyncio.to_thread(self.handler.on_refresh, {"stream": {"id": sid}})
-                if frame is None or outcome == "redis_unavailable":
-                    continue  # never push a "busy" ending for a blip: look again next tick
+                frame = await asyncio.to_thread(self.handler.peek, sid)
+                if frame is None:
+                    continue  # Redis did not answer: never push a "busy" ending for a blip; look again
                 if not entry.get("sent"):  # the answer's first frame WeCom sees: rating on
                     frame["stream"]["feedback"] = {"id": sid}
                 digest = _digest(frame)
@@ -178,11 +179,11 @@ class LongConnectionBot:
     async def _push(self, sid: str, req_id: str, frame: dict[str, Any], digest: str) -> None:
         ack = await self._send("aibot_respond_msg", req_id, _pushable(frame))
         code = ack.get("errcode") if ack is not None else None
-        if code == RATE_LIMITED or ack is None:
-            return  # the next tick tries again
+        if code not in (0, EXPIRED):  # not taken (rate limit, a passing error): the next tick tries again
+            if code not in (None, RATE_LIMITED):
+                log.warning("long connection: WeCom refused an update", extra={"sid": sid, "errcode": code})
+            return
         finished = bool(frame["stream"].get("finish")) or code == EXPIRED
-        if code not in (0, EXPIRED):
-            log.warning("long connection: WeCom refused an update", extra={"sid": sid, "errcode": code})
         try:
             await self.engine.redis(self._sent, sid, req_id, digest, finished)
         except StoreUnavailable:
@@ -208,13 +209,16 @@ class LongConnectionBot:
             pipe.execute()
 
     def _dequeue(self, holding: bool) -> dict[str, Any] | None:
-        """The oldest message: waiting up to a second for one (a standby), or only one older than
-        ``HOLDER_TAKES_AFTER`` (the holder)."""
+        """The oldest message, if any (the holder: only one older than ``HOLDER_TAKES_AFTER``).
+
+        A plain RPOP, polled: a blocking pop would hold one of the engine's Redis threads, and a pop
+        Redis served as the client's socket timed out would lose the message.
+        """
         r = self.bot.store.redis
         with store_errors():
             if not holding:
-                popped = r.brpop([self.inbox], timeout=1)
-                raw = popped[1] if popped else None
+                taken = r.rpop(self.inbox)
+                raw = taken if isinstance(taken, bytes | str) else None
             else:
                 oldest = r.lindex(self.inbox, -1)
                 try:
@@ -268,7 +272,10 @@ def _digest(frame: dict[str, Any]) -> str:
 
 
 def _pushable(frame: dict[str, Any]) -> dict[str, Any]:
-    """A stream frame as ``aibot_respond_msg`` takes it (no ``msg_item`` on the long connection)."""
+    """A stream frame as ``aibot_respond_msg`` takes it: no ``msg_item`` on the long connection (an answer's
+    images come as links there), a card (suggestions, a form) kept with its stream."""
     stream = {k: v for k, v in (frame.get("stream") or {}).items() if k != "msg_item"}
-    body: dict[str, Any] = {"msgtype": "stream", "stream": stream}
+    body: dict[str, Any] = {"msgtype": frame.get("msgtype", "stream"), "stream": stream}
+    if "template_card" in frame:
+        body["template_card"] = frame["template_card"]
     return body

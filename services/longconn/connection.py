@@ -28,6 +28,10 @@ Frame = dict[str, Any]
 OnFrame = Callable[[Frame], Awaitable[None]]
 
 
+RETRYABLE = frozenset({-1, 45009})
+"""Subscribe answers that say "not now" (system busy, rate limited); any other refusal is the credentials'."""
+
+
 class LongConnError(Exception):
     """The long connection cannot go on."""
 
@@ -69,9 +73,12 @@ class LongConnection:
             ack = await self.send("aibot_subscribe", {"bot_id": self.bot_id, "secret": self._secret})
         finally:
             reader.cancel()
-        if ack.get("errcode") != 0:
+        code = ack.get("errcode")
+        if code != 0:
             await self.close()
-            raise BadCredentials(f"subscribe refused: errcode {ack.get('errcode')}")
+            if code in RETRYABLE:  # busy or rate limited: not a verdict on the credentials
+                raise LinkLost(f"subscribe not taken now: errcode {code}")
+            raise BadCredentials(f"subscribe refused: errcode {code}")
 
     async def run(self) -> None:
         """Read frames until the connection ends; always raises a LongConnError saying how it ended."""

@@ -18,13 +18,17 @@ import time
 from collections.abc import Awaitable, Callable
 
 from services.errors import StoreUnavailable
-from services.longconn.connection import BadCredentials, Kicked, LongConnection, LongConnError
+from services.longconn.connection import BadCredentials, Kicked, LinkLost, LongConnection, LongConnError
 from services.longconn.lease import HolderLease
 
 log = logging.getLogger(__name__)
 
 BACKOFF_FIRST, BACKOFF_MAX = 1.0, 30.0
 BAD_CREDENTIALS_PAUSE = 60.0
+
+
+class RecentlyRefused(LongConnError):
+    """Another worker was refused the credentials moments ago (remembered in Redis): don't ask again yet."""
 
 
 class Holder:
@@ -52,6 +56,10 @@ class Holder:
             try:
                 await self._hold()
                 backoff = BACKOFF_FIRST
+            except RecentlyRefused:  # another worker was refused just now: wait, without renewing the verdict
+                self.healthy = False
+                await self._let_go()
+                await asyncio.sleep(BAD_CREDENTIALS_PAUSE)
             except BadCredentials as exc:
                 self.healthy = False
                 log.error("long connection refused: check the bot's BotID and Secret", extra={"reason": str(exc)})
@@ -102,12 +110,28 @@ class Holder:
         except StoreUnavailable:
             refused = False
         if refused:  # another replica was refused just now: don't ask again yet
-            raise BadCredentials("refused recently (remembered in Redis)")
-        connection = self.connection = self.connect()
-        await connection.open()
+            raise RecentlyRefused("refused recently (remembered in Redis)")
+        term = self.term
+        try:  # never subscribe on a term that may have lapsed (a reconnect after a backoff): it would kick
+            renewed = term is not None and bool(await self.redis(self.lease.renew, term))
+        except StoreUnavailable:
+            renewed = False
+        if not renewed:
+            self.term = None
+            raise LongConnError("the lease was lost before subscribing")
+        connection = self.connect()
+        renewer = asyncio.get_running_loop().create_task(self._renew())
+        try:
+            await asyncio.wait_for(connection.open(), self.lease.lease_ms / 2000)  # within the term
+        except BaseException as exc:
+            renewer.cancel()
+            await connection.close()
+            if isinstance(exc, TimeoutError):
+                raise LinkLost("subscribing took longer than half the lease") from None
+            raise
+        self.connection = connection
         self.healthy = True
         reader = asyncio.get_running_loop().create_task(connection.run())
-        renewer = asyncio.get_running_loop().create_task(self._renew())
         try:
             done, _ = await asyncio.wait({reader, renewer}, return_when=asyncio.FIRST_COMPLETED)
             if renewer in done:  # the term is no longer provably ours: not one more frame on this connection

@@ -41,7 +41,10 @@ def readyz() -> tuple[Response, int]:
             checks["mysql"] = f"unavailable: {exc}"
     for bot_id, bot in bridge.bots.items():
         if bot.settings.wecom_transport == "websocket" and checks.get("redis") == "ok":
-            refused = bridge.redis.get(bot.store.keys.ws_refused(bot.settings.wecom_bot_id))
+            try:
+                refused = bridge.redis.get(bot.store.keys.ws_refused(bot.settings.wecom_bot_id))
+            except (redis.RedisError, OSError):
+                refused = None  # the Redis check above speaks for it
             checks[f"long_connection:{bot_id}"] = "refused: check its BotID and Secret" if refused else "ok"
     ready = all(v == "ok" for v in checks.values())
     dify = {bot_id: bot.health.describe() for bot_id, bot in bridge.bots.items()}
