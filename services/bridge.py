@@ -60,7 +60,7 @@ class Bridge:
         handlers = {bot_id: MessageHandler(bot, engine) for bot_id, bot in runtime.items()}
         for bot_id, bot in runtime.items():
             if bot.settings.wecom_transport == "websocket":  # held by one worker of one replica at a time
-                engine.add_service(LongConnectionBot(bot, handlers[bot_id], engine, engine.owner))
+                engine.background.add_service(LongConnectionBot(bot, handlers[bot_id], engine, engine.owner))
         return cls(settings=settings, redis=client, bots=runtime, handlers=handlers, engine=engine, users=users)
 
     def init_app(self, app: Flask) -> None:

@@ -48,7 +48,7 @@ class EventHandler:
     def on_enter_chat(self) -> Outcome:
         """Welcome the user: Dify's opening (and questions) when it answers in time, else the fixed text."""
         try:
-            reply = self.engine.call(self.bot, lambda: welcome(self.engine, self.bot), WELCOME_WAIT)
+            reply = self.engine.background.call(self.bot, lambda: welcome(self.engine, self.bot), WELCOME_WAIT)
         except TimeoutError:
             log.warning("welcome: dify's parameters not in time; the fixed text goes")
             reply = fallback(self.bot)
@@ -72,7 +72,7 @@ class EventHandler:
         if not first:
             metrics.FEEDBACK.labels(self.bot.id, "duplicate").inc()
             return None, "duplicate"
-        self.engine.run_soon(self.bot, lambda: send_rating(self.engine, self.bot, rating))
+        self.engine.background.run_soon(self.bot, lambda: send_rating(self.engine, self.bot, rating))
         return None, "feedback"
 
     def on_card_click(self, msg: dict[str, Any], click: dict[str, Any]) -> Outcome:

@@ -338,6 +338,6 @@ def test_the_drain_waits_for_background_work(settings: Settings, redis_client: r
         await asyncio.sleep(0.5)
         done.set()
 
-    engine.run_soon(engine.bots["default"], work)
+    engine.background.run_soon(engine.bots["default"], work)
     engine.drain(5)
     assert done.is_set()

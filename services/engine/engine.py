@@ -15,16 +15,17 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from config import Settings
 from services import metrics
 from services.bot import Bot
 from services.engine.answer import Answers
 from services.engine.attach import AttachmentRefused, attach
+from services.engine.background import Background
 from services.engine.capacity import Capacity
 from services.engine.job import Job, Outcome, State
 from services.engine.keeper import LeaseKeeper, Report
@@ -51,16 +52,6 @@ class Admission:
     outcome: str  # started | duplicate | busy | stop | empty | unsupported
     sid: str
     text: str = ""  # the final answer when the engine answered at once (stop, empty)
-
-
-class Service(Protocol):
-    """Long-running work of a worker, started with the engine and stopped first at the drain."""
-
-    async def run(self) -> None:
-        """Work until stopped."""
-
-    async def stop(self) -> None:
-        """Stop at once, handing over what can be."""
 
 
 class Gone(Exception):
@@ -103,7 +94,7 @@ class Engine:
         self._lock = threading.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
         self._keeping: asyncio.Task[None] | None = None
-        self._services: list[Service] = []  # long-running work of the worker (a long connection's holder)
+        self.background = Background(self._thread, self.start)  # services and tasks beside the answers
 
     # -- the interface for request threads ----------------------------------------------------------
     @property
@@ -121,8 +112,7 @@ class Engine:
                     for pool, size in ((self._redis, REDIS_THREADS), (self._io, IO_THREADS), (self._keeper_thread, 1)):
                         _spawn_all(pool, size)  # the thread count is fixed from the start, whatever the load
                     self._keeping = asyncio.run_coroutine_threadsafe(self._create_keeper(), loop).result()
-                    for service in self._services:
-                        loop.call_soon_threadsafe(self._launch_service, service)
+                    self.background.launch_services(loop)
 
     def admit(self, job: Job) -> Admission:
         """Claim ``job``'s msgid and, on its first delivery, start answering it (raises StoreUnavailable)."""
@@ -165,54 +155,11 @@ class Engine:
                 self._thread.loop.call_soon_threadsafe(self._cancel, local, Outcome.STOPPED)
         return Admission("stop", sid, ack)
 
-    def call(self, bot: Bot, work: Callable[[], Awaitable[T]], timeout: float) -> T:
-        """Run ``work`` on the loop for ``bot``; wait ``timeout`` s for its result (TimeoutError: it goes on alone)."""
-        self.start()
-        return asyncio.run_coroutine_threadsafe(self._result(bot, work), self._thread.start()).result(timeout)
-
-    async def _result(self, bot: Bot, work: Callable[[], Awaitable[T]]) -> T:
-        BOT.set(bot.id)
-        return await work()
-
-    def add_service(self, service: Service) -> None:
-        """Run ``service`` on the loop from ``start`` until the drain (which stops it first: a handover)."""
-        self._services.append(service)
-
-    def _launch_service(self, service: Service) -> None:
-        asyncio.get_running_loop().create_task(self._serve(service))
-
-    async def _serve(self, service: Service) -> None:
-        try:
-            await service.run()
-        except asyncio.CancelledError:
-            raise
-        except Exception:  # noqa: BLE001 - a service must say, in full, why it ended
-            log.exception("service ended")
-
-    def run_soon(self, bot: Bot, work: Callable[[], Awaitable[None]]) -> None:
-        """Run ``work`` (e.g. sending feedback) on the loop for ``bot``, apart from any stream; the drain waits."""
-        self.start()
-        self._thread.start().call_soon_threadsafe(self._launch_work, bot, work)
-
-    def _launch_work(self, bot: Bot, work: Callable[[], Awaitable[None]]) -> None:
-        task = asyncio.get_running_loop().create_task(self._work(bot, work))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _work(self, bot: Bot, work: Callable[[], Awaitable[None]]) -> None:
-        BOT.set(bot.id)
-        try:
-            await work()
-        except Exception:  # noqa: BLE001 - background work: say what went wrong, in full
-            log.exception("background work failed")
-
     def begin_shutdown(self) -> None:
         """Refuse new work from now on (``/readyz`` reports it); services hand over at once."""
         self.draining = True
-        loop = self._thread.loop
-        if loop is not None and self._keeping is not None:
-            for service in self._services:
-                asyncio.run_coroutine_threadsafe(service.stop(), loop)
+        if self._keeping is not None:
+            self.background.stop_services_soon()
 
     def drain(self, budget: float) -> None:
         """Stop taking work, let running answers finish within ``budget`` s, interrupt the rest."""
@@ -367,15 +314,11 @@ class Engine:
             self._cancel(job, Outcome.ABANDONED)
 
     async def _drain(self, budget: float) -> None:
-        for service in self._services:  # first: a long connection goes to a standby at once
-            try:
-                await service.stop()
-            except Exception:  # noqa: BLE001 - the drain goes on
-                log.exception("stopping a service failed")
+        await self.background.stop_services()  # first: a long connection goes to a standby at once
         for job in self.keeper.jobs():
             if job.state in (State.QUEUED, State.AUTHENTICATING, State.ATTACHING, State.WAITING):
                 self._cancel(job, Outcome.INTERRUPTED)
-        pending = set(self._tasks)
+        pending = set(self._tasks) | self.background.tasks
         if pending:
             _, pending = await asyncio.wait(pending, timeout=budget)
         if pending:
