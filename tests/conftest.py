@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import redis
@@ -115,6 +116,21 @@ def app(settings: Settings, redis_client: redis.Redis) -> Iterator[Flask]:
     application = create_app(settings)
     yield application
     application.extensions["wecom_dify"].engine.drain(5)
+
+
+@pytest.fixture
+def make_app(settings: Settings, redis_client: redis.Redis) -> Iterator[Callable[..., Flask]]:
+    """Build apps with some settings changed; their engines are drained afterwards."""
+    made: list[Flask] = []
+
+    def build(**changes: Any) -> Flask:
+        application = create_app(settings.replace(**changes))
+        made.append(application)
+        return application
+
+    yield build
+    for application in made:
+        application.extensions["wecom_dify"].engine.drain(5)
 
 
 @pytest.fixture

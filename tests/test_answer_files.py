@@ -8,14 +8,11 @@ import base64
 import hashlib
 import re
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from flask import Flask
 
-from app import create_app
 from config import Settings
 from services import metrics
 from services.dify import AnswerFile
@@ -32,20 +29,6 @@ PNG = demo_png(40, 30)
 JPG = b"\xff\xd8\xff\xe0\x00\x10JFIF" + bytes(range(256)) * 4
 GIF = b"GIF89a" + b"\x00" * 200
 PDF = b"%PDF-1.7\n" + b"%" * 300
-
-
-@pytest.fixture
-def make_app(settings: Settings, redis_client: redis.Redis) -> Iterator[Any]:
-    apps: list[Flask] = []
-
-    def build(**changes: Any) -> Flask:
-        app = create_app(settings.replace(**changes))
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        app.extensions["wecom_dify"].engine.drain(5)
 
 
 @pytest.fixture

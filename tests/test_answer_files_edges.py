@@ -24,7 +24,7 @@ from tests.helpers import InProcessWeCom, contents, message, wait_for
 from tests.media_server import MediaServer
 from tests.response_server import ResponseServer
 from tests.servers import RedisServer
-from tests.test_answer_files import PNG, files_of, last_frame, make_app, wecom  # noqa: F401
+from tests.test_answer_files import PNG, files_of, last_frame, wecom  # noqa: F401
 from tests.test_auth import auth_server, auth_settings, seed_cache, users  # noqa: F401
 from tests.test_dify_client import loop_thread, make_client, run, sleeps  # noqa: F401
 from tests.test_hardening import build

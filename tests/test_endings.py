@@ -5,33 +5,16 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import redis
-from flask import Flask
 
-from app import create_app
 from config import Settings
 from services.streams.keys import Keys
 from tests.helpers import InProcessWeCom, contents
 from tools.dify_sim import DifySimulator, Script
 from tools.wecom_client import WeComSigner, text_message
-
-
-@pytest.fixture
-def make_app(settings: Settings, redis_client: redis.Redis) -> Iterator[Any]:
-    apps: list[Flask] = []
-
-    def build(**changes: Any) -> Flask:
-        app = create_app(settings.replace(**changes))
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        app.extensions["wecom_dify"].engine.drain(5)
 
 
 def ask(wecom: InProcessWeCom, text: str) -> str:

@@ -3,36 +3,17 @@ reasoning model's <think> block, shown beside the answer, cut first, and gone fr
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
-from flask import Flask
 from hypothesis import given
 from hypothesis import strategies as st
 
-from app import create_app
-from config import Settings
 from services.dify.think import ThinkSplitter
 from tests.helpers import InProcessWeCom, contents
 from tools.dify_sim import DifySimulator, Script
 from tools.wecom_client import WeComSigner, text_message
 from utils.text import utf8_len
-
-
-@pytest.fixture
-def make_app(settings: Settings, redis_client: redis.Redis) -> Iterator[Any]:
-    apps: list[Flask] = []
-
-    def build(**changes: Any) -> Flask:
-        app = create_app(settings.replace(**changes))
-        apps.append(app)
-        return app
-
-    yield build
-    for app in apps:
-        app.extensions["wecom_dify"].engine.drain(5)
 
 
 def frames_of(make_app: Any, signer: WeComSigner, query: str, **changes: Any) -> list[str]:
