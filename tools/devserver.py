@@ -44,6 +44,34 @@ def ensure_dotenv(path: Path) -> dict[str, str]:
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
+def check_port(host: str, port: int, name: str) -> None:
+    """Refuse, in one line, a port something else already listens on."""
+    import socket
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host if host != "0.0.0.0" else "", port))
+        except OSError:
+            raise SystemExit(f"port {port} ({name}) is already in use (another `make run`?): choose another, "
+                             f"e.g. `make run {name}={port + 10}`") from None
+
+
+def own_var(folder: Path) -> Any:
+    """Hold ``folder`` (the embedded Redis's data) for this run; refuse if another run holds it."""
+    import fcntl
+
+    folder.mkdir(exist_ok=True)
+    lock = (folder / "make-run.lock").open("a+")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        lock.close()
+        raise SystemExit(f"another `make run` in this checkout is using {folder}/ (its embedded Redis): stop it "
+                         "first, or run this one elsewhere") from None
+    return lock  # held until the process ends
+
+
 def _remember(dotenv: Path, name: str) -> str:
     """A development value for ``name``, appended to ``.env`` so the next run (and wecom_sim) reuse it."""
     value = f"aibot-{_random(12)}" if name == "WECOM_BOT_ID" else _random(32)
@@ -138,6 +166,10 @@ def main(argv: list[str] | None = None) -> int:
     env = {**values, **os.environ}
     if env.get("BOTS_FILE"):
         env = {**ensure_bot_secrets(dotenv, env["BOTS_FILE"], env), **env}
+    check_port(args.host, args.port, "PORT")
+    if not env.get("DIFY_BASE_URL"):
+        check_port("127.0.0.1", int(env.get("DIFY_SIM_PORT", "8001")), "DIFY_SIM_PORT")
+    held = own_var(Path("var")) if not env.get("REDIS_URL") else None  # noqa: F841 - held while we run
     embedded = None
     simulator = None
     long_connection = None

@@ -29,7 +29,10 @@ def _config() -> MySQLConfig:
 
         values.update({k: v for k, v in dotenv_values(".env").items() if v is not None})
     values.update(os.environ)
-    return MySQLConfig(host=values.get("MYSQL_HOST", "127.0.0.1"), port=int(values.get("MYSQL_PORT", "3306")),
+    port = values.get("MYSQL_PORT", "3306")
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise SystemExit(f"MYSQL_PORT: must be a TCP port (1-65535), not {port!r}")
+    return MySQLConfig(host=values.get("MYSQL_HOST", "127.0.0.1"), port=int(port),
                        user=values.get("MYSQL_USER", "root"), password=values.get("MYSQL_PASSWORD", ""),
                        database=values.get("MYSQL_DATABASE", "wecom_bridge"))
 

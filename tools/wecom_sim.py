@@ -14,10 +14,15 @@ import hashlib
 import json
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import requests
+
 from config.settings import read_environment
+from crypto import WeComCryptoError
 from tools.response_inbox import ResponseInbox
 from tools.wecom_client import WeComClient, WeComSigner, event_message, text_message
 from tools.wecom_media import MediaHost
@@ -140,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.flush()
 
     try:
-        frames = client.converse([args.url], payload, interval=args.interval, on_frame=show)
+        with explained(args.url):
+            frames = client.converse([args.url], payload, interval=args.interval, on_frame=show)
     finally:
         if media is not None:
             media.close()
@@ -151,6 +157,25 @@ def main(argv: list[str] | None = None) -> int:
         print(f"-- rate it: python -m tools.wecom_sim --feedback {frames[-1]['stream']['id']} --rating like")
         _show_card(frames[-1].get("template_card"))
     return 0 if finished and images_ok else 1
+
+
+@contextmanager
+def explained(url: str) -> Iterator[None]:
+    """Turn what goes wrong talking to the bot into one line saying what to check (never a traceback)."""
+    try:
+        yield
+    except requests.ConnectionError:
+        raise SystemExit(f"cannot reach the bot at {url}: is it running (make run)? (--url sets the address)") from None
+    except requests.HTTPError as exc:
+        status = exc.response.status_code if exc.response is not None else 0
+        hints = {403: "the bot refused the signature: WECOM_TOKEN differs from the server's",
+                 400: "the bot could not decrypt the message: WECOM_ENCODING_AES_KEY differs from the server's",
+                 404: "no such bot there: check --bot, BOTS_FILE and --url"}
+        raise SystemExit(hints.get(status, f"the bot answered HTTP {status}")) from None
+    except requests.Timeout:
+        raise SystemExit(f"the bot at {url} did not answer in time") from None
+    except WeComCryptoError:
+        raise SystemExit("the bot's reply did not verify: its token or EncodingAESKey differ from .env") from None
 
 
 def _over_ws(args: argparse.Namespace, values: dict[str, str]) -> int:
@@ -207,7 +232,8 @@ def _event(args: argparse.Namespace) -> int:
         payload = event_message("template_card_event", {"card_type": "button_interaction", "event_key": key,
                                                         "task_id": task_id}, userid=args.user, response_url=inbox.url())
     try:
-        reply = client.send(args.url, payload)
+        with explained(args.url):
+            reply = client.send(args.url, payload)
         print(json.dumps(reply, ensure_ascii=False, indent=2) if reply else "-- empty reply")
         _show_card((reply or {}).get("template_card"))
         if inbox is not None and reply:

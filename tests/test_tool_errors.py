@@ -1,0 +1,87 @@
+"""Newcomer friction: the tools say in one line what is wrong and what to check, never a traceback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import AES_KEY, TOKEN
+from tests.servers import free_port
+from tools import users, wecom_sim
+
+KEY_B = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQ"
+
+
+def test_wecom_sim_names_a_bot_that_is_not_running(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WECOM_TOKEN", TOKEN)
+    monkeypatch.setenv("WECOM_ENCODING_AES_KEY", AES_KEY)
+    url = f"http://127.0.0.1:{free_port()}"
+    with pytest.raises(SystemExit) as stopped:
+        wecom_sim.main(["你好", "--url", url])
+    assert str(stopped.value) == f"cannot reach the bot at {url}: is it running (make run)? (--url sets the address)"
+
+
+@pytest.mark.parametrize(("token", "key", "says"), [
+    ("wrongToken1", AES_KEY, "WECOM_TOKEN differs"),
+    (TOKEN, KEY_B, "WECOM_ENCODING_AES_KEY differs"),
+])
+def test_wecom_sim_names_a_credential_that_differs_from_the_servers(
+        client_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, token: str, key: str, says: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WECOM_TOKEN", token)
+    monkeypatch.setenv("WECOM_ENCODING_AES_KEY", key)
+    with pytest.raises(SystemExit) as stopped:
+        wecom_sim.main(["你好", "--url", client_url])
+    assert says in str(stopped.value) and "\n" not in str(stopped.value)
+
+
+@pytest.fixture
+def client_url(settings: object, redis_client: object, dify: object) -> object:
+    """A real server of the test app on a free port (the tests' bot)."""
+    import threading
+    from wsgiref.simple_server import WSGIRequestHandler, make_server
+
+    from app import create_app
+
+    class Quiet(WSGIRequestHandler):
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    app = create_app(settings)  # type: ignore[arg-type]
+    server = make_server("127.0.0.1", free_port(), app, handler_class=Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    server.server_close()
+    app.extensions["wecom_dify"].engine.drain(2)
+
+
+def test_users_names_a_port_that_is_not_one(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MYSQL_PORT", "abc")
+    with pytest.raises(SystemExit) as stopped:
+        users.main(["list"])
+    assert str(stopped.value) == "MYSQL_PORT: must be a TCP port (1-65535), not 'abc'"
+
+
+def test_make_run_refuses_a_busy_port_and_a_second_run_in_one_line(tmp_path: Path) -> None:
+    import socket
+
+    from tools.devserver import check_port, own_var
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        with pytest.raises(SystemExit) as stopped:
+            check_port("127.0.0.1", port, "PORT")
+        assert str(stopped.value).startswith(f"port {port} (PORT) is already in use")
+    check_port("127.0.0.1", port, "PORT")  # free again: fine
+    first = own_var(tmp_path / "var")
+    with pytest.raises(SystemExit) as stopped:
+        own_var(tmp_path / "var")  # a second run in the same checkout would stop the first one's Redis
+    assert "another `make run`" in str(stopped.value)
+    first.close()
+    own_var(tmp_path / "var").close()  # the first one ended: fine
