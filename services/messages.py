@@ -99,8 +99,8 @@ class MessageHandler:
                 admission = self.engine.answer_now(job, self.settings.msg_empty_query)
             else:
                 admission = self.engine.admit(job)
-        except StoreUnavailable:
-            log.error("redis unavailable on new message", extra={"msgid": msgid})
+        except StoreUnavailable as exc:  # the cause names the server (host:port or socket), never a password
+            log.error("redis unavailable on new message", extra={"msgid": msgid, "cause": str(exc)[:200]})
             return stream_frame(job.sid, self.settings.msg_busy, True), "redis_unavailable"
         sid = admission.sid
         if admission.outcome == "duplicate":
@@ -142,8 +142,8 @@ class MessageHandler:
             return stream_frame(sid[:MAX_ID_LEN], self.settings.msg_expired, True), "expired"
         try:
             frame = self._frame(sid, poll=True)
-        except StoreUnavailable:
-            log.error("redis unavailable on refresh", extra={"sid": sid})
+        except StoreUnavailable as exc:
+            log.error("redis unavailable on refresh", extra={"sid": sid, "cause": str(exc)[:200]})
             self.store.note_busy_shown(sid)  # this frame ends the stream for WeCom: its follow-up must know
             return stream_frame(sid, self.settings.msg_busy, True), "redis_unavailable"
         return frame, "final" if frame["stream"]["finish"] else "partial"

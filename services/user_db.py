@@ -60,7 +60,7 @@ class UserDB:
                                    connect_timeout=c.connect_timeout, read_timeout=c.read_timeout,
                                    write_timeout=c.read_timeout, autocommit=True)
         except pymysql.MySQLError as exc:
-            raise AuthUnavailable(f"mysql connect failed: {type(exc).__name__}") from exc
+            raise AuthUnavailable(f"mysql connect to {c.host}:{c.port} failed: {_cause(exc)}") from exc
         try:
             yield conn
         except pymysql.MySQLError as exc:
@@ -129,3 +129,14 @@ class UserDB:
 
 def _strip_comments(sql: str) -> str:
     return "\n".join(line for line in sql.splitlines() if not line.lstrip().startswith("--"))
+
+
+CAUSES = {2003: "connection refused or host unreachable", 2005: "unknown host",
+          1045: "access denied (check MYSQL_USER and MYSQL_PASSWORD)",
+          1049: "unknown database (create it: python -m tools.users migrate)"}
+"""What MySQL's client error codes mean to an operator (the messages never carry the password)."""
+
+
+def _cause(exc: pymysql.MySQLError) -> str:
+    code = exc.args[0] if exc.args and isinstance(exc.args[0], int) else None
+    return CAUSES.get(code, f"{type(exc).__name__} {code}") if code is not None else type(exc).__name__

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -85,3 +87,37 @@ def test_make_run_refuses_a_busy_port_and_a_second_run_in_one_line(tmp_path: Pat
     assert "another `make run`" in str(stopped.value)
     first.close()
     own_var(tmp_path / "var").close()  # the first one ended: fine
+
+
+def test_an_unreachable_mysql_is_named_with_its_cause(mysql_params: Any) -> None:
+    from services.errors import AuthUnavailable
+    from services.user_db import MySQLConfig, UserDB
+
+    good = MySQLConfig(mysql_params.host, mysql_params.port, mysql_params.user, mysql_params.password,
+                       mysql_params.database)
+    cases = [(replace(good, port=free_port()), "connection refused or host unreachable"),
+             (replace(good, user="nobody", password="not-the-password"), "access denied"),
+             (replace(good, database="no_such_db"), "unknown database")]
+    for config, cause in cases:
+        with pytest.raises(AuthUnavailable) as failed:
+            with UserDB(config).connect():
+                pass
+        assert f"mysql connect to {config.host}:{config.port} failed: {cause}" in str(failed.value)
+        assert "not-the-password" not in str(failed.value)
+
+
+def test_an_unreachable_redis_is_named_in_the_log(settings: Any, signer: Any, caplog: pytest.LogCaptureFixture,
+                                                  apps: list[Any]) -> None:
+    import logging
+
+    from app import create_app
+    from tests.helpers import InProcessWeCom
+    from tools.wecom_client import text_message
+
+    port = free_port()
+    apps.append(app := create_app(settings.replace(redis_url=f"redis://:sekret@127.0.0.1:{port}/0")))
+    with caplog.at_level(logging.ERROR, logger="services.messages"):
+        frame = InProcessWeCom(app.test_client(), signer).send(text_message("你好"))
+    assert frame is not None and frame["stream"]["content"] == settings.msg_busy
+    [record] = [r for r in caplog.records if r.message == "redis unavailable on new message"]
+    assert f"127.0.0.1:{port}" in record.cause and "sekret" not in record.cause  # type: ignore[attr-defined]
