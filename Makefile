@@ -3,19 +3,26 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+RUN_STAMP := $(VENV)/.installed-run
 
 .PHONY: run test lint typecheck pytest bench clean venv
 
 # requirements-bench.txt = dev tools + the peer package the benchmark compares against (small).
-$(STAMP): requirements.txt requirements-dev.txt requirements-bench.txt
+$(STAMP): requirements.txt requirements-run.txt requirements-dev.txt requirements-bench.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-bench.txt
 	touch $(STAMP)
 
 venv: $(STAMP)
 
+# `make run` installs only what running needs (the runtime and the embedded Redis), not the dev tools.
+$(RUN_STAMP): requirements.txt requirements-run.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-run.txt
+	touch $(RUN_STAMP)
+
 # Several bots: make run BOTS_FILE=config/bots.example.toml (make exports command-line variables).
-run: $(STAMP)
+run: $(RUN_STAMP)
 	$(BIN)/python -m tools.devserver
 
 lint: $(STAMP)

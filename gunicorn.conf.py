@@ -22,7 +22,7 @@ from typing import Any
 
 from gunicorn.glogging import Logger
 
-from config import load_bots, load_settings
+from config import ConfigError, load_bots, load_settings
 
 # Metrics from every worker are aggregated through files in this directory (prometheus-client's
 # multiprocess mode). It must be set before a worker imports the app, and start empty.
@@ -39,8 +39,11 @@ max_requests = 0
 # The drain budget comes from the app's own validated settings (environment, then .env), so a bad
 # value (or bots file) stops the master at once with an error naming it, and the workers drain with
 # the same number the master waits for.
-_settings = load_settings()
-load_bots(_settings)  # a bad bots file stops the master too, naming the bot and the field
+try:
+    _settings = load_settings()
+    load_bots(_settings)  # a bad bots file stops the master too, naming the bot and the field
+except ConfigError as _error:  # one line naming the variable, not gunicorn's traceback
+    raise SystemExit(f"configuration error: {_error}") from None
 drain_seconds = _settings.shutdown_drain_seconds
 # the engine's drain: the budget, then up to 10 s for the interrupted answers to settle and follow
 # up (SETTLE_AFTER_DRAIN), then up to 4 s for its loop thread (LOOP_JOIN); 1 s to spare

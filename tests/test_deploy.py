@@ -4,6 +4,7 @@ Dockerfile invariants (no Docker engine here to build it), gunicorn settings."""
 from __future__ import annotations
 
 import json
+import os
 import re
 import runpy
 from dataclasses import fields
@@ -95,7 +96,6 @@ def test_shutdown_timing_relations(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_drain_budget_has_one_validated_source(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from config import ConfigError
 
     monkeypatch.chdir(tmp_path)  # gunicorn reads .env from the working directory, as the app does
     (tmp_path / ".env").write_text(f"WECOM_TOKEN=token\nWECOM_ENCODING_AES_KEY={'a' * 43}\n"
@@ -108,11 +108,24 @@ def test_drain_budget_has_one_validated_source(monkeypatch: pytest.MonkeyPatch, 
 
     assert gunicorn["graceful_timeout"] > 7.0 + SETTLE_AFTER_DRAIN + LOOP_JOIN  # the master outwaits the worker
     monkeypatch.setenv("SHUTDOWN_DRAIN_SECONDS", "soon")
-    with pytest.raises(ConfigError, match="SHUTDOWN_DRAIN_SECONDS"):
+    with pytest.raises(SystemExit, match="^configuration error: SHUTDOWN_DRAIN_SECONDS"):
         runpy.run_path(str(ROOT / "gunicorn.conf.py"))
     monkeypatch.setenv("SHUTDOWN_DRAIN_SECONDS", "900")
-    with pytest.raises(ConfigError, match="SHUTDOWN_DRAIN_SECONDS"):
+    with pytest.raises(SystemExit, match="^configuration error: SHUTDOWN_DRAIN_SECONDS"):
         runpy.run_path(str(ROOT / "gunicorn.conf.py"))
+
+
+def test_plain_gunicorn_stops_on_a_configuration_error_in_one_line(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    env = {"PATH": os.environ.get("PATH", ""), "WECOM_TOKEN": "bad!", "WECOM_ENCODING_AES_KEY": "a" * 43,
+           "DIFY_BASE_URL": "http://127.0.0.1:1/v1", "DIFY_API_KEY": "k"}
+    done = subprocess.run([sys.executable, "-m", "gunicorn", "app:create_app()", "--bind", "127.0.0.1:0"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert (done.stdout + done.stderr).strip().splitlines() == [
+        "configuration error: WECOM_TOKEN: must be 1-32 letters or digits (as shown in the WeCom admin console)"]
 
 
 def test_selectors_and_targets_agree() -> None:
