@@ -157,8 +157,9 @@ def validate(env: dict[str, str], port: int) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Prepare the environment and run gunicorn until interrupted."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--host", default=os.environ.get("HOST", "0.0.0.0"))
-    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", "8000")))
+    bind_host, _, bind_port = os.environ.get("GUNICORN_BIND", "").rpartition(":")  # as gunicorn.conf.py reads it
+    parser.add_argument("--host", default=os.environ.get("HOST", bind_host or "0.0.0.0"))
+    parser.add_argument("--port", type=int, default=int(os.environ.get("PORT", bind_port or "8000")))
     args = parser.parse_args(argv)
 
     dotenv = Path(".env")
