@@ -27,8 +27,9 @@ RUN groupadd --system --gid 10001 bridge \
 USER 10001:10001
 
 EXPOSE 8000
+# follows the port gunicorn listens on (GUNICORN_BIND, as gunicorn.conf.py reads it)
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
-    CMD ["python", "-c", "import sys, urllib.request; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/livez', timeout=2).status != 200)"]
+    CMD ["python", "-c", "import os, sys, urllib.request; port = os.getenv('GUNICORN_BIND', '0.0.0.0:8000').rpartition(':')[2]; sys.exit(urllib.request.urlopen(f'http://127.0.0.1:{port}/livez', timeout=2).status != 200)"]
 
 # Exec form: gunicorn is PID 1 and receives SIGTERM directly (a shell would not forward it).
 CMD ["gunicorn", "--config", "gunicorn.conf.py", "app:create_app()"]

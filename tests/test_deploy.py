@@ -226,3 +226,16 @@ def test_gunicorn_builds_no_access_line_its_level_drops(monkeypatch: pytest.Monk
     finally:
         logging.root.handlers[:], _ = saved
         logging.root.setLevel(saved[1])
+
+
+def test_the_image_is_set_by_kustomize_and_the_healthcheck_follows_the_port(monkeypatch: pytest.MonkeyPatch) -> None:
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    image = container()["image"]
+    assert [i["name"] for i in kustomization["images"]] == [image.split(":")[0]]  # `kustomize edit set image`
+    [check] = [line for line in dockerfile() if line.startswith("HEALTHCHECK")]
+    code = json.loads(check.split("CMD ", 1)[1])[2]
+    assert "GUNICORN_BIND" in code and ":8000/" not in code
+    monkeypatch.setenv("GUNICORN_BIND", "0.0.0.0:9123")
+    names: dict[str, object] = {}
+    exec(code.split("; sys.exit")[0], names)  # the probe's own line, up to the request
+    assert names["port"] == "9123"

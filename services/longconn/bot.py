@@ -117,6 +117,9 @@ class LongConnectionBot:
     async def _inbox_loop(self) -> None:
         """Answer the messages of the inbox: at once on a standby, after a wait on the holder."""
         while True:
+            if self.engine.draining:  # leaving: the messages are for the workers that stay
+                await asyncio.sleep(INBOX_EVERY)
+                continue
             try:
                 item = await self.engine.redis(self._dequeue, self.holder.holding)
             except StoreUnavailable:
