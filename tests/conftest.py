@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from flask.testing import FlaskClient
 
 from app import create_app
 from config import Settings
+from tests.procs import Replica
 from tests.response_server import ResponseServer
 from tests.servers import MariaDBServer, RedisServer
 from tools.dify_sim import DifySimulator
@@ -131,6 +133,22 @@ def make_app(settings: Settings, redis_client: redis.Redis) -> Iterator[Callable
     yield build
     for application in made:
         application.extensions["wecom_dify"].engine.drain(5)
+
+
+@pytest.fixture
+def sim_replica(redis_url: str, redis_client: redis.Redis, dify: DifySimulator,
+                monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Replica]:
+    """A gunicorn replica of the bot for ``tools.wecom_sim`` (loopback media and response_url hosts allowed),
+    with the same credentials in this process's environment and no ``.env`` in the working directory."""
+    env = {"WECOM_TOKEN": TOKEN, "WECOM_ENCODING_AES_KEY": AES_KEY, "REDIS_URL": redis_url,
+           "DIFY_BASE_URL": dify.url, "DIFY_API_KEY": "app-test-key", "LOG_LEVEL": "WARNING",
+           "WECOM_MEDIA_HOSTS": "127.0.0.1", "WECOM_RESPONSE_URL_HOSTS": "127.0.0.1"}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)  # wecom_sim reads the same credentials
+    monkeypatch.chdir(tmp_path)  # no .env here
+    server = Replica(env).start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture

@@ -4,13 +4,10 @@ a loopback response_url), a rating; and it saves the images of an answer's last 
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from tests.conftest import AES_KEY, TOKEN
 from tests.helpers import wait_for
 from tests.procs import Replica
 from tools import wecom_sim
@@ -20,43 +17,30 @@ from tools.dify_sim import DifySimulator, Script
 pytestmark = pytest.mark.process
 
 
-@pytest.fixture
-def replica(redis_url: str, redis_client: redis.Redis, dify: DifySimulator,
-            monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Replica]:
-    env = {"WECOM_TOKEN": TOKEN, "WECOM_ENCODING_AES_KEY": AES_KEY, "REDIS_URL": redis_url,
-           "DIFY_BASE_URL": dify.url, "DIFY_API_KEY": "app-test-key", "LOG_LEVEL": "WARNING",
-           "WECOM_RESPONSE_URL_HOSTS": "127.0.0.1"}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)  # wecom_sim reads the same credentials
-    monkeypatch.chdir(tmp_path)  # no .env here
-    server = Replica(env).start()
-    yield server
-    server.stop()
-
-
-def test_welcome_click_and_rating(replica: Replica, dify: DifySimulator, capsys: pytest.CaptureFixture[str]) -> None:
+def test_welcome_click_and_rating(sim_replica: Replica, dify: DifySimulator,
+                                  capsys: pytest.CaptureFixture[str]) -> None:
     dify.opening_statement, dify.opening_questions = "你好。", ["多久到账？"]
     dify.script("多久到账？", Script(answer="三个工作日。"))
-    assert wecom_sim.main(["--enter-chat", "--url", replica.url]) == 0
+    assert wecom_sim.main(["--enter-chat", "--url", sim_replica.url]) == 0
     shown = capsys.readouterr().out
     click = re.search(r"--click (\S+)", shown)
     assert '"sub_title_text": "你好。"' in shown and click is not None
-    assert wecom_sim.main(["--click", click.group(1), "--url", replica.url]) == 0
+    assert wecom_sim.main(["--click", click.group(1), "--url", sim_replica.url]) == 0
     assert capsys.readouterr().out.rstrip().endswith("三个工作日。")  # the answer, through its response_url
-    assert wecom_sim.main(["问题", "--url", replica.url, "--interval", "0.1"]) == 0
+    assert wecom_sim.main(["问题", "--url", sim_replica.url, "--interval", "0.1"]) == 0
     rate = re.search(r"--feedback (\S+)", capsys.readouterr().out)
     assert rate is not None
     assert wecom_sim.main(["--feedback", rate.group(1), "--rating", "dislike", "--reason", "2", "--url",
-                           replica.url]) == 0
+                           sim_replica.url]) == 0
     wait_for(lambda: len(dify.feedbacks) == 1, timeout=10)
     assert dify.feedbacks[0]["rating"] == "dislike" and dify.feedbacks[0]["content"] == "不准确：内容不完整"
 
 
-def test_the_images_of_an_answer_are_checked_and_saved(replica: Replica, dify: DifySimulator, tmp_path: Path,
+def test_the_images_of_an_answer_are_checked_and_saved(sim_replica: Replica, dify: DifySimulator, tmp_path: Path,
                                                        capsys: pytest.CaptureFixture[str]) -> None:
     png = demo_png(20, 10)
     dify.script("画", Script(answer="好。", files=(ToolFile(png, name="p.png"),)))
-    assert wecom_sim.main(["画", "--url", replica.url, "--interval", "0.1", "--save", "got"]) == 0
+    assert wecom_sim.main(["画", "--url", sim_replica.url, "--interval", "0.1", "--save", "got"]) == 0
     assert "md5 ok" in capsys.readouterr().out
     [saved] = (tmp_path / "got").iterdir()
     assert saved.read_bytes() == png

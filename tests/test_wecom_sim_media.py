@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import redis
 
-from tests.conftest import AES_KEY, TOKEN
 from tests.procs import Replica
 from tools import wecom_sim
 from tools.dify_sim import DifySimulator
@@ -17,24 +14,10 @@ pytestmark = pytest.mark.process
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 
 
-@pytest.fixture
-def replica(redis_url: str, redis_client: redis.Redis, dify: DifySimulator,
-            monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Replica]:
-    env = {"WECOM_TOKEN": TOKEN, "WECOM_ENCODING_AES_KEY": AES_KEY, "REDIS_URL": redis_url,
-           "DIFY_BASE_URL": dify.url, "DIFY_API_KEY": "app-test-key", "LOG_LEVEL": "WARNING",
-           "WECOM_MEDIA_HOSTS": "127.0.0.1"}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)  # wecom_sim reads the same credentials
-    monkeypatch.chdir(tmp_path)  # no .env here
-    server = Replica(env).start()
-    yield server
-    server.stop()
-
-
-def test_an_image_and_a_quote_round_trip(replica: Replica, dify: DifySimulator, tmp_path: Path,
+def test_an_image_and_a_quote_round_trip(sim_replica: Replica, dify: DifySimulator, tmp_path: Path,
                                          capsys: pytest.CaptureFixture[str]) -> None:
     (tmp_path / "photo.png").write_bytes(PNG)
-    code = wecom_sim.main(["这是哪里？", "--image", "photo.png", "--quote", "上周的照片", "--url", replica.url,
+    code = wecom_sim.main(["这是哪里？", "--image", "photo.png", "--quote", "上周的照片", "--url", sim_replica.url,
                            "--interval", "0.1"])
     assert code == 0, capsys.readouterr().out
     [chat] = dify.chat_requests()
@@ -43,13 +26,13 @@ def test_an_image_and_a_quote_round_trip(replica: Replica, dify: DifySimulator, 
     assert "stream finished" in capsys.readouterr().out
 
 
-def test_a_file_and_a_voice_message(replica: Replica, dify: DifySimulator, tmp_path: Path) -> None:
+def test_a_file_and_a_voice_message(sim_replica: Replica, dify: DifySimulator, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("会议纪要", encoding="utf-8")
-    assert wecom_sim.main(["--file", "notes.txt", "--url", replica.url, "--interval", "0.1"]) == 0
-    assert wecom_sim.main(["--voice", "明天几点开会", "--url", replica.url, "--interval", "0.1"]) == 0
+    assert wecom_sim.main(["--file", "notes.txt", "--url", sim_replica.url, "--interval", "0.1"]) == 0
+    assert wecom_sim.main(["--voice", "明天几点开会", "--url", sim_replica.url, "--interval", "0.1"]) == 0
     file_chat, voice_chat = dify.chat_requests()
     assert file_chat.json["files"][0]["type"] == "document" and voice_chat.json["query"] == "明天几点开会"
     with pytest.raises(SystemExit):
-        wecom_sim.main(["text too", "--file", "notes.txt", "--url", replica.url])
+        wecom_sim.main(["text too", "--file", "notes.txt", "--url", sim_replica.url])
     with pytest.raises(SystemExit):
-        wecom_sim.main(["--image", "missing.png", "--url", replica.url])
+        wecom_sim.main(["--image", "missing.png", "--url", sim_replica.url])
