@@ -43,24 +43,17 @@ class ResponseURL:
 
     def send(self, url: str, text: str, truncated_note: str) -> bool:
         """POST ``text`` as one markdown message (cut to 20480 bytes with ``truncated_note``)."""
-        if not self.allowed(url):
-            self._count("refused")
-            log.warning("response_url host not allowed")
-            return False
-        content = text
-        if len(text.encode("utf-8")) > MAX_CONTENT_BYTES:
-            content = fit(text, truncated_note)[0]
-        return self._post(url, {"msgtype": "markdown", "markdown": {"content": content}})
+        return self._post(url, markdown_message(text, truncated_note))
 
     def send_card(self, url: str, card: dict[str, Any]) -> bool:
         """POST a template card (WeCom takes one only in a single chat, wecom-protocol.md §3)."""
+        return self._post(url, {"msgtype": "template_card", "template_card": card})
+
+    def _post(self, url: str, body: dict[str, Any]) -> bool:
         if not self.allowed(url):
             self._count("refused")
             log.warning("response_url host not allowed")
             return False
-        return self._post(url, {"msgtype": "template_card", "template_card": card})
-
-    def _post(self, url: str, body: dict[str, Any]) -> bool:
         for attempt in range(self.retries + 1):
             try:
                 resp = self.session.post(url, json=body, timeout=(self.timeout, self.timeout),
@@ -87,6 +80,12 @@ class ResponseURL:
 
     def _count(self, outcome: str) -> None:
         metrics.RESPONSE_URL.labels(self.bot, outcome).inc()
+
+
+def markdown_message(text: str, truncated_note: str) -> dict[str, Any]:
+    """``text`` as one markdown message, cut to WeCom's 20480 bytes with ``truncated_note`` when longer."""
+    content = fit(text, truncated_note)[0] if len(text.encode("utf-8")) > MAX_CONTENT_BYTES else text
+    return {"msgtype": "markdown", "markdown": {"content": content}}
 
 
 def _errcode(resp: requests.Response) -> int:

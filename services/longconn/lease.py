@@ -9,7 +9,7 @@ and stops using the connection the moment it cannot prove the term is still its 
 
 from __future__ import annotations
 
-from services.streams.records import store_errors
+from services.streams.records import store_errors, text_of
 from services.streams.store import StreamStore
 
 TAKE = """
@@ -52,7 +52,7 @@ class HolderLease:
         with store_errors():
             taken, value = self._take(keys=[self.key, self.fence_key],
                                       args=[self.owner, self.lease_ms, FENCE_TTL_MS])
-        return _text(value) if int(taken) == 1 else None
+        return text_of(value) if int(taken) == 1 else None
 
     def renew(self, term: str) -> bool:
         """True if ``term`` still holds the lease (now extended); raises StoreUnavailable."""
@@ -80,6 +80,3 @@ def fence_of(term: str) -> int:
     """The fencing number of a term (``owner|fence``)."""
     return int(term.rsplit("|", 1)[1])
 
-
-def _text(value: object) -> str:
-    return value.decode() if isinstance(value, bytes) else str(value)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from services.frames import MAX_CONTENT_BYTES, fit
+from services.delivery import markdown_message
 from services.streams.records import store_errors
 from services.streams.store import StreamStore
 
@@ -38,8 +38,7 @@ class Outbox:
 
     def send(self, url: str, text: str, truncated_note: str) -> bool:
         """Queue ``text`` as one markdown message (cut to 20480 bytes with ``truncated_note``)."""
-        content = fit(text, truncated_note)[0] if len(text.encode("utf-8")) > MAX_CONTENT_BYTES else text
-        return self._queue(url, {"msgtype": "markdown", "markdown": {"content": content}})
+        return self._queue(url, markdown_message(text, truncated_note))
 
     def send_card(self, url: str, card: dict[str, Any]) -> bool:
         """Queue a template card."""
