@@ -12,6 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from services.delivery import join
 from services.dify import FormRequired
 from services.streams.store import StreamStore
 
@@ -48,7 +49,7 @@ def form_card(task_id: str, form: FormRequired, answer: str = "") -> dict[str, A
     ``answer`` (the text before the form, when the card goes alone) comes first.
     """
     filled = _PLACEHOLDER.sub(lambda m: form.values.get(m.group(1), ""), form.content).strip()
-    text = "\n\n".join(part for part in (answer.strip()[-MAX_FORM_TEXT:], filled) if part)
+    text = join(answer.strip()[-MAX_FORM_TEXT:], filled)
     card: dict[str, Any] = {"card_type": "button_interaction", "main_title": {"title": form.title or "请选择"}}
     if text:
         card["sub_title_text"] = text[-MAX_FORM_TEXT:]  # the form's own words last: keep them

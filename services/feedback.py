@@ -18,6 +18,7 @@ from services import metrics
 from services.bot import Bot
 from services.dify import error_label
 from services.errors import AuthError, DifyError, DifyHTTPError, StoreUnavailable
+from utils.payload import as_dict
 
 if TYPE_CHECKING:
     from services.engine import Engine
@@ -43,8 +44,7 @@ class Rating:
 
 def read_rating(event: dict[str, Any], userid: str) -> Rating | None:
     """The rating a ``feedback_event`` carries, or None when it is malformed."""
-    body = event.get("feedback_event")
-    body = body if isinstance(body, dict) else {}
+    body = as_dict(event.get("feedback_event"))
     feedback_id, kind = body.get("id"), body.get("type")
     if not isinstance(feedback_id, str) or not feedback_id or len(feedback_id) > 256 or kind not in RATINGS:
         return None

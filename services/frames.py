@@ -75,7 +75,7 @@ def decide(snap: Snapshot, *, now_ms: int, window_ms: int, queued_after_ms: int,
     if snap.final is not None:
         return Decision(snap.final, True)
     followup = snap.meta.get("followup") == "1"
-    progress = snap.meta.get("progress", "") if notes.progress != "off" else ""
+    progress = snap.meta.get("progress", "")  # (with_progress shows nothing when it is off)
     if snap.finished:
         content, shown = fit(snap.text, snap.note)
         if snap.text_bytes == utf8_len(snap.text) and shown == len(snap.text):

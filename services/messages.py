@@ -15,6 +15,7 @@ from typing import Any
 from services import metrics
 from services.bot import Bot
 from services.chat_events import EventHandler
+from services.delivery import join
 from services.engine import Engine, Job
 from services.errors import StoreUnavailable
 from services.frames import MAX_CONTENT_BYTES, Notes, decide, stream_frame
@@ -195,7 +196,7 @@ class MessageHandler:
                 pass
             if not images:
                 log.warning("answer images unavailable: sent as links", extra={"sid": sid})
-                content = "\n\n".join(part for part in (content, meta.get("image_links", "")) if part)
+                content = join(content, meta.get("image_links", ""))
         frame = stream_frame(sid, content, True, images)
         try:
             template = json.loads(meta["card"]) if card and "card" in meta else None

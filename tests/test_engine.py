@@ -403,7 +403,7 @@ def test_a_keeper_whose_write_fails_marks_the_job_and_sends_it_again(redis_serve
     redis_server.stop()  # Redis is gone: the batch fails
     keeper.tick(0.0)
     assert job.degraded
-    assert job.writer.take() == ("s", 1, "待写", False)  # the same write goes out again, not lost
+    assert job.writer.take_batch() == (("s", 1, "待写", False), None)  # the same write goes out again, not lost
     store.redis.close()
 
 

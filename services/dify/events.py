@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from services.dify.think import ThinkSplitter
 from services.errors import DifyStreamError
+from utils.payload import as_dict
 
 log = logging.getLogger(__name__)
 
@@ -163,8 +164,7 @@ class ChatEventDecoder:
                 out += self._text("", end=True)
                 out.append(Finished(self.conversation_id))
         elif event == "workflow_finished":
-            wf = obj.get("data")
-            wf = wf if isinstance(wf, dict) else {}
+            wf = as_dict(obj.get("data"))
             status = wf.get("status")
             if status in ("failed", "stopped"):
                 raise DifyStreamError(f"workflow_{status}", str(wf.get("error") or f"workflow {status}"))
@@ -200,8 +200,7 @@ class ChatEventDecoder:
         return out
 
     def _progress(self, event: str, obj: dict[str, object]) -> list[DifyEvent]:
-        data = obj.get("data") if isinstance(obj.get("data"), dict) else {}
-        assert isinstance(data, dict)
+        data = as_dict(obj.get("data"))
         if event == "reasoning_chunk":
             reasoning = data.get("reasoning")
             return [Progress("reasoning", reasoning)] if isinstance(reasoning, str) and reasoning else []
@@ -214,8 +213,7 @@ class ChatEventDecoder:
         if not tool or obj.get("observation") or self._step == (thought_id, tool):
             return []
         self._step = (thought_id, tool)
-        labels = obj.get("tool_labels") if isinstance(obj.get("tool_labels"), dict) else {}
-        assert isinstance(labels, dict)
+        labels = as_dict(obj.get("tool_labels"))
         names = [_label(labels.get(name), name) for name in tool.split(";") if name]
         return [Progress("tool", "、".join(names))]
 
@@ -243,8 +241,7 @@ def _form(run_id: str, data: object) -> list[DifyEvent]:
     actions = tuple((_str(a.get("id")), _str(a.get("title")) or _str(a.get("id")))
                     for a in data.get("actions") or [] if isinstance(a, dict) and _str(a.get("id")))
     names = [_str(i.get("output_variable_name")) for i in data.get("inputs") or [] if isinstance(i, dict)]
-    resolved = data.get("resolved_default_values") if isinstance(data.get("resolved_default_values"), dict) else {}
-    assert isinstance(resolved, dict)
+    resolved = as_dict(data.get("resolved_default_values"))
     values = {n: str(resolved[n]) for n in names if n in resolved and resolved[n] is not None}
     token = _str(data.get("form_token")) if data.get("display_in_ui") is not False else ""
     return [FormRequired(run_id=run_id, token=token or None, title=_str(data.get("node_title")),

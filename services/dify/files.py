@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from utils.payload import as_dict
+
 MB = 1024 * 1024
 DEFAULT_LIMITS_MB = {"image": 10, "document": 15, "audio": 50, "video": 100}
 """Dify's defaults (UPLOAD_*_FILE_SIZE_LIMIT) when ``system_parameters`` does not say."""
@@ -37,9 +39,9 @@ class FileRules:
     @classmethod
     def from_parameters(cls, parameters: Any) -> FileRules:
         """Read ``/parameters``; anything missing or malformed means "takes no files"."""
-        params = parameters if isinstance(parameters, dict) else {}
-        upload = _dict(params.get("file_upload"))
-        image = _dict(upload.get("image"))
+        params = as_dict(parameters)
+        upload = as_dict(params.get("file_upload"))
+        image = as_dict(upload.get("image"))
         types: set[str] = set()
         if upload.get("enabled") is True:  # as Dify reads it: the new fields, and the image block is ignored
             if "local_file" in _strings(upload.get("allowed_file_upload_methods")):
@@ -49,7 +51,7 @@ class FileRules:
             if image.get("enabled") is True and "local_file" in _strings(image.get("transfer_methods")):
                 types = {"image"}
             number = image.get("number_limits")
-        system = _dict(params.get("system_parameters"))
+        system = as_dict(params.get("system_parameters"))
         limits = {kind: _positive(system.get(key), DEFAULT_LIMITS_MB[kind]) for kind, key in _LIMIT_KEYS.items()}
         return cls(frozenset(types), _positive(number, 3) if types else 0, limits)
 
@@ -64,10 +66,6 @@ class FileRules:
             if size > self.limits_mb[kind] * MB:
                 return Refusal("too_large", self.limits_mb[kind])
         return None
-
-
-def _dict(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
 
 
 def _strings(value: Any) -> list[str]:

@@ -21,7 +21,7 @@ class StreamWriter:
     A write that failed (Redis unreachable, reply lost) is retried byte for byte under the same
     sequence number before anything newer, so a write the server did apply is recognised as a
     replay and never doubled or mixed with later text. Writes go out one at a time per stream:
-    either batched with other streams' (``take``/``settle``) or alone (``flush``).
+    either batched with other streams' (``take_batch``/``settle_batch``) or alone (``flush``).
     """
 
     def __init__(self, store: StreamStore, sid: str) -> None:
@@ -84,15 +84,6 @@ class StreamWriter:
                 self._all = ["".join(self._all)]
             return self._all[0] if self._all else ""
 
-    def take(self) -> Write | None:
-        """Claim the next write for a batch (None if clean or being written); ``settle`` must follow."""
-        if not self._flush_lock.acquire(blocking=False):
-            return None
-        write = self._next()
-        if write is None:
-            self._flush_lock.release()
-        return write
-
     def take_batch(self) -> tuple[Write | None, str | None] | None:
         """Claim the next write and the newest progress note together (None: nothing, or being written).
 
@@ -112,14 +103,6 @@ class StreamWriter:
         try:
             if note is not None and not note_written:
                 self.keep_progress(note)
-            if result is not None:
-                self._done(result)
-        finally:
-            self._flush_lock.release()
-
-    def settle(self, result: WriteResult | None) -> None:
-        """Record the outcome of the write ``take`` returned (None: it failed and will be sent again)."""
-        try:
             if result is not None:
                 self._done(result)
         finally:
