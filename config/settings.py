@@ -190,12 +190,12 @@ class Settings:
     @property
     def stop_words(self) -> frozenset[str]:
         """Messages that stop the user's running answer."""
-        return frozenset(w.strip().lower() for w in self.stop_commands.split(",") if w.strip())
+        return frozenset(w.lower() for w in _items(self.stop_commands))
 
     @property
     def new_words(self) -> frozenset[str]:
         """Messages that end the conversation with Dify: the next message starts a new one."""
-        return frozenset(w.strip().lower() for w in self.new_commands.split(",") if w.strip())
+        return frozenset(w.lower() for w in _items(self.new_commands))
 
     @property
     def bot_names(self) -> list[str]:
@@ -221,9 +221,9 @@ def read_environment(environ: Mapping[str, str] | None = None, dotenv: str | Pat
 
 
 PER_BOT_REQUIRED = frozenset({"WECOM_TOKEN", "WECOM_ENCODING_AES_KEY", "DIFY_BASE_URL", "DIFY_API_KEY"})
+"""Required for the single bot of an environment-only configuration; a bots file sets them per bot."""
 CALLBACK_ONLY = frozenset({"WECOM_TOKEN", "WECOM_ENCODING_AES_KEY"})
 """What only a callback bot needs: a long-connection bot has its BotID and Secret instead."""
-"""Required for the single bot of an environment-only configuration; a bots file sets them per bot."""
 
 
 def load_settings() -> Settings:

@@ -93,10 +93,9 @@ class Bot:
                 total_timeout=s.dify_total_timeout, idle_timeout=s.dify_idle_timeout,
                 first_output_timeout=s.dify_first_output_seconds,
                 max_retries=s.dify_max_retries, max_connections=s.engine_capacity)
-        delivery: ResponseURL | Outbox = ResponseURL(s.response_url_hosts, timeout=s.response_url_timeout,
-                                                     bot=config.id)
-        if s.wecom_transport == "websocket":
-            delivery = Outbox(store, s.wecom_bot_id)
+        delivery: ResponseURL | Outbox = (
+            Outbox(store, s.wecom_bot_id) if s.wecom_transport == "websocket"  # follow-ups through the holder
+            else ResponseURL(s.response_url_hosts, timeout=s.response_url_timeout, bot=config.id))
         media = MediaFetcher(s.media_hosts, max_bytes=s.media_max_bytes, timeout=s.media_timeout)
         answer_files = DifyFiles(s.dify_base_url, s.file_hosts, budget=s.answer_images_max_bytes,
                                  timeout=s.media_timeout, failed_note=s.msg_answer_file_failed, bot=config.id)

@@ -107,7 +107,7 @@ class MessageHandler:
         if admission.outcome == "duplicate":
             metrics.DUPLICATES.labels(self.bot.id).inc()
             log.info("duplicate delivery", extra={"msgid": msgid, "sid": sid, "user": user_ref(user)})
-            return self._frame_or_busy(sid, feedback=True), "duplicate"
+            return self._frame_or_busy(sid), "duplicate"
         if admission.outcome != "started":
             return stream_frame(sid, admission.text or self.settings.msg_busy, True), admission.outcome
         extra = {"msgid": msgid, "sid": sid, "user": user_ref(user), "chat": user_ref(chat) if chat else "",
@@ -124,11 +124,10 @@ class MessageHandler:
         except StoreUnavailable:
             return None
 
-    def _frame_or_busy(self, sid: str, *, feedback: bool = False) -> dict[str, Any]:
+    def _frame_or_busy(self, sid: str) -> dict[str, Any]:
         try:
             frame = self._frame(sid)
-            if feedback:  # a re-delivery's reply may be the first WeCom sees: it turns rating on
-                frame["stream"]["feedback"] = {"id": sid}
+            frame["stream"]["feedback"] = {"id": sid}  # a re-delivery's reply may be the first WeCom sees
             return frame
         except StoreUnavailable:
             self.store.note_busy_shown(sid)

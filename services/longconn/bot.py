@@ -80,11 +80,6 @@ class LongConnectionBot:
         """Hand the connection over at once (SIGTERM)."""
         await self.holder.stop()
 
-    @property
-    def healthy(self) -> bool:
-        """False after WeCom refused the bot's credentials."""
-        return self.holder.healthy
-
     def _connect(self) -> LongConnection:
         s = self.bot.settings
         assert self._session is not None
@@ -221,7 +216,6 @@ class LongConnectionBot:
         with store_errors():
             if not holding:
                 taken = r.rpop(self.inbox)
-                raw = taken if isinstance(taken, bytes | str) else None
             else:
                 oldest = r.lindex(self.inbox, -1)
                 try:
@@ -229,7 +223,7 @@ class LongConnectionBot:
                 except (ValueError, KeyError, TypeError):
                     waited = 10**9  # unreadable: take it out of the way
                 taken = r.rpop(self.inbox) if oldest and waited >= HOLDER_TAKES_AFTER * 1000 else None
-                raw = taken if isinstance(taken, bytes | str) else None
+        raw = taken if isinstance(taken, bytes | str) else None
         try:
             item = json.loads(raw) if raw else None
         except ValueError:

@@ -43,7 +43,6 @@ class Holder:
         self.rng = rng or random.Random()
         self.term: str | None = None  # ours while we hold the lease
         self.connection: LongConnection | None = None
-        self.healthy = True  # False after WeCom refused the credentials (``/readyz``)
         self._stopping = False
 
     async def run(self) -> None:
@@ -57,11 +56,9 @@ class Holder:
                 await self._hold()
                 backoff = BACKOFF_FIRST
             except RecentlyRefused:  # another worker was refused just now: wait, without renewing the verdict
-                self.healthy = False
                 await self._let_go()
                 await asyncio.sleep(BAD_CREDENTIALS_PAUSE)
             except BadCredentials as exc:
-                self.healthy = False
                 log.error("long connection refused: check the bot's BotID and Secret", extra={"reason": str(exc)})
                 try:
                     await self.redis(self.lease.mark_refused, 2 * BAD_CREDENTIALS_PAUSE)
@@ -130,7 +127,6 @@ class Holder:
                 raise LinkLost("subscribing took longer than half the lease") from None
             raise
         self.connection = connection
-        self.healthy = True
         reader = asyncio.get_running_loop().create_task(connection.run())
         try:
             done, _ = await asyncio.wait({reader, renewer}, return_when=asyncio.FIRST_COMPLETED)

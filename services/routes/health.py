@@ -6,7 +6,7 @@ import redis
 from flask import Blueprint, Response, jsonify
 
 from services.bridge import get_bridge
-from services.errors import AuthUnavailable
+from services.errors import AuthUnavailable, StoreUnavailable
 
 bp = Blueprint("health", __name__)
 
@@ -42,8 +42,8 @@ def readyz() -> tuple[Response, int]:
     for bot_id, bot in bridge.bots.items():
         if bot.settings.wecom_transport == "websocket" and checks.get("redis") == "ok":
             try:
-                refused = bridge.redis.get(bot.store.keys.ws_refused(bot.settings.wecom_bot_id))
-            except (redis.RedisError, OSError):
+                refused = bot.store.get_value(bot.store.keys.ws_refused(bot.settings.wecom_bot_id))
+            except StoreUnavailable:
                 refused = None  # the Redis check above speaks for it
             checks[f"long_connection:{bot_id}"] = "refused: check its BotID and Secret" if refused else "ok"
     ready = all(v == "ok" for v in checks.values())
