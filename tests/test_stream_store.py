@@ -13,6 +13,7 @@ from redis.retry import Retry
 from services.streams.keys import Keys
 from services.streams.records import Lease, Turn, WriteResult
 from services.streams.store import StreamStore
+from services.streams.writer import StreamWriter
 
 KEYS = Keys("t:")
 
@@ -274,3 +275,24 @@ def test_a_finished_answer_keeps_the_progress_note_it_ended_with(store: StreamSt
     snap = store.snapshot("s")
     assert snap is not None and snap.meta["progress"] == "最后的想法"
     assert not store.set_progress("gone", "x")
+
+
+def test_a_replace_may_skip_numbers_and_a_writer_heals_a_gap_with_one(store: StreamStore,
+                                                                        redis_client: redis.Redis) -> None:
+    store.claim("m", "s", "owner", {})
+    writer = StreamWriter(store, "s")
+    for part in ("一", "二", "三"):
+        writer.add(part)
+        writer.flush()
+    # a promoted replica that missed the master's last two writes: seq 1, text of write 1 only
+    redis_client.hset(KEYS.stream_meta("s"), "seq", 1)
+    redis_client.set(KEYS.stream_text("s"), "一", keepttl=True)
+    writer.add("四")
+    writer.flush()  # the append finds a gap; the writer sends the whole answer as a replace instead
+    snap = store.snapshot("s")
+    assert snap is not None and snap.text == "一二三四" and not writer.lost
+    writer.add("五")
+    writer.flush()
+    snap = store.snapshot("s")
+    assert snap is not None and snap.text == "一二三四五" and snap.seq == writer.seq
+    assert store.write("s", 1, "x", replace=True) is WriteResult.REPLAYED  # a late replay still changes nothing

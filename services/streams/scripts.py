@@ -58,7 +58,9 @@ return 0
 WRITE_TEXT = """
 -- KEYS[1] = stream meta, KEYS[2] = stream text
 -- ARGV[1] = seq of this write, ARGV[2] = 'append' | 'replace', ARGV[3] = text, ARGV[4] = now (ms)
--- Applies the write only if it is the next in sequence, so a replayed command changes nothing.
+-- Applies the write only if it is the next in sequence, so a replayed command changes nothing. A
+-- replace carries the whole text, so it may skip numbers: the writer sends one after a gap (a
+-- promoted replica that missed the last writes of the master it replaced).
 -- Returns 1 applied, 0 already applied (replay), -1 stream missing/expired, -2 finished, -3 gap.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
@@ -66,7 +68,7 @@ local seq = tonumber(redis.call('HGET', KEYS[1], 'seq'))
 local want = tonumber(ARGV[1])
 if want <= seq then return 0 end
 if status == 'done' or status == 'failed' or status == 'interrupted' then return -2 end
-if want ~= seq + 1 then return -3 end
+if want ~= seq + 1 and ARGV[2] ~= 'replace' then return -3 end
 if redis.call('EXISTS', KEYS[2]) == 0 then return -1 end
 if ARGV[2] == 'replace' then
   redis.call('SET', KEYS[2], ARGV[3], 'KEEPTTL')

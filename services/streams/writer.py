@@ -135,6 +135,10 @@ class StreamWriter:
         self._inflight = None
         if result in (WriteResult.APPLIED, WriteResult.REPLAYED):
             self.seq += 1
+        elif result is WriteResult.GAP:  # Redis lost writes it had taken (a failover): send the whole text
+            with self._buffer_lock:
+                self._replace, self._pending = "".join(self._all), []
+            log.warning("stream write gap: rewriting the whole answer", extra={"sid": self.sid})
         else:
             self.lost, self.refused = True, result
             log.warning("stream write refused", extra={"sid": self.sid, "result": result.name})
