@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from config.redis_url import parse_redis_url
 from crypto import IllegalAesKeyError, decode_aes_key
 
 
@@ -295,8 +296,10 @@ def _validate(s: Settings) -> None:
              "must be between 1024 and 16777216")
     _require(s.log_level.upper() in logging.getLevelNamesMapping(), "log_level",
              "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
-    _require(urlsplit(s.redis_url).scheme in {"redis", "rediss", "unix"}, "redis_url",
-             "must be a redis://, rediss:// or unix:// URL")
+    try:
+        parse_redis_url(s.redis_url)
+    except ValueError as exc:
+        _require(False, "redis_url", str(exc))
     _require(0 < s.redis_socket_timeout <= 30, "redis_socket_timeout", "must be in (0, 30] seconds")
     _require(s.dify_response_mode in {"streaming", "blocking"}, "dify_response_mode",
              "must be 'streaming' or 'blocking'")
@@ -348,8 +351,8 @@ def _validate(s: Settings) -> None:
         _require(bool(s.mysql_host) and bool(s.mysql_database), "mysql_database",
                  "MYSQL_HOST and MYSQL_DATABASE are required when AUTH_MODE=mysql")
         _require(0 < s.mysql_port < 65536, "mysql_port", "must be a TCP port")
-    _require(bool(s.redis_key_prefix) and " " not in s.redis_key_prefix, "redis_key_prefix",
-             "must be non-empty without spaces")
+    _require(bool(s.redis_key_prefix) and not set(s.redis_key_prefix) & set(" {}"), "redis_key_prefix",
+             "must be non-empty, without spaces or braces (a brace would change Redis Cluster hash tags)")
 
 
 def _validate_bot(s: Settings) -> None:

@@ -12,8 +12,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-import redis
-
 from config import BotConfig, Settings
 from crypto import WeComCrypto
 from services.auth_api import AuthAPI
@@ -21,6 +19,7 @@ from services.delivery import ResponseURL
 from services.dify import DifyClient
 from services.longconn.outbox import Outbox
 from services.media import DifyFiles, MediaFetcher
+from services.streams.connection import RedisClient, is_cluster
 from services.streams.keys import Keys
 from services.streams.store import StreamStore
 from services.user_auth import Authenticator
@@ -68,14 +67,15 @@ class Bot:
     health: DifyHealth = field(default_factory=DifyHealth)
 
     @classmethod
-    def build(cls, config: BotConfig, client: redis.Redis, *, users: UserDB | None = None,
+    def build(cls, config: BotConfig, client: RedisClient, *, users: UserDB | None = None,
               api: AuthAPI | None = None, dify: DifyClient | None = None) -> Bot:
         """Create the bot's clients on the shared Redis ``client`` (and, with AUTH_MODE=mysql, ``users``)."""
         s = config.settings
         crypto = None if s.wecom_transport == "websocket" else WeComCrypto(
             s.wecom_token, s.wecom_encoding_aes_key, s.wecom_receive_id,
             timestamp_window=s.wecom_timestamp_window_seconds or None)
-        keys = Keys.for_bot(s.redis_key_prefix, config.namespace, s.auth_redis_wechatid_key, s.auth_redis_token_key)
+        keys = Keys.for_bot(s.redis_key_prefix, config.namespace, s.auth_redis_wechatid_key, s.auth_redis_token_key,
+                            cluster=is_cluster(client))
         store = StreamStore(client, keys, stream_ttl=s.stream_ttl_seconds,
                             owner_lease_ms=int(s.producer_lease_seconds * 1000))
         auth = None

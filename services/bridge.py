@@ -5,10 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-import redis
 from flask import Flask, current_app
-from redis.backoff import ExponentialBackoff
-from redis.retry import Retry
 
 from config import BotConfig, Settings
 from services.auth_api import AuthAPI
@@ -17,6 +14,7 @@ from services.dify import DifyClient
 from services.engine import Engine
 from services.longconn.bot import LongConnectionBot
 from services.messages import MessageHandler
+from services.streams.connection import RedisClient, connect
 from services.user_db import MySQLConfig, UserDB
 
 EXTENSION = "wecom_dify"
@@ -27,7 +25,7 @@ class Bridge:
     """Everything a request handler needs; built once per app, never at import time."""
 
     settings: Settings
-    redis: redis.Redis
+    redis: RedisClient
     bots: dict[str, Bot]
     handlers: dict[str, MessageHandler]
     engine: Engine
@@ -37,16 +35,7 @@ class Bridge:
     def build(cls, settings: Settings, bots: Mapping[str, BotConfig], *,
               dify: Mapping[str, DifyClient] | None = None) -> Bridge:
         """Create the clients (lazily connecting) and the engine (started by the first message or post_fork)."""
-        # Request handlers must answer WeCom fast: one quick retry, never seconds of backoff.
-        # Replayed writes are harmless because every write script checks its sequence number.
-        client = redis.Redis.from_url(
-            settings.redis_url,
-            socket_timeout=settings.redis_socket_timeout,
-            socket_connect_timeout=settings.redis_socket_timeout,
-            retry=Retry(ExponentialBackoff(cap=0.05, base=0.01), 1),
-            # no health_check_interval: its PING would add its own timeout and retry to a callback
-            # on a hung Redis; a dead pooled connection fails fast and is retried once anyway
-        )
+        client = connect(settings.redis_url, settings.redis_socket_timeout)
         users = api = None
         if any(b.settings.auth_mode == "mysql" for b in bots.values()):
             users = UserDB(MySQLConfig(settings.mysql_host, settings.mysql_port, settings.mysql_user,

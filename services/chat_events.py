@@ -4,7 +4,6 @@ and clicks on question cards (``template_card_event``). Each is answered within 
 from __future__ import annotations
 
 import logging
-import uuid
 from typing import TYPE_CHECKING, Any
 
 from services import metrics
@@ -13,6 +12,7 @@ from services.cards import clicked
 from services.engine import Engine, Job
 from services.errors import StoreUnavailable
 from services.feedback import read_rating, send_rating
+from services.streams.keys import new_sid
 from services.welcome import WELCOME_WAIT, fallback, welcome
 from utils.payload import as_dict, as_str
 
@@ -95,9 +95,9 @@ class EventHandler:
             return None, "ignored"
         s, form = self.bot.settings, found.form or {}
         # a form's run belongs to whoever started it (Dify lets only that user re-attach), in its conversation
-        job = Job(sid=uuid.uuid4().hex, bot=self.bot, msgid=msgid, query=found.question or found.label,
-                  dify_user=str(form.get("user") or self.bot.dify_user(user, chat)),
-                  scope=str(form.get("scope") or self.messages.scope(user, chat)),
+        scope = str(form.get("scope") or self.messages.scope(user, chat))
+        job = Job(sid=new_sid(scope), bot=self.bot, msgid=msgid, query=found.question or found.label,
+                  dify_user=str(form.get("user") or self.bot.dify_user(user, chat)), scope=scope,
                   wecom_user=user, chat=chat, response_url=response_url, polled=False, resume=found.form)
         try:
             admission = self.engine.admit(job)  # a re-delivered click finds its msgid claimed: asked once

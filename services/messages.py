@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import re
-import uuid
 from typing import Any
 
 from services import metrics
@@ -21,6 +20,7 @@ from services.errors import StoreUnavailable
 from services.frames import MAX_CONTENT_BYTES, Notes, decide, stream_frame
 from services.inbound import MESSAGE_TYPES, read
 from services.longconn.outbox import address
+from services.streams.keys import new_sid
 from utils.logging import user_ref
 from utils.payload import as_dict, as_str
 from utils.text import strip_mention
@@ -82,9 +82,10 @@ class MessageHandler:
             query = re.sub(r"\{(quote|query)\}", lambda m: parts[m.group(1)], self.settings.quote_template)
         response_url = as_str(msg.get("response_url")) or self.follow_up_address(user, chat)
         followup = bool(response_url) and self.delivery.allowed(response_url)
-        job = Job(sid=uuid.uuid4().hex,  # 32 hex digits: unguessable, and what SID accepts
+        scope = self.scope(user, chat)
+        job = Job(sid=new_sid(scope),  # 32 hex digits, 96 bits of them random: what SID accepts
                   bot=self.bot, msgid=msgid, query=query, dify_user=self.bot.dify_user(user, chat),
-                  scope=self.scope(user, chat),
+                  scope=scope,
                   wecom_user=user, chat=chat, response_url=response_url if followup else "",
                   attachments=inbound.attachments, quoted_attachments=inbound.quoted_attachments,
                   media_keys=dict(inbound.media_keys))

@@ -16,11 +16,10 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from services import metrics
 from services.auth_api import AuthAPI
 from services.errors import AuthUnavailable, UserNotAuthorized
+from services.streams.connection import RedisClient
 from services.streams.keys import Keys
 from services.streams.records import store_errors
 from services.streams.store import StreamStore
@@ -57,7 +56,7 @@ class Authenticator:
                  sleep: Callable[[float], None] = time.sleep, bot: str = "default") -> None:
         self.bot = bot  # the metrics label
         self.store = store
-        self.redis: redis.Redis = store.redis
+        self.redis: RedisClient = store.redis
         self.keys: Keys = store.keys
         self.db = db
         self.api = api
@@ -146,10 +145,10 @@ class Authenticator:
         ttl = min(issued.expires_in or self.token_ttl, 30 * 86400)
         info = {"userid": userid, "account": record.account, "name": record.display_name, **issued.user}
         with store_errors():
-            pipe = self.redis.pipeline(transaction=True)
-            pipe.set(self.keys.auth_wechatid(userid), issued.token, ex=ttl)
-            pipe.set(self.keys.auth_token(issued.token), json.dumps(info, ensure_ascii=False), ex=ttl)
-            pipe.execute()
+            # the info first: a reader that finds the new token also finds its info (the two shared keys
+            # keep their names, so on a cluster they may live on different nodes: no MULTI)
+            self.redis.set(self.keys.auth_token(issued.token), json.dumps(info, ensure_ascii=False), ex=ttl)
+            self.redis.set(self.keys.auth_wechatid(userid), issued.token, ex=ttl)
         log.info("token refreshed", extra={"ttl": ttl})
         return Identity(userid, issued.token, info)
 

@@ -10,11 +10,9 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
-import hiredis
-import redis
-
 from services.errors import StoreUnavailable
-from services.streams import scripts
+from services.streams import pipes, scripts
+from services.streams.connection import RedisClient
 from services.streams.keys import IMAGES_TTL, OWNER_LEASE_MS, STREAM_TTL, Keys
 from services.streams.records import (
     META_FIELDS,
@@ -33,7 +31,7 @@ BUSY_SHOWN_LIMIT = 10_000  # "busy" polls remembered while Redis is away (beyond
 class StreamStore:
     """Redis-backed stream records; every method is one round trip and safe to replay."""
 
-    def __init__(self, client: redis.Redis, keys: Keys, *, stream_ttl: int = STREAM_TTL,
+    def __init__(self, client: RedisClient, keys: Keys, *, stream_ttl: int = STREAM_TTL,
                  owner_lease_ms: int = OWNER_LEASE_MS, clock: Callable[[], float] = time.time) -> None:
         self.redis = client
         self.keys = keys
@@ -55,6 +53,7 @@ class StreamStore:
         self._renew_owners = client.register_script(scripts.RENEW_OWNERS)
         self._turn = client.register_script(scripts.QUEUE_TURN)
         self._release = client.register_script(scripts.RELEASE_LEASE)
+        self._pipelined = (self._write, self._progress, self._fields, self._turn, self._renew_owners)
 
     @contextmanager
     def _errors(self) -> Iterator[None]:
@@ -77,7 +76,7 @@ class StreamStore:
         With ``scope`` the stream also takes a ticket in that conversation's queue.
         Returns (created, sid that answers msgid, first in its queue).
         """
-        keys = [self.keys.msg(msgid), self.keys.stream_meta(sid), self.keys.stream_text(sid),
+        keys = [self.keys.msg(msgid, sid), self.keys.stream_meta(sid), self.keys.stream_text(sid),
                 self.keys.stream_owner(sid)]
         if scope is not None:
             keys.append(self.keys.queue(scope))
@@ -107,15 +106,17 @@ class StreamStore:
         """
         if not writes and not progress:
             return []
-        with self._errors():
-            pipe = self.redis.pipeline(transaction=False)
-            now = self.now_ms()
+        now = self.now_ms()
+
+        def build(pipe: pipes.Pipe) -> None:
             for sid, seq, text, replace in writes:
                 self._write(keys=[self.keys.stream_meta(sid), self.keys.stream_text(sid)],
                             args=[seq, "replace" if replace else "append", text, now], client=pipe)
             for sid, note in progress or []:
                 self._progress(keys=[self.keys.stream_meta(sid)], args=[note], client=pipe)
-            replies = pipe.execute(raise_on_error=False)
+
+        with self._errors():
+            replies = pipes.run(self.redis, build, raise_on_error=False, scripts=self._pipelined)
         results = [WriteResult(int(r)) if isinstance(r, int) else None for r in replies[: len(writes)]]
         return results + [WriteResult.APPLIED if isinstance(r, int) else None for r in replies[len(writes):]]
 
@@ -138,12 +139,13 @@ class StreamStore:
 
     def started(self, sid: str, fields: dict[str, str], answer: str, answer_ttl: int) -> None:
         """Record what an answer's first frame from Dify told: meta ``fields``, and its ids for feedback."""
-        with self._errors():
-            pipe = self.redis.pipeline(transaction=False)
+        def build(pipe: pipes.Pipe) -> None:
             self._fields(keys=[self.keys.stream_meta(sid)], args=[x for item in fields.items() for x in item],
                          client=pipe)
             pipe.set(self.keys.feedback(sid), answer, ex=answer_ttl)
-            pipe.execute()
+
+        with self._errors():
+            pipes.run(self.redis, build, scripts=self._pipelined)
 
     def put_images(self, sid: str, images: list[dict[str, Any]], links: str) -> int:
         """Keep a running answer's images for its last frame (and their links for a follow-up).
@@ -179,7 +181,8 @@ class StreamStore:
             ("GET", text_key) if max_bytes is None else ("GETRANGE", text_key, 0, max_bytes)]
         if poll:
             commands.append(("HINCRBY", meta_key, "polls", 1))  # the meta hash carries the stream's TTL
-        values, owner, raw, *counted = self._batch(commands)
+        with self._errors():
+            values, owner, raw, *counted = pipes.read_batch(self.redis, commands)
         if values[0] is None:
             if counted:  # HINCRBY made a hash of a stream that is gone: it must not live on without a TTL
                 with self._errors():
@@ -197,38 +200,6 @@ class StreamStore:
         return Snapshot(text=text, text_bytes=len(raw), status=meta.get("status", ""),
                         note=meta.get("note", ""), created_ms=int(meta.get("created", 0)),
                         seq=int(meta.get("seq", 0)), owner_alive=bool(owner), meta=meta)
-
-    def _batch(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send read commands in one write on a pooled connection.
-
-        A dead pooled connection (refused or reset, e.g. after a Redis restart) is retried once on a
-        fresh one; a timeout is not: a hung Redis must cost a callback one timeout, not several (a
-        reconnect would wait again for each handshake command).
-        """
-        pool = self.redis.connection_pool
-        for attempt in (0, 1):
-            conn = None
-            try:
-                conn = pool.get_connection()
-                # hiredis packs in C (a third of redis-py's own packing cost on this path)
-                packed = b"".join([hiredis.pack_command(command) for command in commands])
-                conn.send_packed_command([packed], check_health=False)  # type: ignore[no-untyped-call]
-                return [conn.read_response() for _ in commands]
-            except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
-                if conn is not None:
-                    conn.disconnect()  # type: ignore[no-untyped-call]
-                if attempt or isinstance(exc, redis.TimeoutError | TimeoutError):
-                    self.failed_at = self.clock()
-                    raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-            except redis.RedisError as exc:
-                if conn is not None:  # replies may be left unread: never reuse this connection
-                    conn.disconnect()  # type: ignore[no-untyped-call]
-                self.failed_at = self.clock()
-                raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
-            finally:
-                if conn is not None:
-                    pool.release(conn)
-        raise AssertionError("unreachable")  # pragma: no cover
 
     def close(self, sid: str, reason: str, final: str, shown: int, *, finished_ok: bool = False) -> Closure | None:
         """Fix the last frame WeCom sees; the first close wins.
@@ -256,33 +227,37 @@ class StreamStore:
 
     def renew_owners(self, sids: list[str], owner: str) -> list[Lease]:
         """Extend ``owner``'s leases on ``sids`` (one script call per 500) and say what each found."""
-        found: list[Lease] = []
+        batches = self.keys.slot_batches(sids, 500)
+
+        def build(pipe: pipes.Pipe) -> None:
+            for batch in batches:
+                keys = [k for sid in batch for k in (self.keys.stream_owner(sid), self.keys.stream_meta(sid))]
+                self._renew_owners(keys=keys, args=[owner, self.owner_lease_ms], client=pipe)
+
         with self._errors():
-            for i in range(0, len(sids), 500):
-                keys = [k for sid in sids[i:i + 500] for k in (self.keys.stream_owner(sid), self.keys.stream_meta(sid))]
-                found += [Lease(int(x)) for x in self._renew_owners(keys=keys, args=[owner, self.owner_lease_ms])]
-        return found
+            replies = pipes.run(self.redis, build, scripts=self._pipelined)
+        states = {sid: Lease(int(x)) for batch, reply in zip(batches, replies, strict=True)
+                  for sid, x in zip(batch, reply, strict=True)}
+        return [states[sid] for sid in sids]
 
     def queue_heads(self, scopes: list[str]) -> list[str | None]:
         """The stream at the head of each conversation's ticket queue, in one round trip."""
         with self._errors():
-            pipe = self.redis.pipeline(transaction=False)
-            for scope in scopes:
-                pipe.lindex(self.keys.queue(scope), 0)
-            raw = pipe.execute()
+            raw = pipes.run(self.redis, lambda pipe: [pipe.lindex(self.keys.queue(scope), 0) for scope in scopes])
         return [text_of(v) if v is not None else None for v in raw]
 
     def queue_turns(self, asks: list[tuple[str, str, str | None]]) -> list[Turn]:
         """Ask each (scope, sid, head last seen) for sid's turn in one round trip; an ended head is removed."""
         if not asks:
             return []
-        with self._errors():
-            pipe = self.redis.pipeline(transaction=False)
+        def build(pipe: pipes.Pipe) -> None:
             for scope, sid, head in asks:
-                seen = head or ""
-                keys = [self.keys.queue(scope), self.keys.stream_meta(seen), self.keys.stream_owner(seen)]
-                self._turn(keys=keys, args=[seen, sid, self.stream_ttl], client=pipe)
-            replies = pipe.execute()
+                # with no head seen the script reads no stream: sid's keys just keep it in the queue's slot
+                keys = [self.keys.queue(scope), self.keys.stream_meta(head or sid), self.keys.stream_owner(head or sid)]
+                self._turn(keys=keys, args=[head or "", sid, self.stream_ttl], client=pipe)
+
+        with self._errors():
+            replies = pipes.run(self.redis, build, scripts=self._pipelined)
         return [Turn(int(r)) for r in replies]
 
     def queue_leave(self, scope: str, sid: str) -> None:
@@ -302,11 +277,12 @@ class StreamStore:
             pending = list(self._busy_shown.items())
         if not pending:
             return 0
-        with self._errors():
-            pipe = self.redis.pipeline(transaction=False)
+        def build(pipe: pipes.Pipe) -> None:
             for sid, when in pending:
                 self._fields(keys=[self.keys.stream_meta(sid)], args=["busy", int(when * 1000)], client=pipe)
-            pipe.execute()
+
+        with self._errors():
+            pipes.run(self.redis, build, scripts=self._pipelined)
         with self._busy_lock:
             for sid, when in pending:
                 if self._busy_shown.get(sid) == when:
