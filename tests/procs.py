@@ -18,16 +18,17 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 class Replica:
-    """One gunicorn master (gthread workers, the repo's gunicorn.conf.py) serving ``app`` on a free port."""
+    """One gunicorn master (gthread workers, the checkout's gunicorn.conf.py) serving ``app`` on a free port."""
 
     def __init__(self, env: dict[str, str], *, workers: int = 1, threads: int = 8,
-                 args: tuple[str, ...] = (), app: str = "app:create_app()") -> None:
+                 args: tuple[str, ...] = (), app: str = "app:create_app()", root: Path = ROOT) -> None:
         self.port = free_port()
         self.env = {**os.environ, **env}
         self.workers = workers
         self.threads = threads
         self.args = args
         self.app = app
+        self.root = root  # the checkout to run: this one, or an earlier release's
         self.log = tempfile.NamedTemporaryFile(prefix="replica-", suffix=".log", delete=False)  # noqa: SIM115
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -41,7 +42,7 @@ class Replica:
         cmd = [sys.executable, "-m", "gunicorn", "--config", "gunicorn.conf.py", self.app,
                "--bind", f"127.0.0.1:{self.port}", "--workers", str(self.workers), "--threads", str(self.threads),
                *self.args]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
+        self.proc = subprocess.Popen(cmd, cwd=self.root, env=self.env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
