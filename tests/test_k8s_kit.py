@@ -1,0 +1,144 @@
+"""The Kubernetes operator kit: every kustomization under k8s/ rendered (in Python, and by kustomize where it is
+installed) and validated, core kinds against the Kubernetes schema and custom ones against their vendored CRDs;
+the namespace, the private metrics port and the NetworkPolicy."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+import yaml
+
+from tests import crds, kustomize
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+K8S_VERSION = "1.33"
+Doc = dict[str, Any]
+# every kustomization and what applying it is for (a test checks that none is left out)
+KUSTOMIZATIONS = (".", "base", "bots", "monitoring")
+
+
+def render(name: str) -> list[Doc]:
+    return kustomize.build(K8S / name)
+
+
+def one(docs: list[Doc], kind: str, name: str | None = None) -> Doc:
+    [doc] = [d for d in docs if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    return doc
+
+
+def namespace() -> str:
+    value: str = yaml.safe_load((K8S / "base" / "kustomization.yaml").read_text())["namespace"]
+    return value
+
+
+def validate(doc: Doc) -> None:
+    """Against its CRD's schema when it is a custom resource, else the Kubernetes schema (strict: no unknown field)."""
+    if crds.is_custom(doc):
+        crds.validate(doc)
+    else:
+        kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+
+
+# -- every manifest, rendered and validated -------------------------------------------------------------------
+
+def test_every_kustomization_is_checked() -> None:
+    found = {str(p.parent.relative_to(K8S)) for p in K8S.rglob("kustomization.yaml")
+             if yaml.safe_load(p.read_text())["kind"] == "Kustomization"}
+    assert found == set(KUSTOMIZATIONS)
+
+
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_kustomization_renders_valid_manifests_in_one_namespace(name: str) -> None:
+    docs = render(name)
+    assert docs
+    for doc in docs:
+        validate(doc)
+        if doc["kind"] == "Namespace":
+            assert doc["metadata"]["name"] == namespace()
+        else:
+            assert doc["metadata"].get("namespace") == namespace(), (doc["kind"], doc["metadata"]["name"])
+        assert doc["metadata"]["labels"]["app.kubernetes.io/part-of"] == "wecom-dify"
+
+
+@pytest.mark.parametrize("directory", sorted({p.parent for p in K8S.rglob("kustomization.yaml")}))
+def test_every_file_is_listed_by_its_kustomization(directory: Path) -> None:
+    kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
+    listed = {*kustomization.get("resources", []),
+              *(f for g in kustomization.get("configMapGenerator", []) for f in g["files"])}
+    present = {p.name for p in directory.iterdir() if p.is_file()} - {"kustomization.yaml", "secret.example.yaml"}
+    assert present <= listed
+
+
+@pytest.mark.skipif(kustomize.KUSTOMIZE is None, reason="neither kustomize nor kubectl on PATH")
+@pytest.mark.parametrize("name", KUSTOMIZATIONS)
+def test_kustomize_builds_what_the_tests_render(name: str) -> None:
+    def key(doc: Doc) -> tuple[str, str]:
+        return doc["kind"], doc["metadata"]["name"]
+
+    built = kustomize.kubectl_build(K8S / name, kustomize.generator_names(K8S))
+    assert sorted(built, key=key) == sorted(render(name), key=key)
+
+
+def test_custom_resource_validation_can_fail() -> None:
+    monitor = copy.deepcopy(one(render("monitoring"), "ServiceMonitor"))
+    monitor["spec"]["endpoints"][0]["interval"] = "30 seconds"  # not a Prometheus duration
+    with pytest.raises(jsonschema.ValidationError):
+        crds.validate(monitor)
+    rule = copy.deepcopy(one(render("monitoring"), "PrometheusRule"))
+    rule["spec"]["groups"][0]["rules"][0]["severity"] = "warning"  # belongs under labels
+    with pytest.raises(jsonschema.ValidationError):
+        crds.validate(rule)
+    with pytest.raises(KeyError):
+        crds.validate({**rule, "apiVersion": "monitoring.coreos.com/v9"})
+
+
+# -- /metrics private ---------------------------------------------------------------------------------------
+
+def ports(container: Doc) -> dict[str, int]:
+    return {p["name"]: p["containerPort"] for p in container["ports"]}
+
+
+def test_metrics_are_served_on_their_own_port_behind_their_own_service() -> None:
+    docs = render("base")
+    [container] = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    config = one(docs, "ConfigMap", "wecom-dify-config")["data"]
+    assert ports(container)["metrics"] == int(config["METRICS_PORT"]) != ports(container)["http"]
+    template = one(docs, "Deployment")["spec"]["template"]["metadata"]
+    assert template["annotations"]["prometheus.io/port"] == config["METRICS_PORT"]
+    public = one(docs, "Service", "wecom-dify")
+    assert [p["targetPort"] for p in public["spec"]["ports"]] == ["http"]  # the Ingress's Service: no metrics
+    private = one(docs, "Service", "wecom-dify-metrics")
+    assert [p["targetPort"] for p in private["spec"]["ports"]] == ["metrics"]
+    monitor = one(render("monitoring"), "ServiceMonitor")
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= private["metadata"]["labels"].items()
+    assert not monitor["spec"]["selector"]["matchLabels"].items() <= public["metadata"]["labels"].items()
+    assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in private["spec"]["ports"]]
+
+
+# -- NetworkPolicy -------------------------------------------------------------------------------------------
+
+def test_network_policy_admits_each_port_from_its_namespace_only() -> None:
+    docs = render("base")
+    policy = one(docs, "NetworkPolicy")
+    pod = one(docs, "Deployment")["spec"]["template"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    assert set(policy["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    admitted = {}
+    for rule in policy["spec"]["ingress"]:
+        [source] = rule["from"]
+        assert set(source) == {"namespaceSelector"}  # whole namespaces, named by their automatic label
+        [(label, namespace_name)] = source["namespaceSelector"]["matchLabels"].items()
+        assert label == "kubernetes.io/metadata.name"
+        for port in rule["ports"]:
+            admitted[port["port"]] = namespace_name
+    assert admitted == {"http": "ingress-nginx", "metrics": "monitoring"}
+    assert set(admitted) == set(ports(pod["spec"]["containers"][0]))  # every container port, once
+    egress = {(p["port"], p.get("protocol", "TCP")) for rule in policy["spec"]["egress"] for p in rule["ports"]}
+    assert {(53, "UDP"), (53, "TCP"), (6379, "TCP"), (3306, "TCP"), (443, "TCP")} <= egress
+
