@@ -1,10 +1,11 @@
 """The Kubernetes operator kit: every kustomization under k8s/ rendered (in Python, and by kustomize where it is
 installed) and validated, core kinds against the Kubernetes schema and custom ones against their vendored CRDs;
-the namespace, the private metrics port and the NetworkPolicy."""
+the namespace, the private metrics port, the Ingress and the NetworkPolicy."""
 
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,9 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
+from flask import Flask
 
+from services.routes import callback, health, metrics
 from tests import crds, kustomize
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -20,7 +23,7 @@ K8S = ROOT / "k8s"
 K8S_VERSION = "1.33"
 Doc = dict[str, Any]
 # every kustomization and what applying it is for (a test checks that none is left out)
-KUSTOMIZATIONS = (".", "base", "bots", "monitoring")
+KUSTOMIZATIONS = (".", "base", "bots", "ingress", "monitoring")
 
 
 def render(name: str) -> list[Doc]:
@@ -119,6 +122,41 @@ def test_metrics_are_served_on_their_own_port_behind_their_own_service() -> None
     assert monitor["spec"]["selector"]["matchLabels"].items() <= private["metadata"]["labels"].items()
     assert not monitor["spec"]["selector"]["matchLabels"].items() <= public["metadata"]["labels"].items()
     assert [e["port"] for e in monitor["spec"]["endpoints"]] == [p["name"] for p in private["spec"]["ports"]]
+
+
+# -- Ingress -------------------------------------------------------------------------------------------------
+
+def prefix_matches(prefix: str, path: str) -> bool:
+    """Kubernetes ``pathType: Prefix``: whole path elements."""
+    want, have = prefix.rstrip("/").split("/"), path.rstrip("/").split("/")
+    return have[:len(want)] == want
+
+
+def sample_paths(*blueprints: Any) -> set[str]:
+    app = Flask(__name__)
+    for bp in blueprints:
+        app.register_blueprint(bp)
+    return {re.sub(r"<[^>]+>", "hr", rule.rule) for rule in app.url_map.iter_rules() if rule.endpoint != "static"}
+
+
+def test_ingress_exposes_the_callbacks_only_over_tls() -> None:
+    ingress = one(render("ingress"), "Ingress")
+    assert ingress["metadata"]["annotations"]["cert-manager.io/cluster-issuer"]
+    [rule] = ingress["spec"]["rules"]
+    assert ingress["spec"]["tls"][0]["hosts"] == [rule["host"]] and ingress["spec"]["tls"][0]["secretName"]
+    paths = rule["http"]["paths"]
+    assert {p["pathType"] for p in paths} == {"Prefix"}
+    callbacks, private = sample_paths(callback.bp), sample_paths(health.bp, metrics.bp)
+    assert callbacks == {"/wecom/callback", "/wecom/callback/hr"}
+    for path in callbacks:
+        assert any(prefix_matches(p["path"], path) for p in paths), path
+    for path in private | {"/", "/wecom/callbackx"}:
+        assert not any(prefix_matches(p["path"], path) for p in paths), path
+    base = render("base")
+    for p in paths:
+        backend = p["backend"]["service"]
+        service = one(base, "Service", backend["name"])
+        assert backend["port"]["name"] in {port["name"] for port in service["spec"]["ports"]} == {"http"}
 
 
 # -- NetworkPolicy -------------------------------------------------------------------------------------------
