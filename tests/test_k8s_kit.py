@@ -1,10 +1,11 @@
 """The Kubernetes operator kit: every kustomization under k8s/ rendered (in Python, and by kustomize where it is
 installed) and validated, core kinds against the Kubernetes schema and custom ones against their vendored CRDs;
-the namespace, the private metrics port, the Ingress and the NetworkPolicy."""
+the namespace, the private metrics port, the Ingress, the NetworkPolicy and KEDA autoscaling."""
 
 from __future__ import annotations
 
 import copy
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,14 @@ from flask import Flask
 
 from services.routes import callback, health, metrics
 from tests import crds, kustomize
+from tests.test_monitoring import exported
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
 K8S_VERSION = "1.33"
 Doc = dict[str, Any]
 # every kustomization and what applying it is for (a test checks that none is left out)
-KUSTOMIZATIONS = (".", "base", "bots", "ingress", "monitoring")
+KUSTOMIZATIONS = (".", "base", "bots", "keda", "ingress", "monitoring")
 
 
 def render(name: str) -> list[Doc]:
@@ -179,4 +181,63 @@ def test_network_policy_admits_each_port_from_its_namespace_only() -> None:
     assert set(admitted) == set(ports(pod["spec"]["containers"][0]))  # every container port, once
     egress = {(p["port"], p.get("protocol", "TCP")) for rule in policy["spec"]["egress"] for p in rule["ports"]}
     assert {(53, "UDP"), (53, "TCP"), (6379, "TCP"), (3306, "TCP"), (443, "TCP")} <= egress
+
+
+# -- KEDA ----------------------------------------------------------------------------------------------------
+
+def test_keda_replaces_the_cpu_hpa_with_a_scaled_object_on_saturation() -> None:
+    base, keda = render("base"), render("keda")
+    hpa = one(base, "HorizontalPodAutoscaler")
+    assert not [d for d in keda if d["kind"] == "HorizontalPodAutoscaler"]  # KEDA's own HPA is the only one
+    assert [d for d in keda if d["kind"] != "ScaledObject"] == [d for d in base if d["kind"] != hpa["kind"]]
+    so = one(keda, "ScaledObject")["spec"]
+    target = so["scaleTargetRef"]
+    assert (target["kind"], target["name"]) == ("Deployment", one(keda, "Deployment")["metadata"]["name"])
+    assert (so["minReplicaCount"], so["maxReplicaCount"]) == (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"])
+    assert so["advanced"]["horizontalPodAutoscalerConfig"]["behavior"] == hpa["spec"]["behavior"]
+    assert so["minReplicaCount"] <= so["fallback"]["replicas"] <= so["maxReplicaCount"]
+    triggers = {t["type"]: t for t in so["triggers"]}
+    assert triggers["cpu"]["metadata"]["value"] == str(hpa["spec"]["metrics"][0]["resource"]["target"][
+        "averageUtilization"])
+    saturation = triggers["prometheus"]
+    assert saturation["metricType"] == "Value"  # replicas × ratio / threshold: scales with the utilisation
+    assert saturation["metadata"]["ignoreNullValues"] == "false"  # no series: the fallback, not a scale-down
+    query = saturation["metadata"]["query"]
+    assert set(re.findall(r"wecom_dify_[a-z_]+", query)) == {"wecom_dify_engine_jobs", "wecom_dify_engine_capacity"}
+    assert set(re.findall(r"wecom_dify_[a-z_]+", query)) <= exported()
+    assert set(re.findall(r'namespace="([^"]+)"', query)) == {namespace()}
+    alert = next(r for g in one(render("monitoring"), "PrometheusRule")["spec"]["groups"] for r in g["rules"]
+                 if r["alert"] == "WeComDifySaturated")
+    assert re.sub(r"\{[^}]*\}", "", query) in alert["expr"]  # the alert's ratio, per namespace
+    assert 0 < float(saturation["metadata"]["threshold"]) < float(alert["expr"].split(">")[1].split()[0])
+
+
+def test_scaled_object_validation_can_fail() -> None:
+    so = one(render("keda"), "ScaledObject")
+    for path, value in ((("spec", "minReplicas"), 3),  # a typo of minReplicaCount: unknown field
+                        (("spec", "minReplicaCount"), "three"),
+                        (("spec", "triggers", 0, "metadata", "threshold"), 0.6)):  # metadata values are strings
+        broken = copy.deepcopy(so)
+        node: Any = broken
+        for part in path[:-1]:
+            node = node[part]
+        node[path[-1]] = value
+        with pytest.raises(jsonschema.ValidationError):
+            crds.validate(broken)
+
+
+def test_keda_component_composes_with_the_bots_overlay(tmp_path: Path) -> None:
+    (tmp_path / "kustomization.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "kustomize.config.k8s.io/v1beta1", "kind": "Kustomization", "namespace": namespace(),
+        "resources": [os.path.relpath(K8S / "bots", tmp_path)],  # kustomize takes no absolute root
+        "components": [os.path.relpath(K8S / "components" / "keda", tmp_path)]}))
+    docs = kustomize.build(tmp_path)
+    assert not [d for d in docs if d["kind"] == "HorizontalPodAutoscaler"]
+    assert one(docs, "ScaledObject")["metadata"]["namespace"] == namespace()
+    [container] = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert "BOTS_FILE" in {e["name"] for e in container["env"]}
+    for doc in docs:
+        validate(doc)
+    if kustomize.KUSTOMIZE is not None:
+        assert len(kustomize.kubectl_build(tmp_path, kustomize.generator_names(K8S))) == len(docs)
 
