@@ -1,12 +1,14 @@
 """The Kubernetes operator kit: every kustomization under k8s/ rendered (in Python, and by kustomize where it is
 installed) and validated, core kinds against the Kubernetes schema and custom ones against their vendored CRDs;
-the namespace, the private metrics port, the Ingress, the NetworkPolicy and KEDA autoscaling."""
+the namespace, the private metrics port, the Ingress, the NetworkPolicy, KEDA autoscaling and the migration Job."""
 
 from __future__ import annotations
 
 import copy
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,7 @@ from flask import Flask
 
 from services.routes import callback, health, metrics
 from tests import crds, kustomize
+from tests.conftest import MySQLParams
 from tests.test_monitoring import exported
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +28,7 @@ K8S = ROOT / "k8s"
 K8S_VERSION = "1.33"
 Doc = dict[str, Any]
 # every kustomization and what applying it is for (a test checks that none is left out)
-KUSTOMIZATIONS = (".", "base", "bots", "keda", "ingress", "monitoring")
+KUSTOMIZATIONS = (".", "base", "bots", "keda", "ingress", "migrate", "monitoring")
 
 
 def render(name: str) -> list[Doc]:
@@ -241,3 +244,47 @@ def test_keda_component_composes_with_the_bots_overlay(tmp_path: Path) -> None:
     if kustomize.KUSTOMIZE is not None:
         assert len(kustomize.kubectl_build(tmp_path, kustomize.generator_names(K8S))) == len(docs)
 
+
+# -- the migration Job ---------------------------------------------------------------------------------------
+
+def job_container() -> Doc:
+    container: Doc
+    [container] = one(render("migrate"), "Job")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def test_migration_job_runs_the_users_tool_with_the_deployments_image_and_env() -> None:
+    base = render("base")
+    job = one(render("migrate"), "Job")
+    [app] = one(base, "Deployment")["spec"]["template"]["spec"]["containers"]
+    container = job_container()
+    assert container["image"] == app["image"]  # both kustomizations set the same image
+    assert container["envFrom"] == app["envFrom"]
+    assert container["command"] == ["python", "-m", "tools.users", "migrate"]
+    assert container["securityContext"] == app["securityContext"]
+    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never" and job["spec"]["backoffLimit"] >= 1
+    labels = job["spec"]["template"]["metadata"]["labels"]
+    for doc in base:  # no Service, PDB or policy of the bridge counts the Job's pod as one of its pods
+        selector = doc.get("spec", {}).get("selector") or doc.get("spec", {}).get("podSelector")
+        if isinstance(selector, dict):
+            assert not selector.get("matchLabels", selector).items() <= labels.items(), doc["kind"]
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    assert "tools/users.py" in dockerfile and "COPY services/" in dockerfile  # the tool and services/sql/
+
+
+def test_migration_job_command_migrates_a_real_database(mysql_params: MySQLParams, tmp_path: Path) -> None:
+    config = one(render("base"), "ConfigMap", "wecom-dify-config")["data"]
+    env = {**config, "AUTH_MODE": "mysql", "MYSQL_HOST": mysql_params.host, "MYSQL_PORT": str(mysql_params.port),
+           "MYSQL_USER": mysql_params.user, "MYSQL_PASSWORD": mysql_params.password, "MYSQL_DATABASE": "k8s_job",
+           "PYTHONPATH": str(ROOT), "PATH": str(Path(sys.executable).parent)}
+    command = [sys.executable if arg == "python" else arg for arg in job_container()["command"]]
+    for _ in range(2):  # idempotent: a Job applied again does nothing
+        done = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60)
+        assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "applied: nothing (up to date)"
+    import pymysql
+
+    with pymysql.connect(host=mysql_params.host, port=mysql_params.port, user=mysql_params.user,
+                         password=mysql_params.password, database="k8s_job") as conn, conn.cursor() as cur:
+        cur.execute("SHOW TABLES LIKE 'wecom_users'")
+        assert cur.fetchall()
