@@ -1,6 +1,7 @@
 # syntax=docker/dockerfile:1
 # WeCom ⇄ Dify bridge. Build: docker build -t wecom-dify:1 .
-FROM python:3.11.7-slim-bookworm
+# 3.11 gets security releases only: keep the patch level current (3.11.17 is the newest at this writing).
+FROM python:3.11.17-slim-bookworm
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \

@@ -27,7 +27,8 @@ def create_app(config: Settings | None = None, bots: Mapping[str, BotConfig] | N
     Bridge.build(settings, bots).init_app(app)
     app.register_blueprint(callback.bp)
     app.register_blueprint(health.bp)
-    app.register_blueprint(metrics.bp)
+    if not settings.metrics_port:  # else the gunicorn master serves /metrics on METRICS_PORT, private
+        app.register_blueprint(metrics.bp)
     app.register_error_handler(HTTPException, _http_error)
     return app
 

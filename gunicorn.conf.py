@@ -86,6 +86,31 @@ def on_starting(server: Any) -> None:
         shutil.rmtree(target) if os.path.isdir(target) else os.remove(target)
 
 
+def when_ready(server: Any) -> None:
+    """With METRICS_PORT, serve /metrics (every worker's samples) from the master on that port, at the
+    address of gunicorn's own first listener; the app's /metrics is then a 404."""
+    port = _settings.metrics_port
+    if not port:
+        return
+    from services import metrics_server
+
+    address = server.cfg.address[0]
+    host = address[0] if isinstance(address, tuple) else "127.0.0.1"  # a unix socket: stay local
+    try:
+        server.metrics_httpd = metrics_server.start(host, port)
+    except OSError as error:  # one line, as for a bad value (before any worker starts)
+        raise SystemExit(f"configuration error: METRICS_PORT: cannot listen on {host}:{port} "
+                         f"({error.strerror or error})") from None
+    server.log.info("metrics at http://%s:%d/metrics", host, port)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """A worker does not keep the master's metrics listener open (only the master serves it)."""
+    httpd = getattr(server, "metrics_httpd", None)
+    if httpd is not None:
+        httpd.socket.close()
+
+
 def child_exit(server: Any, worker: Any) -> None:
     """Drop a dead worker's live gauges from the aggregate."""
     from prometheus_client import multiprocess

@@ -52,6 +52,7 @@ class Settings:
     ws_lease_seconds: float = _env("WS_LEASE_SECONDS", 6.0)
     wecom_timestamp_window_seconds: int = _env("WECOM_TIMESTAMP_WINDOW_SECONDS", 3600)
     max_request_bytes: int = _env("MAX_REQUEST_BYTES", 262144)
+    metrics_port: int = _env("METRICS_PORT", 0)  # 0: /metrics on the app's own port
     log_level: str = _env("LOG_LEVEL", "INFO")
     log_user_ids: str = _env("LOG_USER_IDS", "hash")
     log_content: bool = _env("LOG_CONTENT", False)
@@ -294,6 +295,8 @@ def _validate(s: Settings) -> None:
              "must be >= 0 (0 disables the replay window)")
     _require(1024 <= s.max_request_bytes <= 16 * 1024 * 1024, "max_request_bytes",
              "must be between 1024 and 16777216")
+    _require(0 <= s.metrics_port <= 65535, "metrics_port",
+             "must be 0 (/metrics on the app's port) or a TCP port (1-65535) for /metrics alone")
     _require(s.log_level.upper() in logging.getLevelNamesMapping(), "log_level",
              "must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
     try:

@@ -5,7 +5,9 @@ refused before anything is counted), so the label's cardinality is bounded by th
 
 With ``PROMETHEUS_MULTIPROC_DIR`` set (gunicorn.conf.py sets it before workers import this module)
 each worker writes its samples to files there and ``/metrics`` aggregates all of them; without it
-(tests, a single process) the default in-process registry is used.
+(tests, a single process) the default in-process registry is used. With ``METRICS_PORT`` set, the
+app's ``/metrics`` is not routed (404) and the gunicorn master serves it on that port instead
+(services/metrics_server.py).
 """
 
 from __future__ import annotations
@@ -15,13 +17,13 @@ import os
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
-    CollectorRegistry,
     Counter,
     Gauge,
     Histogram,
     generate_latest,
-    multiprocess,
 )
+
+from services.metrics_server import multiprocess_registry
 
 NS = "wecom_dify"
 FAST = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -74,7 +76,5 @@ KEEPER_ERRORS = Counter(f"{NS}_keeper_errors_total",
 def render() -> tuple[bytes, str]:
     """Return the exposition text and its content type."""
     if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
-        registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
-        return generate_latest(registry), CONTENT_TYPE_LATEST
+        return generate_latest(multiprocess_registry()), CONTENT_TYPE_LATEST
     return generate_latest(REGISTRY), CONTENT_TYPE_LATEST

@@ -51,6 +51,9 @@ def test_settings_are_frozen() -> None:
         ({**BASE, "REDIS_URL": "http://localhost"}, "REDIS_URL"),
         ({**BASE, "REDIS_SOCKET_TIMEOUT": "0"}, "REDIS_SOCKET_TIMEOUT"),
         ({**BASE, "WECOM_TIMESTAMP_WINDOW_SECONDS": "-1"}, "WECOM_TIMESTAMP_WINDOW_SECONDS"),
+        ({**BASE, "METRICS_PORT": "metrics"}, "METRICS_PORT"),
+        ({**BASE, "METRICS_PORT": "70000"}, "METRICS_PORT"),
+        ({**BASE, "METRICS_PORT": "-1"}, "METRICS_PORT"),
     ],
 )
 def test_bad_values_fail_fast_naming_the_variable(env: dict[str, str | None], variable: str) -> None:

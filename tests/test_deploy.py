@@ -22,18 +22,15 @@ K8S = ROOT / "k8s" / "base"
 K8S_VERSION = "1.33"
 
 
-def manifests() -> dict[str, dict[str, Any]]:
-    docs: dict[str, dict[str, Any]] = {}
-    for path in sorted(K8S.glob("*.yaml")):
-        if path.name == "kustomization.yaml":
-            continue
-        for doc in yaml.safe_load_all(path.read_text()):
-            docs[doc["kind"]] = doc
-    return docs
+def manifests() -> list[dict[str, Any]]:
+    return [doc for path in sorted(K8S.glob("*.yaml")) if path.name != "kustomization.yaml"
+            for doc in yaml.safe_load_all(path.read_text())]
 
 
-def by_kind(kind: str) -> dict[str, Any]:
-    return manifests()[kind]
+def by_kind(kind: str, name: str | None = None) -> dict[str, Any]:
+    """The base's one manifest of ``kind`` (named ``name`` when the base has several)."""
+    [doc] = [d for d in manifests() if d["kind"] == kind and name in (None, d["metadata"]["name"])]
+    return doc
 
 
 @pytest.mark.parametrize("path", sorted(p.name for p in K8S.glob("*.yaml") if p.name != "kustomization.yaml"))
@@ -130,8 +127,8 @@ def test_plain_gunicorn_stops_on_a_configuration_error_in_one_line(tmp_path: Pat
 
 def test_selectors_and_targets_agree() -> None:
     labels = by_kind("Deployment")["spec"]["template"]["metadata"]["labels"]
-    for kind in ("Service", "PodDisruptionBudget"):
-        doc = by_kind(kind)
+    for kind, name in (("Service", "wecom-dify"), ("Service", "wecom-dify-metrics"), ("PodDisruptionBudget", None)):
+        doc = by_kind(kind, name)
         selector = doc["spec"]["selector"]
         selector = selector.get("matchLabels", selector)
         assert selector.items() <= labels.items(), kind

@@ -16,6 +16,7 @@ import pytest
 import yaml
 
 from config import Settings, load_bots
+from tests.kustomize import json_patch_add
 from tools import devserver, wecom_sim
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,20 +29,6 @@ KUSTOMIZE = shutil.which("kustomize") or shutil.which("kubectl")
 def overlay() -> dict[str, Any]:
     kustomization: dict[str, Any] = yaml.safe_load((OVERLAY / "kustomization.yaml").read_text())
     return kustomization
-
-
-def json_patch(doc: dict[str, Any], ops: list[dict[str, Any]]) -> None:
-    """Apply RFC 6902 ``add`` operations (all the overlay uses) to ``doc``."""
-    for op in ops:
-        assert op["op"] == "add", op
-        *parents, last = op["path"].lstrip("/").split("/")
-        node: Any = doc
-        for part in parents:
-            node = node[int(part)] if isinstance(node, list) else node[part]
-        if isinstance(node, list):
-            node.append(op["value"]) if last == "-" else node.insert(int(last), op["value"])
-        else:
-            node[last] = op["value"]
 
 
 def render() -> list[dict[str, Any]]:
@@ -57,7 +44,7 @@ def render() -> list[dict[str, Any]]:
         target = patch["target"]
         for doc in docs:
             if (doc["kind"], doc["metadata"]["name"]) == (target["kind"], target["name"]):
-                json_patch(doc, yaml.safe_load(patch["patch"]))
+                json_patch_add(doc, yaml.safe_load(patch["patch"]))
     return docs
 
 

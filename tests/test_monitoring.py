@@ -56,7 +56,7 @@ def test_every_alert_has_a_runbook_section() -> None:
 
 def test_the_service_monitor_finds_the_service_and_the_kit_lists_its_files() -> None:
     monitor: dict[str, Any] = yaml.safe_load((KIT / "servicemonitor.yaml").read_text())
-    service = yaml.safe_load((ROOT / "k8s" / "base" / "service.yaml").read_text())
+    service = yaml.safe_load((ROOT / "k8s" / "base" / "service-metrics.yaml").read_text())  # /metrics only
     kustomization = yaml.safe_load((ROOT / "k8s" / "base" / "kustomization.yaml").read_text())
     labels = {**service["metadata"].get("labels", {}), **kustomization["labels"][0]["pairs"]}
     assert monitor["spec"]["selector"]["matchLabels"].items() <= labels.items()
