@@ -7,12 +7,15 @@
   master that the sentinels name ``service``. The user and password are the data nodes'; sentinels
   that require their own password get ``sentinel_password``. ``rediss+sentinel://`` uses TLS to the
   data nodes.
+
+Passwords and parameters are percent-encoded (``/``, ``?``, ``@``, ``%`` and ``,`` as ``%2F`` …). On
+``rediss+…`` URLs, ``ssl_ca_certs=/path/ca.pem`` names the CA bundle to verify the servers with.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import unquote, urlsplit
 
 SINGLE_SCHEMES = {"redis", "rediss", "unix"}
 MULTI_SCHEMES = {"redis+cluster", "rediss+cluster", "redis+sentinel", "rediss+sentinel"}
@@ -31,6 +34,7 @@ class RedisTarget:
     password: str | None = field(default=None, repr=False)
     sentinel_password: str | None = field(default=None, repr=False)
     ssl: bool = False
+    ssl_ca_certs: str | None = None
 
 
 def parse_redis_url(url: str) -> RedisTarget:
@@ -45,15 +49,14 @@ def parse_redis_url(url: str) -> RedisTarget:
         except ValueError:
             raise ValueError("has a port that is not a number from 1 to 65535") from None
         return RedisTarget("single", url)
+    rest, _, query = rest.partition("?")
     netloc, _, tail = rest.partition("/")
-    netloc, _, query = netloc.partition("?")
-    tail, _, tail_query = tail.partition("?")
     userinfo, at, hosts = netloc.rpartition("@")
     if not at:
         userinfo, hosts = "", netloc
     user, _, password = userinfo.partition(":")
     nodes = tuple(_node(item) for item in hosts.split(","))
-    params = {k: v[-1] for k, v in parse_qs(query or tail_query).items()}
+    params = _params(query, scheme)
     kind = scheme.split("+")[1]
     service, db = "", 0
     if kind == "sentinel":
@@ -67,7 +70,22 @@ def parse_redis_url(url: str) -> RedisTarget:
     elif tail.strip("/"):
         raise ValueError("a Redis Cluster has only database 0: drop the path after the nodes")
     return RedisTarget(kind, url, nodes, service, db, unquote(user) or None, unquote(password) or None,
-                       params.get("sentinel_password") or None, scheme.startswith("rediss"))
+                       params.get("sentinel_password") or None, scheme.startswith("rediss"),
+                       params.get("ssl_ca_certs") or None)
+
+
+def _params(query: str, scheme: str) -> dict[str, str]:
+    known = {"sentinel_password"} if "sentinel" in scheme else set()
+    if scheme.startswith("rediss"):
+        known.add("ssl_ca_certs")
+    params: dict[str, str] = {}
+    for item in filter(None, query.split("&")):
+        name, _, value = item.partition("=")
+        if name not in known:
+            allowed = ", ".join(sorted(known)) or "none"
+            raise ValueError(f"has an unknown parameter {name[:40]!r} (known here: {allowed})")
+        params[name] = unquote(value)  # percent-encoded; a '+' stays a '+'
+    return params
 
 
 def _node(item: str) -> tuple[str, int]:

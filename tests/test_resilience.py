@@ -198,3 +198,22 @@ def test_redis_down_gets_a_terminal_busy_frame_fast(settings: Settings, signer: 
     assert again is not None
     assert contents(wecom.until_finished(again["stream"]["id"]))[-1] == "echo: after"
     app.extensions["wecom_dify"].engine.drain(5)
+
+
+def test_an_answer_whose_last_write_a_failover_lost_is_written_whole_before_it_ends(
+        make_app, signer: WeComSigner, dify: DifySimulator, settings: Settings,  # type: ignore[no-untyped-def]
+        redis_client: redis.Redis) -> None:
+    answer = "故障切换丢掉了最后几次写入。" * 10
+    dify.script("lost tail", Script(answer=answer, delta_size=20, delay=0.05, stall=1.5))
+    wecom = wecom_for(make_app(), signer)
+    first = wecom.send(text_message("lost tail"))
+    assert first is not None
+    sid, keys = first["stream"]["id"], Keys(settings.redis_key_prefix)
+    wait_for(lambda: redis_client.get(keys.stream_text(sid)) == answer.encode())  # every delta written
+    seq = int(redis_client.hget(keys.stream_meta(sid), "seq") or 0)
+    assert seq >= 2
+    # the promoted replica never got the last write: one write fewer, and its text
+    redis_client.hset(keys.stream_meta(sid), "seq", seq - 1)
+    redis_client.set(keys.stream_text(sid), answer[:-20], keepttl=True)
+    frames = wecom.until_finished(sid, interval=0.1)
+    assert frames[-1]["stream"]["content"] == answer  # not the shorter text, and nothing doubled

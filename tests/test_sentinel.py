@@ -40,9 +40,14 @@ def test_the_url_names_the_service_the_sentinels_and_the_passwords() -> None:
         ("sentinel", "bridge", 2, "s3cret", "other")
     assert target.nodes == (("10.0.0.1", 26379), ("10.0.0.2", 26380))
     assert "s3cret" not in repr(target) and "other" not in repr(target)
+    assert parse_redis_url("redis+sentinel://h:1/s?sentinel_password=a+b%2Bc%26").sentinel_password == "a+b+c&"
+    assert parse_redis_url("rediss+cluster://:p%2F%3F@h:1?ssl_ca_certs=/ca.pem").ssl_ca_certs == "/ca.pem"
+    assert parse_redis_url("rediss+cluster://:p%2F%3F@h:1").password == "p/?"
     for bad, says in [("redis+sentinel://h:1", "service name"), ("redis+sentinel://h:x/s", "port"),
                       ("redis+sentinel://h:1/s/db", "db a number"), ("redis+cluster://h:1/3", "database 0"),
-                      ("redis+cluster://h", "host:port"), ("memcached://h:1", "redis+cluster://")]:
+                      ("redis+cluster://h", "host:port"), ("memcached://h:1", "redis+cluster://"),
+                      ("redis+cluster://h:1?ssl_ca_certs=/x", "unknown parameter 'ssl_ca_certs'"),
+                      ("redis+sentinel://h:1/s?password=x", "unknown parameter 'password'")]:
         with pytest.raises(ValueError, match=re.escape(says)):
             parse_redis_url(bad)
 
@@ -51,6 +56,7 @@ def test_a_sentinel_client_follows_the_promotion(group: SentinelGroup) -> None:
     client = connect(group.url, 0.4)
     assert isinstance(client, redis.Redis)
     client.set("before", "1", ex=60)
+    assert client.wait(1, 2000) == 1  # replicated: asynchronous replication would otherwise race the kill
     old = group.master_port()
     group.master.kill()
     deadline = time.monotonic() + 30

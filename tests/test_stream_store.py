@@ -296,3 +296,19 @@ def test_a_replace_may_skip_numbers_and_a_writer_heals_a_gap_with_one(store: Str
     snap = store.snapshot("s")
     assert snap is not None and snap.text == "一二三四五" and snap.seq == writer.seq
     assert store.write("s", 1, "x", replace=True) is WriteResult.REPLAYED  # a late replay still changes nothing
+
+
+def test_finishing_checks_the_writes_the_stream_holds(store: StreamStore, redis_client: redis.Redis) -> None:
+    store.claim("m", "s", "owner", {})
+    writer = StreamWriter(store, "s")
+    for part in ("一", "二", "三"):
+        writer.add(part)
+        writer.flush()
+    redis_client.hset(KEYS.stream_meta("s"), "seq", 2)  # the last write was lost
+    assert store.finish("s", "done", "", writer.seq) is WriteResult.GAP
+    assert store.snapshot("s").status == "queued"  # type: ignore[union-attr]  # not finished
+    writer.rewrite()
+    writer.flush()
+    assert store.finish("s", "done", "", writer.seq) is WriteResult.APPLIED
+    assert store.finish("s", "done", "", writer.seq) is WriteResult.FINISHED
+    assert store.finish("gone", "done") is WriteResult.MISSING

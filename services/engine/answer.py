@@ -29,6 +29,7 @@ from services.engine.extras import Extras
 from services.engine.job import Job, Outcome
 from services.engine.progress import ProgressView
 from services.errors import AuthUnavailable, DifyError, DifyHTTPError, DifyTimeout, StoreUnavailable, UserNotAuthorized
+from services.streams.records import WriteResult
 from services.streams.writer import StreamWriter
 
 if TYPE_CHECKING:
@@ -204,12 +205,16 @@ class Answers:
         """Flush and set the final status, retrying Redis with backoff until the job's deadline."""
         e, store = self.engine, job.bot.store
         deadline = job.created + job.bot.settings.stream_window_seconds + 30
-        delay = 0.1
+        delay, check = 0.1, job.writer is not None
         while True:
             try:
                 if job.writer is not None:
                     await e.redis(job.writer.flush)
-                await e.redis(store.set_status, job.sid, status, note)
+                writes = job.writer.seq if job.writer is not None and check and not job.writer.lost else None
+                if await e.redis(store.finish, job.sid, status, note, writes) is WriteResult.GAP and job.writer:
+                    job.writer.rewrite()  # the text's last writes were lost (a failover): write it whole first
+                    check = False
+                    continue
                 return True
             except StoreUnavailable:
                 job.degraded = True

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import redis
 from flask import Blueprint, Response, jsonify
 
 from services.bridge import get_bridge
 from services.errors import AuthUnavailable, StoreUnavailable
+from services.streams.connection import REDIS_ERRORS
 
 bp = Blueprint("health", __name__)
 
@@ -31,7 +31,7 @@ def readyz() -> tuple[Response, int]:
     try:
         bridge.redis.ping()
         checks["redis"] = "ok"
-    except (redis.RedisError, OSError) as exc:
+    except REDIS_ERRORS as exc:  # on a cluster: the node the client asks first
         checks["redis"] = f"unavailable: {type(exc).__name__}"
     if bridge.users is not None:
         try:

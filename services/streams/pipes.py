@@ -8,10 +8,10 @@ from typing import Any
 import hiredis
 import redis
 from redis.commands.core import Script
-from redis.exceptions import NoScriptError
+from redis.exceptions import AskError, NoScriptError
 
 from services.errors import StoreUnavailable
-from services.streams.connection import RedisClient, is_cluster
+from services.streams.connection import LazyCluster, RedisClient, is_cluster
 
 Pipe = Any
 """A redis-py pipeline: ``redis.client.Pipeline`` or ``redis.cluster.ClusterPipeline``."""
@@ -22,13 +22,29 @@ def read_batch(client: RedisClient, commands: list[tuple[Any, ...]]) -> list[Any
 
     A dead pooled connection (refused or reset, e.g. after a Redis restart) is retried once on a
     fresh one; a timeout is not: a hung Redis must cost a callback one timeout, not several (a
-    reconnect would wait again for each handshake command). On a cluster the commands go through a
-    pipeline, which follows the slot to its node (all the keys of one batch share a hash tag).
+    reconnect would wait again for each handshake command). On a cluster the batch (whose keys share
+    a hash tag) goes the same way to the node serving its slot; if the slot moved, once through a
+    cluster pipeline, which follows the move and refreshes the client's slot map.
     """
-    if is_cluster(client):
-        return run(client, lambda pipe: [pipe.execute_command(*command) for command in commands])
-    assert isinstance(client, redis.Redis)
-    pool = client.connection_pool
+    if isinstance(client, LazyCluster):
+        cluster = client.client
+        node = cluster.get_node_from_key(commands[0][1])  # type: ignore[no-untyped-call]
+        if node is None:
+            raise StoreUnavailable("no node serves the slot")
+        server = cluster.get_redis_connection(node)
+        try:
+            return _packed(server, commands)
+        except _Moved:
+            return run(client, lambda pipe: [pipe.execute_command(*command) for command in commands])
+    return _packed(client, commands)
+
+
+class _Moved(Exception):
+    """The batch's slot is served by another node now."""
+
+
+def _packed(server: redis.Redis, commands: list[tuple[Any, ...]]) -> list[Any]:
+    pool = server.connection_pool
     for attempt in (0, 1):
         conn = None
         try:
@@ -42,6 +58,10 @@ def read_batch(client: RedisClient, commands: list[tuple[Any, ...]]) -> list[Any
                 conn.disconnect()  # type: ignore[no-untyped-call]
             if attempt or isinstance(exc, redis.TimeoutError | TimeoutError):
                 raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        except AskError as exc:  # MOVED is one too; replies may be left unread: never reuse this connection
+            if conn is not None:
+                conn.disconnect()  # type: ignore[no-untyped-call]
+            raise _Moved() from exc
         except redis.RedisError as exc:
             if conn is not None:  # replies may be left unread: never reuse this connection
                 conn.disconnect()  # type: ignore[no-untyped-call]

@@ -8,9 +8,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
-import redis
-
 from services.errors import StoreUnavailable
+from services.streams.connection import REDIS_ERRORS
 
 TERMINAL = frozenset({"done", "failed", "interrupted"})
 META_FIELDS = ("status", "note", "created", "seq", "final", "shown", "closed", "followup", "task_id",
@@ -80,10 +79,10 @@ class Closure:
 
 @contextmanager
 def store_errors() -> Iterator[None]:
-    """Re-raise Redis, socket and encoding failures as ``StoreUnavailable``."""
+    """Re-raise Redis (and Redis Cluster), socket and encoding failures as ``StoreUnavailable``."""
     try:
         yield
-    except (redis.RedisError, OSError, UnicodeError) as exc:
+    except (*REDIS_ERRORS, UnicodeError) as exc:
         raise StoreUnavailable(f"{type(exc).__name__}: {exc}") from exc
 
 

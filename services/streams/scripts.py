@@ -82,14 +82,19 @@ return 1
 SET_STATUS = """
 -- KEYS[1] = stream meta
 -- ARGV[1] = new status, ARGV[2] = now (ms), ARGV[3] = note ('' keeps none), ARGV[4] = a token unique
--- to this call. Moves a live stream to another live or terminal status; a finished stream never
--- changes. Returns 1 changed, 0 already finished, -1 missing. A replay of the call that finished the
--- stream (redis-py re-runs a command whose reply was lost) is recognised by its token: 1 again.
+-- to this call, ARGV[5] = the writes the caller made ('' for no check). Moves a live stream to another
+-- live or terminal status; a finished stream never changes. Returns 1 changed, 0 already finished,
+-- -1 missing, -3 the stream holds fewer writes than the caller made (a failover lost the last ones:
+-- the caller writes the whole text again first). A replay of the call that finished the stream
+-- (redis-py re-runs a command whose reply was lost) is recognised by its token: 1 again.
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if status == 'done' or status == 'failed' or status == 'interrupted' then
   if redis.call('HGET', KEYS[1], 'op') == ARGV[4] then return 1 end
   return 0
+end
+if ARGV[5] and ARGV[5] ~= '' and tonumber(redis.call('HGET', KEYS[1], 'seq')) < tonumber(ARGV[5]) then
+  return -3
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'updated', ARGV[2], 'note', ARGV[3], 'op', ARGV[4])
 return 1

@@ -127,9 +127,18 @@ class StreamStore:
 
     def set_status(self, sid: str, status: str, note: str = "") -> bool:
         """Move a live stream to ``status``; False if it already finished or is gone."""
+        return self.finish(sid, status, note) is WriteResult.APPLIED
+
+    def finish(self, sid: str, status: str, note: str = "", writes: int | None = None) -> WriteResult:
+        """Move a live stream to ``status`` unless it holds fewer than ``writes`` writes (GAP).
+
+        APPLIED: moved; FINISHED: it had finished already; MISSING: gone.
+        """
         with self._errors():
-            return int(self._status(keys=[self.keys.stream_meta(sid)],
-                                    args=[status, self.now_ms(), note, uuid.uuid4().hex])) == 1
+            result = int(self._status(keys=[self.keys.stream_meta(sid)],
+                                      args=[status, self.now_ms(), note, uuid.uuid4().hex,
+                                            "" if writes is None else writes]))
+        return WriteResult.FINISHED if result == 0 else WriteResult(result)
 
     def set_fields(self, sid: str, fields: dict[str, str]) -> bool:
         """Set meta fields of an existing stream (never recreates an expired one)."""

@@ -53,6 +53,12 @@ class StreamWriter:
             self._pending.clear()
             self._all = [text]
 
+    def rewrite(self) -> None:
+        """Queue the whole answer as one replace: Redis lost some of the writes it had taken."""
+        log.warning("stream write gap: rewriting the whole answer", extra={"sid": self.sid})
+        with self._buffer_lock:
+            self._replace, self._pending = "".join(self._all), []
+
     def show_progress(self, note: str) -> None:
         """Queue ``note`` as what the stream shows of its progress (it replaces the previous one)."""
         with self._buffer_lock:
@@ -136,9 +142,7 @@ class StreamWriter:
         if result in (WriteResult.APPLIED, WriteResult.REPLAYED):
             self.seq += 1
         elif result is WriteResult.GAP:  # Redis lost writes it had taken (a failover): send the whole text
-            with self._buffer_lock:
-                self._replace, self._pending = "".join(self._all), []
-            log.warning("stream write gap: rewriting the whole answer", extra={"sid": self.sid})
+            self.rewrite()
         else:
             self.lost, self.refused = True, result
             log.warning("stream write refused", extra={"sid": self.sid, "result": result.name})
