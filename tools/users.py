@@ -22,7 +22,8 @@ from services.errors import AuthUnavailable
 from services.user_db import MySQLConfig, UserDB
 
 
-def _config() -> MySQLConfig:
+def mysql_config() -> MySQLConfig:
+    """The tools' MySQL: ``MYSQL_*`` from the environment, then ./.env (a bad port is one line)."""
     values: dict[str, str] = {}
     if Path(".env").is_file():
         from dotenv import dotenv_values
@@ -50,7 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         sub.add_parser(name).add_argument("userid")
     sub.add_parser("list")
     args = parser.parse_args(argv)
-    db = UserDB(_config())
+    db = UserDB(mysql_config())
     try:
         if args.command == "migrate":
             applied = db.migrate()
