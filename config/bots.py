@@ -52,14 +52,25 @@ FIELDS: dict[str, str] = {
     "media_hosts": "wecom_media_hosts",
     "dify_file_hosts": "dify_file_hosts",
     "media_query": "media_query",
+    "webhook_url": "webhook_url",
+    "webhook_secret": "webhook_secret",
+    "webhook_hosts": "webhook_hosts",
+    "webhook_events": "webhook_events",
+    "moderation_words_file": "moderation_words_file",
+    "moderation_url": "moderation_url",
+    "moderation_api_key": "moderation_api_key",
+    "moderation_fail": "moderation_fail",
+    "moderation_answers": "moderation_answers",
+    "moderation_replacement": "moderation_replacement",
 }
 """A bot's keys in the file → the setting each one overrides."""
 
 LISTS = frozenset({"bot_names", "response_url_hosts", "stop_commands", "new_commands", "media_hosts",
-                   "dify_file_hosts"})
+                   "dify_file_hosts", "webhook_url", "webhook_hosts", "webhook_events"})
 """Keys that may be written as a list of strings (or as one comma-separated string)."""
 
-SECRETS = frozenset({"wecom_token", "wecom_encoding_aes_key", "dify_api_key", "ws_secret"})
+SECRETS = frozenset({"wecom_token", "wecom_encoding_aes_key", "dify_api_key", "ws_secret", "webhook_secret",
+                     "moderation_api_key"})
 MESSAGES = {f.removeprefix("msg_"): f for f in Settings.__dataclass_fields__ if f.startswith("msg_")}
 """``[bots.<id>.messages]`` keys → the user-facing text each one overrides (``busy`` → ``msg_busy``)."""
 

@@ -149,6 +149,26 @@ class Settings:
     msg_unauthorized: str = _env("MSG_UNAUTHORIZED", "你还没有使用该机器人的权限，请联系管理员开通。")
     msg_auth_unavailable: str = _env("MSG_AUTH_UNAVAILABLE", "身份验证服务暂时不可用，请稍后再发一次消息。")
     msg_authenticating: str = _env("MSG_AUTHENTICATING", "正在验证身份…")
+    # Records, webhooks and moderation (README "Records, webhooks and moderation"); all off by default.
+    records: str = _env("RECORDS", "off")
+    records_plain_users: bool = _env("RECORDS_PLAIN_USERS", False)
+    records_retention_days: int = _env("RECORDS_RETENTION_DAYS", 0)
+    records_buffer_max: int = _env("RECORDS_BUFFER_MAX", 100_000)
+    records_buffer_ttl_seconds: int = _env("RECORDS_BUFFER_TTL_SECONDS", 7 * 86400)
+    webhook_url: str = _env("WEBHOOK_URL", "")
+    webhook_secret: str = _env("WEBHOOK_SECRET", "")
+    webhook_hosts: str = _env("WEBHOOK_HOSTS", "")
+    webhook_events: str = _env("WEBHOOK_EVENTS", "message.received,answer.finished,feedback")
+    webhook_timeout: float = _env("WEBHOOK_TIMEOUT", 5.0)
+    webhook_deadline_seconds: int = _env("WEBHOOK_DEADLINE_SECONDS", 3600)
+    moderation_words_file: str = _env("MODERATION_WORDS_FILE", "")
+    moderation_url: str = _env("MODERATION_URL", "")
+    moderation_api_key: str = _env("MODERATION_API_KEY", "")
+    moderation_timeout: float = _env("MODERATION_TIMEOUT", 2.0)
+    moderation_fail: str = _env("MODERATION_FAIL", "open")
+    moderation_answers: bool = _env("MODERATION_ANSWERS", False)
+    moderation_replacement: str = _env("MODERATION_REPLACEMENT", "***")
+    msg_moderation_refused: str = _env("MSG_MODERATION_REFUSED", "抱歉，这个问题我无法回答。")
 
     def __post_init__(self) -> None:
         _validate(self)
@@ -203,6 +223,26 @@ class Settings:
     def bot_names(self) -> list[str]:
         """The bot's display names, for stripping @-mentions in group chats."""
         return _items(self.wecom_bot_names)
+
+    @property
+    def webhook_urls(self) -> list[str]:
+        """Where the bot's events are POSTed (none: no webhooks)."""
+        return _items(self.webhook_url)
+
+    @property
+    def webhook_kinds(self) -> frozenset[str]:
+        """The events the bot's webhooks get (``WEBHOOK_EVENTS``)."""
+        return frozenset(_items(self.webhook_events))
+
+    @property
+    def webhook_allowed_hosts(self) -> list[str]:
+        """Hosts (``host`` or ``host:port``) webhooks may go to: ``WEBHOOK_HOSTS``, else the URLs' own."""
+        return _items(self.webhook_hosts) or sorted({urlsplit(u).netloc for u in self.webhook_urls})
+
+    @property
+    def moderated(self) -> bool:
+        """True when questions (and, with ``MODERATION_ANSWERS``, answers) are checked."""
+        return bool(self.moderation_words_file or self.moderation_url)
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with some fields changed (validated again)."""
@@ -333,6 +373,7 @@ def _validate(s: Settings) -> None:
     _require(bool(s.media_query.strip()), "media_query", "must not be empty (Dify needs a question with the file)")
     _require(s.progress in {"off", "steps", "think"}, "progress", "must be 'off', 'steps' or 'think'")
     _require(0 < s.suggestions_timeout <= 30, "suggestions_timeout", "must be between 0 and 30 seconds")
+    _validate_extensions(s)
     _require(s.card_ttl_seconds >= 60, "card_ttl_seconds", "must be >= 60")
     _require(s.feedback_ttl_seconds >= 60, "feedback_ttl_seconds", "must be >= 60")
     _require(0 <= s.answer_images_max_bytes <= 20 * 1024 * 1024, "answer_images_max_bytes",
@@ -392,3 +433,30 @@ def _is_http_url(url: str) -> bool:
     except ValueError:
         return False
     return parts.scheme in {"http", "https"} and bool(parts.hostname)
+
+
+WEBHOOK_EVENTS = frozenset({"message.received", "answer.finished", "feedback"})
+
+
+def _validate_extensions(s: Settings) -> None:
+    """Records, webhooks and moderation: each is off until configured, and checked when it is."""
+    _require(s.records in {"off", "mysql"}, "records", "must be 'off' or 'mysql'")
+    _require(s.records_retention_days >= 0, "records_retention_days", "must be >= 0 (0 keeps every record)")
+    _require(100 <= s.records_buffer_max <= 10_000_000, "records_buffer_max", "must be between 100 and 10000000")
+    _require(s.records_buffer_ttl_seconds >= 3600, "records_buffer_ttl_seconds", "must be >= 3600")
+    for url in s.webhook_urls:
+        _require(_is_http_url(url), "webhook_url", "must be http(s) URLs, separated by commas")
+        _require(urlsplit(url).netloc in s.webhook_allowed_hosts, "webhook_url",
+                 f"host {urlsplit(url).netloc!r} is not in WEBHOOK_HOSTS")
+    if s.webhook_urls:
+        _require(len(s.webhook_secret) >= 16, "webhook_secret", "is required with WEBHOOK_URL (16 characters or more)")
+    _require(set(_items(s.webhook_events)) <= WEBHOOK_EVENTS and bool(_items(s.webhook_events)), "webhook_events",
+             f"must list some of {', '.join(sorted(WEBHOOK_EVENTS))}")
+    _require(0 < s.webhook_timeout <= 60, "webhook_timeout", "must be in (0, 60] seconds")
+    _require(60 <= s.webhook_deadline_seconds <= 7 * 86400, "webhook_deadline_seconds",
+             "must be between 60 and 604800 seconds")
+    if s.moderation_words_file:
+        _require(Path(s.moderation_words_file).is_file(), "moderation_words_file", "must be a readable file")
+    _require(not s.moderation_url or _is_http_url(s.moderation_url), "moderation_url", "must be an http(s) URL")
+    _require(0 < s.moderation_timeout <= 30, "moderation_timeout", "must be in (0, 30] seconds")
+    _require(s.moderation_fail in {"open", "closed"}, "moderation_fail", "must be 'open' or 'closed'")

@@ -11,6 +11,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from config import BotConfig, Settings
 from crypto import WeComCrypto
@@ -19,6 +20,8 @@ from services.delivery import ResponseURL
 from services.dify import DifyClient
 from services.longconn.outbox import Outbox
 from services.media import DifyFiles, MediaFetcher
+from services.moderation import Moderator, RemoteModeration, WordList
+from services.streams.backlog import Backlog
 from services.streams.connection import RedisClient, is_cluster
 from services.streams.keys import Keys
 from services.streams.store import StreamStore
@@ -65,6 +68,9 @@ class Bot:
     answer_files: DifyFiles
     auth: Authenticator | None = None
     health: DifyHealth = field(default_factory=DifyHealth)
+    records: Backlog | None = None  # RECORDS=mysql: the records waiting for MySQL
+    webhooks: Backlog | None = None  # WEBHOOK_URL: the events waiting to be POSTed
+    moderator: Moderator | None = None  # MODERATION_WORDS_FILE and/or MODERATION_URL
 
     @classmethod
     def build(cls, config: BotConfig, client: RedisClient, *, users: UserDB | None = None,
@@ -101,7 +107,7 @@ class Bot:
                                  timeout=s.media_timeout, failed_note=s.msg_answer_file_failed, bot=config.id)
         return cls(id=config.id, settings=s, crypto=crypto, store=store, dify=dify, delivery=delivery,
                    namespace=config.namespace, capacity_share=config.capacity_share, media=media,
-                   answer_files=answer_files, auth=auth)
+                   answer_files=answer_files, auth=auth, **extensions(config.id, s, store))
 
     def dify_user(self, user: str, chat: str) -> str:
         """The Dify ``user`` of a message: one per WeCom user, or per group when groups share conversations."""
@@ -109,3 +115,26 @@ class Bot:
         if chat and self.settings.conversation_scope == "chat":
             return f"wecom-group:{ns}{chat}"  # Dify scopes conversations by user: a shared one needs one user
         return f"wecom:{ns}{user}"
+
+
+WEBHOOK_BACKLOG = 100_000
+"""Webhook deliveries a bot's backlog holds at most while its receivers are away (the rest are counted)."""
+
+
+def extensions(bot_id: str, s: Settings, store: StreamStore) -> dict[str, Any]:
+    """A bot's records backlog, webhook backlog and moderator: only those configured (all off by default)."""
+    out: dict[str, Any] = {}
+    if s.records == "mysql":
+        out["records"] = Backlog(store, store.keys.records(), cap=s.records_buffer_max,
+                                 ttl_ms=s.records_buffer_ttl_seconds * 1000)
+    if s.webhook_urls:
+        out["webhooks"] = Backlog(store, store.keys.webhook_events(), cap=WEBHOOK_BACKLOG,
+                                  ttl_ms=(s.webhook_deadline_seconds + 86400) * 1000)
+    if s.moderated:
+        words = WordList.from_file(s.moderation_words_file) if s.moderation_words_file else None
+        remote = RemoteModeration(s.moderation_url, s.moderation_api_key, s.moderation_timeout) \
+            if s.moderation_url else None
+        out["moderator"] = Moderator(bot_id, words, remote, fail_closed=s.moderation_fail == "closed",
+                                     answers=s.moderation_answers, refusal=s.msg_moderation_refused,
+                                     replacement=s.moderation_replacement)
+    return out

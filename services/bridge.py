@@ -14,8 +14,11 @@ from services.dify import DifyClient
 from services.engine import Engine
 from services.longconn.bot import LongConnectionBot
 from services.messages import MessageHandler
+from services.mysql import MySQLConfig
+from services.records import RecordDB, RecordWriter
 from services.streams.connection import RedisClient, connect
-from services.user_db import MySQLConfig, UserDB
+from services.user_db import UserDB
+from services.webhooks import WebhookSender
 
 EXTENSION = "wecom_dify"
 
@@ -38,9 +41,7 @@ class Bridge:
         client = connect(settings.redis_url, settings.redis_socket_timeout)
         users = api = None
         if any(b.settings.auth_mode == "mysql" for b in bots.values()):
-            users = UserDB(MySQLConfig(settings.mysql_host, settings.mysql_port, settings.mysql_user,
-                                       settings.mysql_password, settings.mysql_database,
-                                       settings.mysql_connect_timeout, settings.mysql_read_timeout))
+            users = UserDB(mysql_config(settings))
             api = AuthAPI(settings.auth_service_url, settings.auth_service_secret,
                           timeout=settings.auth_service_timeout)
         runtime = {bot_id: Bot.build(config, client, users=users, api=api, dify=(dify or {}).get(bot_id))
@@ -50,11 +51,22 @@ class Bridge:
         for bot_id, bot in runtime.items():
             if bot.settings.wecom_transport == "websocket":  # held by one worker of one replica at a time
                 engine.background.add_service(LongConnectionBot(bot, handlers[bot_id], engine, engine.owner))
+        if settings.records == "mysql":  # records and webhooks have their own threads: only when configured
+            engine.background.add_service(RecordWriter(engine, runtime, RecordDB(mysql_config(settings)),
+                                                       retention_days=settings.records_retention_days))
+        if any(bot.webhooks is not None for bot in runtime.values()):
+            engine.background.add_service(WebhookSender(engine, runtime))
         return cls(settings=settings, redis=client, bots=runtime, handlers=handlers, engine=engine, users=users)
 
     def init_app(self, app: Flask) -> None:
         """Attach this runtime to ``app``."""
         app.extensions[EXTENSION] = self
+
+
+def mysql_config(settings: Settings) -> MySQLConfig:
+    """The MySQL of the user table and the records (``MYSQL_*``)."""
+    return MySQLConfig(settings.mysql_host, settings.mysql_port, settings.mysql_user, settings.mysql_password,
+                       settings.mysql_database, settings.mysql_connect_timeout, settings.mysql_read_timeout)
 
 
 def get_bridge() -> Bridge:

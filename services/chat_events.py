@@ -72,7 +72,11 @@ class EventHandler:
         if not first:
             metrics.FEEDBACK.labels(self.bot.id, "duplicate").inc()
             return None, "duplicate"
-        self.engine.background.run_soon(self.bot, lambda: send_rating(self.engine, self.bot, rating))
+        async def rate() -> None:
+            await self.engine.reports.rated(self.bot, rating)  # the record and the webhook, whatever Dify says
+            await send_rating(self.engine, self.bot, rating)
+
+        self.engine.background.run_soon(self.bot, rate)
         return None, "feedback"
 
     def on_card_click(self, msg: dict[str, Any], click: dict[str, Any]) -> Outcome:

@@ -87,3 +87,15 @@ class UserNotAuthorized(AuthError):
 
 class AuthUnavailable(AuthError):
     """MySQL or the authentication API could not answer."""
+
+
+class RecordsUnavailable(Exception):
+    """The records' MySQL could not be reached or refused a write (the records wait in Redis)."""
+
+
+class ModerationRefused(Exception):
+    """The moderation refused a question: ``text`` is the answer the user gets instead (Dify is not asked)."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__("question refused by moderation")
+        self.text = text

@@ -53,6 +53,15 @@ ANSWER_FILES = Counter(f"{NS}_answer_files_total", "Files of Dify's answers: inl
                        ["bot", "outcome"])
 FEEDBACK = Counter(f"{NS}_feedback_total", "Users' ratings of answers: sent to Dify, duplicate, unknown_answer, "
                    "nothing_to_withdraw, unauthorized, failed, redis_unavailable, invalid", ["bot", "outcome"])
+MODERATION = Counter(f"{NS}_moderation_total", "Moderation decisions: point (query, answer) and decision (passed, "
+                     "blocked, overridden, replaced, error_open, error_closed)", ["bot", "point", "decision"])
+RECORDS = Counter(f"{NS}_records_total", "Conversation records: queued, written, feedback, overflow (buffer full), "
+                  "unavailable (Redis away), rejected (MySQL refused its data), "
+                  "dropped (feedback without its record)", ["bot", "outcome"])
+RECORDS_BACKLOG = Gauge(f"{NS}_records_backlog", "Records waiting in Redis for MySQL (as last seen by this worker)",
+                        ["bot"], multiprocess_mode="max")
+WEBHOOKS = Counter(f"{NS}_webhooks_total", "Webhook events: queued, delivered, retried, expired (deadline passed), "
+                   "overflow, unavailable (Redis away), refused (host not allowed)", ["bot", "outcome"])
 AUTH = Counter(f"{NS}_auth_total", "User authentication: hit, miss (refreshed), refused, unavailable",
                ["bot", "result"])
 ENGINE_JOBS = Gauge(f"{NS}_engine_jobs", "Answers admitted (authenticating, waiting for their turn or running)",

@@ -30,10 +30,13 @@ LAYOUT_2 = {
     "ws_refused": ("p:ws:refused:aib1", "p:ws:refused:{aib1}"),
     "ws_outbox": ("p:ws:outbox:aib1", "p:ws:outbox:{aib1}"),
     "ws_inbox": ("p:ws:inbox:aib1", "p:ws:inbox:{aib1}"),
+    "records": ("p:records", "p:records"),
+    "records_purge": ("p:records:purge", "p:records:purge"),
+    "webhook_events": ("p:webhooks", "p:webhooks"),
 }
 ARGS = {"msg": ("m1", SID), "queue": (SCOPE,), "active": (SCOPE,), "conversation": (SCOPE,), "card": ("q1",),
-        "dify_parameters": (), "auth_unknown": ("u1",), "auth_lock": ("u1",), "auth_wechatid": ("u1",),
-        "auth_token": ("t1",)}
+        "dify_parameters": (), "records": (), "records_purge": (), "webhook_events": (), "auth_unknown": ("u1",),
+        "auth_lock": ("u1",), "auth_wechatid": ("u1",), "auth_token": ("t1",)}
 
 
 def test_every_key_name_is_pinned_for_both_deployments() -> None:

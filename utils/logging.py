@@ -25,6 +25,11 @@ def user_ref(userid: str) -> str:
         return userid
     if _user_mode == "mask":
         return userid[:2] + "***" + (userid[-2:] if len(userid) > 6 else "")
+    return user_hash(userid)
+
+
+def user_hash(userid: str) -> str:
+    """A user (or chat) id keyed-hashed with the deployment's salt: stable, not reversible."""
     return "u_" + hmac.new(_user_salt, userid.encode("utf-8", "replace"), hashlib.sha256).hexdigest()[:16]
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Any
 
 from services.dify.think import ThinkSplitter
 from services.errors import DifyStreamError
@@ -91,9 +92,10 @@ class ConversationDropped:
 
 @dataclass(frozen=True)
 class Finished:
-    """The answer is complete."""
+    """The answer is complete; ``usage`` is ``message_end``'s token usage and latency (may be empty)."""
 
     conversation_id: str | None
+    usage: dict[str, Any] = field(default_factory=dict)
 
 
 DifyEvent = Started | Delta | Replace | AnswerFile | Progress | FormRequired | Paused | ConversationDropped | Finished
@@ -113,6 +115,7 @@ class ChatEventDecoder:
         self.agent = False  # agent_message deltas seen (New Agent repeats the answer in a closing message)
         self.workflow = False  # Chatflow: message_end is followed by workflow_finished
         self.message_ended = False
+        self.usage: dict[str, Any] = {}  # message_end's metadata.usage: tokens, price, latency
         self._files: set[str] = set()  # the answer files already yielded (the same file comes in several events)
         self._think = ThinkSplitter()
         self._step = ("", "")  # the last agent step reported (thought id, tool)
@@ -159,10 +162,11 @@ class ChatEventDecoder:
             out.append(Replace(replaced))
         elif event == "message_end":
             self.message_ended = True
+            self.usage = as_dict(as_dict(obj.get("metadata")).get("usage"))
             out += self._answer_files(obj.get("files"))
             if not self.workflow:
                 out += self._text("", end=True)
-                out.append(Finished(self.conversation_id))
+                out.append(Finished(self.conversation_id, self.usage))
         elif event == "workflow_finished":
             wf = as_dict(obj.get("data"))
             status = wf.get("status")
@@ -170,7 +174,7 @@ class ChatEventDecoder:
                 raise DifyStreamError(f"workflow_{status}", str(wf.get("error") or f"workflow {status}"))
             out += self._answer_files(wf.get("files"))
             out += self._text("", end=True)
-            out.append(Finished(self.conversation_id))
+            out.append(Finished(self.conversation_id, self.usage))
         elif event == "error":
             status = obj.get("status")
             raise DifyStreamError(
@@ -182,7 +186,7 @@ class ChatEventDecoder:
             out += _form(_str(obj.get("workflow_run_id")), obj.get("data"))
         elif event == "workflow_paused":
             out += self._text("", end=True)
-            out += [Paused(_str(obj.get("workflow_run_id"))), Finished(self.conversation_id)]
+            out += [Paused(_str(obj.get("workflow_run_id"))), Finished(self.conversation_id, self.usage)]
         elif event in ("agent_thought", "node_started", "reasoning_chunk"):
             out += self._progress(event, obj)
         elif event is not None:

@@ -18,6 +18,7 @@ import aiohttp
 from services.dify.events import ChatEventDecoder, Delta, DifyEvent, Finished, Started
 from services.dify.sse import DEFAULT_MAX_FRAME_BYTES, SSEError, SSEParser
 from services.errors import DifyHTTPError, DifyIncompleteError, DifyStaleConversation, DifyStreamError, DifyTimeout
+from utils.payload import as_dict
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +94,7 @@ class ResponseReader:
                 data, prefix = (prefix, b"") if prefix else (await self.read(resp, until), b"")
             except DifyTimeout as e:
                 if grace_until is not None:
-                    finished = Finished(state.conversation_id)
+                    finished = Finished(state.conversation_id, state.usage)
                     break
                 if probe is not None and quiet_until is not None and self.clock() >= quiet_until:
                     quiet_until = None  # asked once: a slow but healthy answer goes on to the idle deadline
@@ -103,7 +104,7 @@ class ResponseReader:
                 raise self.timeout(deadline, idle_until) from e
             if not data:
                 if grace_until is not None:
-                    finished = Finished(state.conversation_id)
+                    finished = Finished(state.conversation_id, state.usage)
                     break
                 cut = "mid-frame" if parser.pending else "without a terminal event"
                 raise DifyIncompleteError(f"stream ended {cut}")
@@ -158,7 +159,7 @@ class ResponseReader:
             yield Started(conv, msg, task)
         if obj["answer"]:
             yield Delta(obj["answer"])
-        yield Finished(conv if isinstance(conv, str) else None)
+        yield Finished(conv if isinstance(conv, str) else None, as_dict(as_dict(obj.get("metadata")).get("usage")))
 
 
 async def http_error(resp: aiohttp.ClientResponse) -> DifyHTTPError:

@@ -7,6 +7,7 @@ import json
 import logging
 from collections.abc import AsyncGenerator, Callable
 from contextlib import aclosing
+from functools import partial
 from typing import TYPE_CHECKING
 
 from config import Settings
@@ -77,18 +78,20 @@ class Answers:
         uploaded = {f.get("upload_file_id") for f in job.files}
         progress = ProgressView(s.progress, tool=s.msg_progress_tool, node=s.msg_progress_node,
                                 thinking=s.msg_progress_thinking)
+        guard = job.bot.moderator.guard(partial(e.io, job)) if job.bot.moderator is not None else None
         try:
             async with aclosing(self._events(job, conversation)) as events:  # a cancel closes the response
                 async for event in events:
                     if isinstance(event, Delta):
                         if first_text:
-                            first_text = False
+                            first_text, job.first_text_at = False, e.clock()
                             if (shown := progress.pending()) is not None:
                                 job.writer.show_progress(shown)  # the last thoughts before the answer
                             metrics.FIRST_TEXT_SECONDS.labels(job.bot.id).observe(max(0.0, e.clock() - job.created))
-                        job.writer.add(event.text)  # the keeper writes it within one tick
+                        # the keeper writes it within one tick; with moderation, only what has been checked
+                        job.writer.add(await guard.feed(event.text) if guard is not None else event.text)
                     elif isinstance(event, Replace):
-                        job.writer.replace(event.text)
+                        job.writer.replace(await guard.restart(event.text) if guard is not None else event.text)
                     elif isinstance(event, FormRequired):
                         forms.append(event)
                     elif isinstance(event, Paused):
@@ -109,7 +112,11 @@ class Answers:
                         await self.best_effort(job, store.drop_conversation, job.scope)
                         conversation = None
                     elif isinstance(event, Finished):
-                        conversation = event.conversation_id or conversation
+                        conversation, job.usage = event.conversation_id or conversation, event.usage
+            if guard is not None:
+                job.writer.add(await guard.end())  # the held tail, checked
+                job.moderation = job.moderation or ("answer_filtered" if guard.replaced else "")
+            job.conversation_id = conversation or ""
             job.bot.health.record("ok")
             if conversation and job.resume is None:  # it succeeded: its conversation goes on (a form's run
                 # belongs to the conversation it paused in, which /new may have ended since)
@@ -155,6 +162,7 @@ class Answers:
             await self._stop_dify(job)
         if finished and job.response_url:
             await self._follow_up(job, note)
+        await e.reports.finished(job, outcome, note)
 
     async def _events(self, job: Job, conversation: str | None) -> AsyncGenerator[DifyEvent, None]:
         """Dify's events; a user token the backend rejects (401) is refreshed and retried once."""

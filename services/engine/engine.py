@@ -18,6 +18,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, TypeVar
 
 from config import Settings
@@ -30,7 +31,8 @@ from services.engine.capacity import Capacity
 from services.engine.job import Job, Outcome, State
 from services.engine.keeper import LeaseKeeper, Report
 from services.engine.loop import LoopThread
-from services.errors import AuthUnavailable, StoreUnavailable, UserNotAuthorized
+from services.engine.reports import Reports
+from services.errors import AuthUnavailable, ModerationRefused, StoreUnavailable, UserNotAuthorized
 from utils.logging import BOT
 
 log = logging.getLogger(__name__)
@@ -83,6 +85,7 @@ class Engine:
                                   renew_every=settings.producer_lease_seconds / 3,
                                   wait_limit=wait_limit)
         self.answers = Answers(self)
+        self.reports = Reports(self)  # records and webhook events (nothing is queued when both are off)
         self.draining = False
         self._thread = LoopThread()
         self._redis = ThreadPoolExecutor(REDIS_THREADS, thread_name_prefix="engine-redis")
@@ -210,6 +213,7 @@ class Engine:
         s = job.bot.settings
         try:
             try:
+                await self.reports.received(job)
                 await self._prepare(job)
                 job.move(State.RUNNING)
                 outcome, note = await self.answers.run(job)
@@ -223,7 +227,7 @@ class Engine:
                 outcome, note = Outcome.FAILED, s.msg_dify_timeout
             except UserNotAuthorized:
                 outcome, note = Outcome.REFUSED, s.msg_unauthorized
-            except AttachmentRefused as exc:
+            except (AttachmentRefused, ModerationRefused) as exc:
                 outcome, note = Outcome.REFUSED, exc.text
             except AuthUnavailable as exc:
                 log.warning("authentication unavailable", extra={"sid": job.sid, "reason": str(exc)})
@@ -256,6 +260,11 @@ class Engine:
             if not await self.redis(store.set_status, job.sid, "authenticating"):
                 raise Gone
             job.identity = await self.io(job, auth.authenticate, job.wecom_user)
+        if (moderator := job.bot.moderator) is not None:  # before anything of the message reaches Dify
+            verdict = await moderator.check_query(job.query, partial(self.io, job))
+            job.query, job.moderation = verdict.query, verdict.label
+            if verdict.refusal is not None:
+                raise ModerationRefused(verdict.refusal)
         if job.attachments or job.quoted_attachments:  # now: their URLs expire 5 minutes after the message
             job.move(State.ATTACHING)  # from here the drain (or /stop's keeper report) can cancel it
             if not await self.redis(store.set_status, job.sid, "attaching"):

@@ -89,6 +89,11 @@ class Job:
     stop_reason: Outcome | None = None  # why the engine cancelled the job's task
     task: asyncio.Task[None] | None = None
     turn: asyncio.Future[bool] | None = None  # resolved by the keeper when the job may run
+    # what its record and webhook event tell (services/engine/reports.py)
+    conversation_id: str = ""  # Dify's
+    usage: dict[str, Any] = field(default_factory=dict)  # message_end's metadata.usage
+    first_text_at: float = 0.0  # clock() of the answer's first text
+    moderation: str = ""  # what the moderation decided: "", "query_blocked", "answer_filtered", "unchecked"
 
     def move(self, to: State) -> None:
         """Advance to ``to``; raises IllegalTransition for an edge the life does not have."""

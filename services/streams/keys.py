@@ -174,6 +174,18 @@ class Keys:
         """Messages the bot's long connection received, for any replica to answer (7 minutes past the last)."""
         return f"{self.prefix}ws:inbox:{self._tag(bot_id)}"
 
+    def records(self) -> str:
+        """The bot's records waiting for MySQL (a capped stream; ``RECORDS_BUFFER_TTL_SECONDS`` past the last)."""
+        return f"{self.prefix}records"
+
+    def records_purge(self) -> str:
+        """Who deletes the records past their retention this hour (one worker of the deployment; an hour)."""
+        return f"{self.shared_prefix or self.prefix}records:purge"
+
+    def webhook_events(self) -> str:
+        """The bot's webhook deliveries to make (a capped stream; a day past the last)."""
+        return f"{self.prefix}webhooks"
+
     def queue(self, scope: str) -> str:
         """Ticket queue (a list of stream ids) running one conversation's answers in arrival order."""
         return f"{self.prefix}queue:{self._tag(group_of(scope)) if self.cluster else ''}{scope}"
