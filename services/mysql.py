@@ -51,7 +51,7 @@ def mysql_connection(c: MySQLConfig, error: type[Exception], *, database: bool =
     try:
         yield conn
     except pymysql.MySQLError as exc:
-        raise error(f"mysql query failed: {type(exc).__name__}") from exc
+        raise error(f"mysql query failed: {_cause(exc)}") from exc
     finally:
         with contextlib.suppress(Exception):
             conn.close()
@@ -85,7 +85,8 @@ def _strip_comments(sql: str) -> str:
 
 CAUSES = {2003: "connection refused or host unreachable", 2005: "unknown host",
           1045: "access denied (check MYSQL_USER and MYSQL_PASSWORD)",
-          1049: "unknown database (create it: python -m tools.users migrate)"}
+          1049: "unknown database (create it: python -m tools.users migrate, or tools.records migrate)",
+          1146: "a table is missing (create it: python -m tools.users migrate, or tools.records migrate)"}
 """What MySQL's client error codes mean to an operator (the messages never carry the password)."""
 
 

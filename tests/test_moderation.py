@@ -134,3 +134,13 @@ def test_the_moderation_service_checks_answers_sentence_by_sentence(  # type: ig
     assert all("违禁" not in f["stream"]["content"] for f in frames)
     texts = [r["body"]["params"]["text"] for r in moderation.requests if r["body"]["point"] == "app.moderation.output"]
     assert texts == ["第一句没问题。", "第二句有违禁内容。", "第三句也没问题。"]
+
+
+def test_suggested_questions_with_a_blocked_word_are_left_out(make_app, signer: WeComSigner,  # type: ignore[no-untyped-def]
+                                                              dify: DifySimulator, words_file: str) -> None:
+    dify.suggestions = ["公开的问题？", "机密在哪里？"]
+    wecom = wecom_for(make_app(moderation_words_file=words_file, moderation_answers=True), signer)
+    frames = wecom.converse(text_message("建议"), interval=0.02)
+    card = frames[-1]["stream"].get("template_card") or frames[-1].get("template_card")
+    assert card is not None, frames[-1]
+    assert [b["text"] for b in card["button_list"]] == ["公开的问题？"]

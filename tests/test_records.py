@@ -197,3 +197,11 @@ def test_the_writer_deletes_records_past_their_retention(make_app, db: RecordDB,
     wecom.until_finished(first["stream"]["id"])
     wait_for(lambda: [r["msgid"] for r in rows(db)] == ["kept"], timeout=15)
     assert redis_client.pttl(Keys("wecomdify:").records_purge()) > 0  # one worker of the deployment, this hour
+
+
+def test_a_missing_table_says_which_tool_creates_it(mysql_params: MySQLParams) -> None:
+    from services.errors import RecordsUnavailable
+
+    config = MySQLConfig(mysql_params.host, mysql_params.port, mysql_params.user, mysql_params.password, "mysql")
+    with pytest.raises(RecordsUnavailable, match="a table is missing .*tools.records migrate"):
+        RecordDB(config).rate("b", "s", "like", "", 0)

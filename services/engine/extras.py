@@ -45,6 +45,8 @@ class Extras:
             else:  # the last frame cannot carry them: the images go as links
                 links = join(reply.image_links, links)
         if links:
+            if job.bot.moderator is not None:
+                links = job.bot.moderator.redact(links)  # a file's name is text of the answer too
             job.writer.add(f"\n\n{links}" if job.writer.text else links)
 
     async def suggest(self, job: Job) -> None:
@@ -61,6 +63,8 @@ class Extras:
         except (DifyError, TimeoutError) as exc:
             log.info("no suggested questions", extra={"sid": job.sid, "reason": type(exc).__name__})
             return
+        if bot.moderator is not None:
+            questions = [q for q in questions if bot.moderator.allows(q)]
         if questions:
             card = question_card(new_task_id(), s.msg_suggestions_title, questions)
             await self.answers.best_effort(job, keep_card, bot.store, card, questions, s.card_ttl_seconds)

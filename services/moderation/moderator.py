@@ -78,6 +78,16 @@ class Moderator:
 
         return AnswerGuard(self.words, check if self.remote is not None else None, self.replacement)
 
+    def redact(self, text: str) -> str:
+        """Text beside an answer (its files' links): blocked words replaced when answers are checked."""
+        if not self.answers or self.words is None:
+            return text
+        return self.words.redact(text, self.replacement)[0]
+
+    def allows(self, text: str) -> bool:
+        """False for a suggested question with a blocked word, when answers are checked."""
+        return not (self.answers and self.words is not None and self.words.blocked(text))
+
     def _count(self, point: str, verdict: QueryVerdict) -> QueryVerdict:
         metrics.MODERATION.labels(self.bot_id, point, verdict.decision).inc()
         return verdict

@@ -59,6 +59,10 @@ class RecordWriter:
             except (RecordsUnavailable, StoreUnavailable) as exc:
                 self._complain(exc)
                 delay = min(max(delay * 2, 1.0), BACKOFF_MAX)
+            except Exception:  # noqa: BLE001 - a bug must not end the writer: the records would pile up
+                if self._may_complain():
+                    log.exception("record writer failed; retrying")
+                delay = min(max(delay * 2, 1.0), BACKOFF_MAX)
             await asyncio.sleep(delay)
 
     async def stop(self) -> None:
@@ -112,9 +116,14 @@ class RecordWriter:
         return await asyncio.get_running_loop().run_in_executor(self._mysql_thread, fn, *args)
 
     def _complain(self, exc: Exception) -> None:
-        if self.engine.clock() - self._complained_at >= 60:  # once a minute while it lasts
-            self._complained_at = self.engine.clock()
+        if self._may_complain():
             log.warning("records wait in redis", extra={"reason": str(exc)[:200]})
+
+    def _may_complain(self) -> bool:
+        if self.engine.clock() - self._complained_at < 60:  # once a minute while it lasts
+            return False
+        self._complained_at = self.engine.clock()
+        return True
 
 
 def _read(entry: Entry) -> tuple[str, dict[str, Any]]:

@@ -63,6 +63,7 @@ class WebhookSender:
         self._held: dict[str, Delivery] = {}  # entry id → its delivery
         self._stopped = False
         self._kept_at = float("-inf")
+        self._failed_at = float("-inf")
 
     async def run(self) -> None:
         """Take, send and settle deliveries until stopped."""
@@ -80,6 +81,11 @@ class WebhookSender:
                 await self._settle([d for d, ok in zip(due, results, strict=True) if ok] + expired)
             except StoreUnavailable:
                 log.warning("webhooks wait: redis unavailable")
+                await asyncio.sleep(1.0)
+            except Exception:  # noqa: BLE001 - a bug must not end the sender: the events would pile up
+                if self.engine.clock() - self._failed_at >= 60:  # the traceback once a minute while it lasts
+                    self._failed_at = self.engine.clock()
+                    log.exception("webhook sender failed; retrying")
                 await asyncio.sleep(1.0)
             await asyncio.sleep(0 if any(d.due <= self.engine.clock() for d in self._held.values()) else IDLE)
 
