@@ -20,7 +20,8 @@ def create_app(config: Settings | None = None, bots: Mapping[str, BotConfig] | N
     bots = bots if bots is not None else load_bots(settings)
     # a token is a stable per-deployment secret: hashed user ids are stable but not reversible (with
     # a bots file and no global WECOM_TOKEN, the alphabetically first bot's)
-    salt = settings.wecom_token or bots[min(bots)].settings.wecom_token
+    first = bots[min(bots)].settings
+    salt = settings.wecom_token or first.wecom_token or first.wecom_ws_secret  # (a long-connection bot has no token)
     configure_logging(settings.log_level, settings.log_user_ids, salt=salt)
     app = Flask(__name__)
     app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes

@@ -56,10 +56,13 @@ FIELDS: dict[str, str] = {
     "webhook_secret": "webhook_secret",
     "webhook_hosts": "webhook_hosts",
     "webhook_events": "webhook_events",
+    "webhook_timeout": "webhook_timeout",
+    "webhook_deadline_seconds": "webhook_deadline_seconds",
     "moderation_words_file": "moderation_words_file",
     "moderation_url": "moderation_url",
     "moderation_api_key": "moderation_api_key",
     "moderation_fail": "moderation_fail",
+    "moderation_timeout": "moderation_timeout",
     "moderation_answers": "moderation_answers",
     "moderation_replacement": "moderation_replacement",
 }

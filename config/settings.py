@@ -237,7 +237,7 @@ class Settings:
     @property
     def webhook_allowed_hosts(self) -> list[str]:
         """Hosts (``host`` or ``host:port``) webhooks may go to: ``WEBHOOK_HOSTS``, else the URLs' own."""
-        return _items(self.webhook_hosts) or sorted({urlsplit(u).netloc for u in self.webhook_urls})
+        return [h.lower() for h in _items(self.webhook_hosts)] or sorted({host_of(u) for u in self.webhook_urls})
 
     @property
     def moderated(self) -> bool:
@@ -436,6 +436,19 @@ def _is_http_url(url: str) -> bool:
 
 
 WEBHOOK_EVENTS = frozenset({"message.received", "answer.finished", "feedback"})
+MAX_BLOCKED_WORDS = 10_000
+"""A word list's size at most: it is matched on the engine's loop, for every delta of an answer."""
+
+
+def host_of(url: str) -> str:
+    """``host`` or ``host:port`` of ``url``, lower-cased, as an allowlist lists it ("" when it has none)."""
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return ""
+    host = (parts.hostname or "").lower()
+    return f"{host}:{port}" if port else host
 
 
 def _validate_extensions(s: Settings) -> None:
@@ -445,9 +458,10 @@ def _validate_extensions(s: Settings) -> None:
     _require(100 <= s.records_buffer_max <= 10_000_000, "records_buffer_max", "must be between 100 and 10000000")
     _require(s.records_buffer_ttl_seconds >= 3600, "records_buffer_ttl_seconds", "must be >= 3600")
     for url in s.webhook_urls:
-        _require(_is_http_url(url), "webhook_url", "must be http(s) URLs, separated by commas")
-        _require(urlsplit(url).netloc in s.webhook_allowed_hosts, "webhook_url",
-                 f"host {urlsplit(url).netloc!r} is not in WEBHOOK_HOSTS")
+        _require(_is_http_url(url) and not urlsplit(url).username, "webhook_url",
+                 "must be http(s) URLs without user:password@, separated by commas")
+        _require(host_of(url) in s.webhook_allowed_hosts, "webhook_url",
+                 f"host {host_of(url)!r} is not in WEBHOOK_HOSTS")
     if s.webhook_urls:
         _require(len(s.webhook_secret) >= 16, "webhook_secret", "is required with WEBHOOK_URL (16 characters or more)")
     _require(set(_items(s.webhook_events)) <= WEBHOOK_EVENTS and bool(_items(s.webhook_events)), "webhook_events",
@@ -456,7 +470,13 @@ def _validate_extensions(s: Settings) -> None:
     _require(60 <= s.webhook_deadline_seconds <= 7 * 86400, "webhook_deadline_seconds",
              "must be between 60 and 604800 seconds")
     if s.moderation_words_file:
-        _require(Path(s.moderation_words_file).is_file(), "moderation_words_file", "must be a readable file")
+        try:
+            lines = Path(s.moderation_words_file).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            problem = f"must be a readable UTF-8 file ({type(exc).__name__})"
+            raise ConfigError("MODERATION_WORDS_FILE", problem) from None
+        _require(len(lines) <= MAX_BLOCKED_WORDS, "moderation_words_file",
+                 f"may list at most {MAX_BLOCKED_WORDS} words")
     _require(not s.moderation_url or _is_http_url(s.moderation_url), "moderation_url", "must be an http(s) URL")
     _require(0 < s.moderation_timeout <= 30, "moderation_timeout", "must be in (0, 30] seconds")
     _require(s.moderation_fail in {"open", "closed"}, "moderation_fail", "must be 'open' or 'closed'")

@@ -69,7 +69,7 @@ class Bot:
     auth: Authenticator | None = None
     health: DifyHealth = field(default_factory=DifyHealth)
     records: Backlog | None = None  # RECORDS=mysql: the records waiting for MySQL
-    webhooks: Backlog | None = None  # WEBHOOK_URL: the events waiting to be POSTed
+    webhooks: dict[str, Backlog] | None = None  # WEBHOOK_URL: per URL, the events waiting to be POSTed
     moderator: Moderator | None = None  # MODERATION_WORDS_FILE and/or MODERATION_URL
 
     @classmethod
@@ -118,7 +118,7 @@ class Bot:
 
 
 WEBHOOK_BACKLOG = 100_000
-"""Webhook deliveries a bot's backlog holds at most while its receivers are away (the rest are counted)."""
+"""Webhook deliveries a bot's URL's backlog holds at most while its receiver is away (the rest are counted)."""
 
 
 def extensions(bot_id: str, s: Settings, store: StreamStore) -> dict[str, Any]:
@@ -128,8 +128,8 @@ def extensions(bot_id: str, s: Settings, store: StreamStore) -> dict[str, Any]:
         out["records"] = Backlog(store, store.keys.records(), cap=s.records_buffer_max,
                                  ttl_ms=s.records_buffer_ttl_seconds * 1000)
     if s.webhook_urls:
-        out["webhooks"] = Backlog(store, store.keys.webhook_events(), cap=WEBHOOK_BACKLOG,
-                                  ttl_ms=(s.webhook_deadline_seconds + 86400) * 1000)
+        out["webhooks"] = {url: Backlog(store, store.keys.webhook_events(url), cap=WEBHOOK_BACKLOG,
+                                        ttl_ms=(s.webhook_deadline_seconds + 86400) * 1000) for url in s.webhook_urls}
     if s.moderated:
         words = WordList.from_file(s.moderation_words_file) if s.moderation_words_file else None
         remote = RemoteModeration(s.moderation_url, s.moderation_api_key, s.moderation_timeout) \

@@ -32,10 +32,11 @@ LAYOUT_2 = {
     "ws_inbox": ("p:ws:inbox:aib1", "p:ws:inbox:{aib1}"),
     "records": ("p:records", "p:records"),
     "records_purge": ("p:records:purge", "p:records:purge"),
-    "webhook_events": ("p:webhooks", "p:webhooks"),
+    "webhook_events": ("p:webhooks:dfe2f28c4f7a", "p:webhooks:dfe2f28c4f7a"),
 }
 ARGS = {"msg": ("m1", SID), "queue": (SCOPE,), "active": (SCOPE,), "conversation": (SCOPE,), "card": ("q1",),
-        "dify_parameters": (), "records": (), "records_purge": (), "webhook_events": (), "auth_unknown": ("u1",),
+        "dify_parameters": (), "records": (), "records_purge": (), "auth_unknown": ("u1",),
+        "webhook_events": ("https://n8n.example.com/webhook/x",),
         "auth_lock": ("u1",), "auth_wechatid": ("u1",), "auth_token": ("t1",)}
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from config import Settings
-from services.moderation import AnswerGuard, WordList
+from services.moderation import AnswerGuard, ModerationUnavailable, RemoteModeration, WordList
 from tests.helpers import InProcessWeCom, wait_for
 from tests.hook_servers import ModerationServer
 from tests.response_server import ResponseServer
@@ -144,3 +146,47 @@ def test_suggested_questions_with_a_blocked_word_are_left_out(make_app, signer: 
     card = frames[-1]["stream"].get("template_card") or frames[-1].get("template_card")
     assert card is not None, frames[-1]
     assert [b["text"] for b in card["button_list"]] == ["公开的问题？"]
+
+
+def test_a_reasoning_models_thoughts_are_not_shown_when_answers_are_checked(  # type: ignore[no-untyped-def]
+        make_app, signer: WeComSigner, dify: DifySimulator, words_file: str) -> None:
+    dify.script("想想", Script(think="这里提到机密的内容", answer="回答。", delta_size=2, delay=0.01))
+    wecom = wecom_for(make_app(moderation_words_file=words_file, moderation_answers=True), signer)
+    frames = wecom.converse(text_message("想想"), interval=0.01)
+    assert frames[-1]["stream"]["content"] == "回答。"
+    assert not any("机密" in f["stream"]["content"] for f in frames)
+
+
+def _broken_service(cut: bool) -> tuple[str, socket.socket]:
+    """A moderation service that starts a 200 reply, then cuts it short or stalls past the timeout."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(5)
+
+    def serve() -> None:
+        while True:
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                return
+            conn.recv(65536)
+            conn.sendall(b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"fl')
+            if not cut:
+                time.sleep(2)
+            conn.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    return f"http://127.0.0.1:{server.getsockname()[1]}/m", server
+
+
+@pytest.mark.parametrize("cut", [False, True])
+def test_a_reply_cut_short_or_stalled_is_unavailable_and_follows_moderation_fail(  # type: ignore[no-untyped-def]
+        cut: bool, make_app, signer: WeComSigner, dify: DifySimulator) -> None:
+    url, server = _broken_service(cut)
+    try:
+        with pytest.raises(ModerationUnavailable):
+            RemoteModeration(url, "k", 0.5).check_query("default", "问题")
+        wecom = wecom_for(make_app(moderation_url=url, moderation_timeout=0.5), signer)
+        assert wecom.converse(text_message("照常回答"))[-1]["stream"]["content"] == "echo: 照常回答"  # fail open
+    finally:
+        server.close()

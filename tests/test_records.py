@@ -152,6 +152,8 @@ def test_duplicates_overflow_retention_and_export(db: RecordDB, redis_client: re
     assert str(got[0]["total_price"]) == "0.0000834000"
     assert db.rate("b", "s" * 32, "dislike", "不准确", int(time.time() * 1000))
     assert not db.rate("b", "z" * 32, "like", "", 0)  # no such record (yet)
+    assert db.rate("b", "s" * 32, "like", "", int(time.time() * 1000) - 60_000)  # older than the one set: kept out
+    assert rows(db)[0]["feedback"] == "dislike"
     assert db.write([{**old, "msgid": "m3", "status": "x" * 100}, {**old, "msgid": "m4"}]) == 1  # one refused
     with db_connection(db) as conn, conn.cursor() as cur:
         cur.execute("DELETE FROM conversation_records WHERE msgid = 'm4'")
@@ -205,3 +207,26 @@ def test_a_missing_table_says_which_tool_creates_it(mysql_params: MySQLParams) -
     config = MySQLConfig(mysql_params.host, mysql_params.port, mysql_params.user, mysql_params.password, "mysql")
     with pytest.raises(RecordsUnavailable, match="a table is missing .*tools.records migrate"):
         RecordDB(config).rate("b", "s", "like", "", 0)
+
+
+def test_a_rating_whose_record_is_not_there_is_looked_for_every_few_seconds(  # type: ignore[no-untyped-def]
+        make_app, db: RecordDB, signer: Any) -> None:
+    from tests.helpers import InProcessWeCom
+
+    def updates() -> int:
+        with db_connection(db) as conn, conn.cursor() as cur:
+            cur.execute("SHOW GLOBAL STATUS LIKE 'Com_update'")
+            return int(cur.fetchone()[1])
+
+    c = db.config
+    app = make_app(records="mysql", mysql_host=c.host, mysql_port=c.port, mysql_user=c.user,
+                   mysql_password=c.password, mysql_database=c.database)
+    wecom = InProcessWeCom(app.test_client(), signer)
+    first = wecom.send(text_message("引擎启动"))
+    assert first is not None
+    wecom.until_finished(first["stream"]["id"])
+    wait_for(lambda: len(rows(db)) == 1, timeout=10)
+    before = updates()
+    wecom.send(event_message("feedback_event", {"id": "f" * 32, "type": 1}))  # an answer with no record
+    time.sleep(3.0)
+    assert updates() - before <= 2  # looked for once, maybe twice: not in a loop

@@ -15,6 +15,7 @@ from services.engine.reports import event_id
 from services.webhooks import sign, verify
 from tests.helpers import InProcessWeCom, wait_for
 from tests.hook_servers import WebhookReceiver
+from tests.servers import free_port
 from tools.dify_sim import DifySimulator
 from tools.wecom_client import WeComSigner, event_message, text_message
 
@@ -106,3 +107,25 @@ def test_webhook_settings_fail_fast(settings: Settings) -> None:
         settings.replace(webhook_url="https://n8n.example.com/x", webhook_secret=SECRET, webhook_events="everything")
     ok = settings.replace(webhook_url="https://n8n.example.com/a, http://10.0.0.5:5678/b", webhook_secret=SECRET)
     assert ok.webhook_allowed_hosts == ["10.0.0.5:5678", "n8n.example.com"]
+
+
+def test_commands_make_no_events(make_app, signer: WeComSigner, receiver: WebhookReceiver) -> None:  # type: ignore[no-untyped-def]
+    wecom = InProcessWeCom(hooked(make_app, receiver).test_client(), signer)
+    ask(wecom, text_message("/new", msgid="cmd-new"))
+    ask(wecom, text_message("之后", msgid="after-new"))
+    wait_for(lambda: len(receiver.events()) == 2, timeout=10)
+    time.sleep(0.5)
+    assert [(e["type"], e["data"]["msgid"]) for e in receiver.events()] == \
+        [("message.received", "after-new"), ("answer.finished", "after-new")]
+
+
+def test_a_dead_receiver_holds_back_no_other_url(make_app, signer: WeComSigner,  # type: ignore[no-untyped-def]
+                                                 receiver: WebhookReceiver) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens: every delivery is refused at once
+    app = make_app(webhook_url=f"{dead},{receiver.url}", webhook_secret=SECRET, webhook_timeout=1.0)
+    wecom = InProcessWeCom(app.test_client(), signer)
+    for i in range(70):  # 140 events each: more than a worker holds for the dead URL
+        ask(wecom, text_message(f"第 {i} 条", userid=f"d{i}", msgid=f"dead-{i}"))
+    wait_for(lambda: len(receiver.events()) == 140, timeout=30)
+    ask(wecom, text_message("最后一条", msgid="last"))
+    wait_for(lambda: len(receiver.events()) == 142, timeout=5)  # not behind the dead URL's retries

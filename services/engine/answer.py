@@ -76,9 +76,11 @@ class Answers:
         forms: list[FormRequired] = []
         paused = False
         uploaded = {f.get("upload_file_id") for f in job.files}
-        progress = ProgressView(s.progress, tool=s.msg_progress_tool, node=s.msg_progress_node,
-                                thinking=s.msg_progress_thinking)
         guard = job.bot.moderator.guard(partial(e.io, job)) if job.bot.moderator is not None else None
+        # a reasoning model's thoughts are model output too: with checked answers only the steps show
+        mode = "steps" if guard is not None and s.progress == "think" else s.progress
+        progress = ProgressView(mode, tool=s.msg_progress_tool, node=s.msg_progress_node,
+                                thinking=s.msg_progress_thinking)
         try:
             async with aclosing(self._events(job, conversation)) as events:  # a cancel closes the response
                 async for event in events:

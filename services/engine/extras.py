@@ -90,8 +90,10 @@ class Extras:
         """
         s = job.bot.settings
         form = forms[0] if forms else None
+        moderator = job.bot.moderator
         if form is None or form.token is None or not form.complete or not form.actions or \
-                (not job.polled and (job.chat or not job.response_url)):
+                (not job.polled and (job.chat or not job.response_url)) or \
+                (moderator is not None and not moderator.allows(f"{form.title}\n{form.content}")):
             log.info("form not offered as a card", extra={"sid": job.sid})
             return s.msg_form_unsupported
         text = "" if job.polled or job.writer is None else job.writer.text

@@ -44,8 +44,8 @@ class Reports:
         self.engine = engine
 
     async def received(self, job: Job) -> None:
-        """A message's first delivery reached the engine."""
-        if _wants(job.bot, "message.received"):
+        """A message's first delivery reached the engine (a command such as ``/new`` is not reported)."""
+        if not job.reset and _wants(job.bot, "message.received"):
             data = {"msgid": job.msgid, "stream_id": job.sid, "userid": job.wecom_user, "chatid": job.chat,
                     "query": job.query}
             await self._event(job.bot, "message.received", job.msgid, data)
@@ -53,7 +53,7 @@ class Reports:
     async def finished(self, job: Job, outcome: Outcome, note: str) -> None:
         """A job settled: its record, and the ``answer.finished`` event."""
         bot = job.bot
-        if bot.records is None and not _wants(bot, "answer.finished"):
+        if job.reset or (bot.records is None and not _wants(bot, "answer.finished")):
             return
         status = STATUS.get(outcome, "interrupted")
         if outcome is Outcome.FINISHED:
@@ -106,8 +106,8 @@ class Reports:
                  "data": data}
         body = json.dumps(event, ensure_ascii=False)
         at = str(int(self.engine.clock() * 1000))
-        for url in bot.settings.webhook_urls:
-            outcome = await self._add(bot.webhooks, {"url": url, "event": body, "at": at}, "queued")
+        for url, backlog in bot.webhooks.items():
+            outcome = await self._add(backlog, {"url": url, "event": body, "at": at}, "queued")
             metrics.WEBHOOKS.labels(bot.id, outcome).inc()
 
     async def _add(self, backlog: Backlog, fields: dict[str, str], ok: str) -> str:

@@ -16,10 +16,12 @@ Reply: ``{"flagged": bool, "action": "direct_output" | "overridden", "preset_res
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import requests
+import urllib3
 
 MAX_REPLY_BYTES = 256 * 1024
 
@@ -57,17 +59,20 @@ class RemoteModeration:
         headers = {"Content-Type": "application/json"}
         if self.api_key:
             headers["Authorization"] = f"Bearer {self.api_key}"
+        deadline = time.monotonic() + self.timeout
         try:
             with self.session.post(self.url, data=json.dumps({"point": point, "params": params}, ensure_ascii=False)
                                    .encode(), headers=headers, timeout=self.timeout, stream=True,
                                    allow_redirects=False) as resp:
                 if resp.status_code != 200:
                     raise ModerationUnavailable(f"HTTP {resp.status_code}")
-                body = resp.raw.read(MAX_REPLY_BYTES + 1, decode_content=True)
-        except requests.RequestException as exc:
+                body = b""
+                for chunk in resp.iter_content(16384):  # bounded in size, and in time as a whole
+                    body += chunk
+                    if len(body) > MAX_REPLY_BYTES or time.monotonic() > deadline:
+                        raise ModerationUnavailable("reply too large or too slow")
+        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
             raise ModerationUnavailable(type(exc).__name__) from exc
-        if len(body) > MAX_REPLY_BYTES:
-            raise ModerationUnavailable("reply too large")
         try:
             reply = json.loads(body)
         except ValueError as exc:

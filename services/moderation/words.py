@@ -6,7 +6,8 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-MAX_WORDS = 100_000
+MAX_WORDS = 10_000
+"""As ``config.settings.MAX_BLOCKED_WORDS``: matched on the engine's loop, for every delta."""
 
 
 class WordList:

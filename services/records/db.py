@@ -21,7 +21,7 @@ EXPORTED = ("id", *COLUMNS, "feedback", "feedback_text", "feedback_at")
 UPSERT = (f"INSERT INTO conversation_records ({', '.join(COLUMNS)}) "  # noqa: S608
           f"VALUES ({', '.join(['%s'] * len(COLUMNS))}) ON DUPLICATE KEY UPDATE id = id")
 FEEDBACK = ("UPDATE conversation_records SET feedback = %s, feedback_text = %s, feedback_at = %s "
-            "WHERE bot = %s AND sid = %s")
+            "WHERE bot = %s AND sid = %s AND (feedback_at IS NULL OR feedback_at <= %s)")  # a later rating wins
 
 
 class RecordDB:
@@ -62,9 +62,13 @@ class RecordDB:
             return skipped
 
     def rate(self, bot: str, sid: str, rating: str | None, text: str, at_ms: int) -> bool:
-        """Set an answer's feedback; False when its record is not there (yet)."""
+        """Set an answer's feedback unless a later one is set; False when its record is not there (yet)."""
+        at = _time(at_ms)
         with mysql_connection(self.config, RecordsUnavailable, found_rows=True) as conn, conn.cursor() as cur:
-            return bool(cur.execute(FEEDBACK, (rating or "withdrawn", text[:1024], _time(at_ms), bot, sid)))
+            if cur.execute(FEEDBACK, (rating or "withdrawn", text[:1024], at, bot, sid, at)):
+                return True
+            # not updated: no record yet, or it holds a later rating already (then this one is done)
+            return bool(cur.execute("SELECT 1 FROM conversation_records WHERE bot = %s AND sid = %s", (bot, sid)))
 
     def purge(self, older_than_days: int, now: dt.datetime | None = None) -> int:
         """Delete the records created more than ``older_than_days`` ago, in chunks; how many."""

@@ -35,6 +35,7 @@ BACKOFF_MAX = 30.0
 FEEDBACK_PATIENCE_MS = 10 * 60_000
 """A rating whose record is not in MySQL after this long is dropped (the record was lost or refused)."""
 PURGE_EVERY = 3600.0
+RATING_RETRY_MS = 5000
 
 
 class RecordWriter:
@@ -47,6 +48,7 @@ class RecordWriter:
         self._stopped = False
         self._purged_at = float("-inf")
         self._complained_at = float("-inf")
+        self._waiting: dict[str, int] = {}  # ratings whose record was not there yet → when to look again (ms)
 
     async def run(self) -> None:
         """Write batches until stopped; back off while MySQL (or Redis) is away."""
@@ -70,7 +72,7 @@ class RecordWriter:
         self._stopped = True
 
     async def write_batch(self, bot: Bot) -> int:
-        """Write one batch of ``bot``'s records and ratings; how many entries were taken."""
+        """Write one batch of ``bot``'s records and ratings; how many entries are done (0: nothing to do now)."""
         assert bot.records is not None
         entries = await self.engine.redis(bot.records.take, self.engine.owner, BATCH)
         if not entries:
@@ -92,14 +94,21 @@ class RecordWriter:
             log.warning("records refused by mysql", extra={"count": skipped})
         now = int(self.engine.clock() * 1000)
         for entry, data in ratings:
+            if self._waiting.get(entry.id, 0) > now:
+                continue  # its record was not there a moment ago: look again in a few seconds
             found = await self._mysql(self.db.rate, bot.id, str(data.get("sid", "")), data.get("rating"),
                                       str(data.get("text", "")), int(data.get("at") or now))
             if found or now - int(data.get("at") or 0) > FEEDBACK_PATIENCE_MS:
                 done.append(entry.id)
+                self._waiting.pop(entry.id, None)
                 metrics.RECORDS.labels(bot.id, "feedback" if found else "dropped").inc()
+            else:
+                if len(self._waiting) > 10_000:  # ids another worker took over: forget them
+                    self._waiting.clear()
+                self._waiting[entry.id] = now + RATING_RETRY_MS
         await self.engine.redis(bot.records.done, done)
         metrics.RECORDS_BACKLOG.labels(bot.id).set(await self.engine.redis(bot.records.size))
-        return len(entries)
+        return len(done)
 
     async def _purge(self) -> None:
         """Once an hour, one worker of the deployment deletes the records past ``RECORDS_RETENTION_DAYS``."""

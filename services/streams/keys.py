@@ -182,9 +182,9 @@ class Keys:
         """Who deletes the records past their retention this hour (one worker of the deployment; an hour)."""
         return f"{self.shared_prefix or self.prefix}records:purge"
 
-    def webhook_events(self) -> str:
-        """The bot's webhook deliveries to make (a capped stream; a day past the last)."""
-        return f"{self.prefix}webhooks"
+    def webhook_events(self, url: str) -> str:
+        """The bot's webhook deliveries to ``url`` (a capped stream; a day past the deadline of the last)."""
+        return f"{self.prefix}webhooks:{hashlib.sha1(url.encode(), usedforsecurity=False).hexdigest()[:12]}"
 
     def queue(self, scope: str) -> str:
         """Ticket queue (a list of stream ids) running one conversation's answers in arrival order."""

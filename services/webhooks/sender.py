@@ -1,11 +1,12 @@
 """Delivers the bots' webhook events: a background service of each worker (only when a bot has WEBHOOK_URL).
 
-Events wait in each bot's Redis backlog, one entry per URL (services/engine/reports.py adds them).
+Each URL of each bot has its own Redis backlog (a lane; services/engine/reports.py adds the events).
 A delivery is a signed POST with a timeout, to an allowed host, never following a redirect; a 2xx
 marks it done. Anything else is tried again after 1, 2, 4 … 300 s with the same event id, until
-``WEBHOOK_DEADLINE_SECONDS`` after the event, then counted as expired. The POSTs run on this
-service's own threads, so a receiver that hangs delays no answer; a worker that dies leaves its
-events to another after ``RETRY_AFTER_MS``.
+``WEBHOOK_DEADLINE_SECONDS`` after the event, then counted as expired. The POSTs run as tasks on
+this service's own threads, at most ``PER_LANE`` at once per URL, so a receiver that hangs delays no
+answer and no other receiver. A worker holds at most ``HELD`` deliveries per URL and claims them
+again every ``KEEP_EVERY`` s; one that dies leaves them to another after ``RETRY_AFTER_MS``.
 """
 
 from __future__ import annotations
@@ -15,17 +16,17 @@ import json
 import logging
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING
-from urllib.parse import urlsplit
 
 import requests
 
+from config.settings import host_of
 from services import metrics
 from services.bot import Bot
 from services.errors import StoreUnavailable
-from services.streams.backlog import Entry
+from services.streams.backlog import Backlog, Entry
 from services.webhooks.signature import SIGNATURE, TIMESTAMP, sign
 
 if TYPE_CHECKING:
@@ -33,34 +34,47 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SENDERS = 4
-"""POSTs in flight at once per worker (its own threads)."""
-BATCH = 50
+THREADS = 8
+PER_LANE = 2
+"""POSTs in flight at once to one URL: a dead receiver holds no more than these of the threads."""
+HELD = 100
 BACKOFF_MAX = 300.0
-IDLE = 0.5
+IDLE = 0.2
 KEEP_EVERY = 10.0
-"""Well within the backlog's RETRY_AFTER_MS: a living worker's retries stay its own."""
+"""Well within the backlog's RETRY_AFTER_MS: a living worker's deliveries stay its own."""
+
+
+@dataclass
+class Lane:
+    """One URL of one bot: its backlog, and the deliveries this worker holds from it."""
+
+    bot: Bot
+    url: str
+    backlog: Backlog
+    held: dict[str, Delivery] = field(default_factory=dict)
+    sending: int = 0
 
 
 @dataclass
 class Delivery:
     """One event to one URL, as this worker has it: when to try next, and how often it was tried."""
 
-    bot: Bot
+    lane: Lane
     entry: Entry
     due: float
     attempts: int = 0
+    sending: bool = False
 
 
 class WebhookSender:
-    """POSTs ``bots``' queued events; keeps the failed ones (still pending in Redis) until they are due."""
+    """POSTs ``bots``' queued events, URL by URL; keeps the failed ones (pending in Redis) until they are due."""
 
     def __init__(self, engine: Engine, bots: Mapping[str, Bot], session: requests.Session | None = None) -> None:
         self.engine = engine
-        self.bots = [bot for bot in bots.values() if bot.webhooks is not None]
+        self.lanes = [Lane(bot, url, backlog) for bot in bots.values() for url, backlog in (bot.webhooks or {}).items()]
         self.session = session or requests.Session()
-        self._threads = ThreadPoolExecutor(SENDERS, thread_name_prefix="webhooks")
-        self._held: dict[str, Delivery] = {}  # entry id → its delivery
+        self._threads = ThreadPoolExecutor(THREADS, thread_name_prefix="webhooks")
+        self._tasks: set[asyncio.Task[None]] = set()
         self._stopped = False
         self._kept_at = float("-inf")
         self._failed_at = float("-inf")
@@ -69,16 +83,10 @@ class WebhookSender:
         """Take, send and settle deliveries until stopped."""
         while not self._stopped:
             try:
-                for bot in self.bots:
-                    await self._take(bot)
+                for lane in self.lanes:
+                    await self._take(lane)
                 await self._keep()
-                due = [d for d in self._held.values() if d.due <= self.engine.clock()][:SENDERS * 4]
-                results = await asyncio.gather(*[self._deliver(d) for d in due])
-                expired = [d for d, ok in zip(due, results, strict=True) if not ok and self._expired(d)]
-                for d in expired:
-                    metrics.WEBHOOKS.labels(d.bot.id, "expired").inc()
-                    log.warning("webhook expired undelivered", extra={"attempts": d.attempts})
-                await self._settle([d for d, ok in zip(due, results, strict=True) if ok] + expired)
+                self._launch()
             except StoreUnavailable:
                 log.warning("webhooks wait: redis unavailable")
                 await asyncio.sleep(1.0)
@@ -87,75 +95,84 @@ class WebhookSender:
                     self._failed_at = self.engine.clock()
                     log.exception("webhook sender failed; retrying")
                 await asyncio.sleep(1.0)
-            await asyncio.sleep(0 if any(d.due <= self.engine.clock() for d in self._held.values()) else IDLE)
+            await asyncio.sleep(IDLE)
 
     async def stop(self) -> None:
-        """Stop; what is not delivered stays in Redis for any worker."""
+        """Stop taking; what is not delivered stays in Redis for any worker."""
         self._stopped = True
 
-    async def _take(self, bot: Bot) -> None:
-        assert bot.webhooks is not None
-        if len(self._held) >= BATCH * 4:
-            return  # busy enough: the rest waits in Redis
-        for entry in await self.engine.redis(partial(bot.webhooks.take, own=False), self.engine.owner, BATCH):
-            self._held.setdefault(entry.id, Delivery(bot, entry, self.engine.clock()))
+    async def _take(self, lane: Lane) -> None:
+        if len(lane.held) >= HELD:
+            return  # this URL has enough waiting here: the rest waits in Redis
+        entries = await self.engine.redis(partial(lane.backlog.take, own=False), self.engine.owner,
+                                          HELD - len(lane.held))
+        for entry in entries:
+            lane.held.setdefault(entry.id, Delivery(lane, entry, self.engine.clock()))
 
     async def _keep(self) -> None:
-        """Every ``KEEP_EVERY`` s, claim the deliveries waiting for a retry again: no other worker takes them."""
+        """Every ``KEEP_EVERY`` s, claim every held delivery again: no other worker takes it meanwhile."""
         if self.engine.clock() - self._kept_at < KEEP_EVERY:
             return
         self._kept_at = self.engine.clock()
-        for bot in self.bots:
-            assert bot.webhooks is not None
-            waiting = [d.entry.id for d in self._held.values() if d.bot is bot and d.attempts]
-            await self.engine.redis(bot.webhooks.keep, self.engine.owner, waiting)
+        for lane in self.lanes:
+            await self.engine.redis(lane.backlog.keep, self.engine.owner, list(lane.held))
 
-    async def _deliver(self, d: Delivery) -> bool:
-        """Send one delivery; True when the receiver took it (2xx)."""
-        ok = await asyncio.get_running_loop().run_in_executor(self._threads, self._post, d)
-        d.attempts += 1
-        if not ok:
-            d.due = self.engine.clock() + min(2.0 ** (d.attempts - 1), BACKOFF_MAX)
-            if not self._expired(d):
-                metrics.WEBHOOKS.labels(d.bot.id, "retried").inc()
-        return ok
+    def _launch(self) -> None:
+        now = self.engine.clock()
+        for lane in self.lanes:
+            for d in list(lane.held.values()):
+                if lane.sending >= PER_LANE:
+                    break
+                if not d.sending and d.due <= now:
+                    d.sending, lane.sending = True, lane.sending + 1
+                    task = asyncio.get_running_loop().create_task(self._send(d))
+                    self._tasks.add(task)
+                    task.add_done_callback(self._tasks.discard)
 
-    def _post(self, d: Delivery) -> bool:
-        s, url, body = d.bot.settings, d.entry.fields.get("url", ""), d.entry.fields.get("event", "").encode()
-        if urlsplit(url).netloc not in s.webhook_allowed_hosts:
-            metrics.WEBHOOKS.labels(d.bot.id, "refused").inc()
+    async def _send(self, d: Delivery) -> None:
+        bot, lane = d.lane.bot, d.lane
+        try:
+            outcome = await asyncio.get_running_loop().run_in_executor(self._threads, self._post, d)
+            d.attempts += 1
+            expired = outcome == "retry" and self._expired(d)
+            if outcome == "retry" and not expired:
+                d.due = self.engine.clock() + min(2.0 ** (d.attempts - 1), BACKOFF_MAX)
+                metrics.WEBHOOKS.labels(bot.id, "retried").inc()
+                return
+            metrics.WEBHOOKS.labels(bot.id, "expired" if expired else outcome).inc()
+            if expired:
+                log.warning("webhook expired undelivered", extra={"attempts": d.attempts})
+            lane.held.pop(d.entry.id, None)
+            await self.engine.redis(lane.backlog.done, [d.entry.id])
+        except StoreUnavailable:
+            pass  # still pending in Redis: taken again once stale (at least once)
+        finally:
+            d.sending, lane.sending = False, lane.sending - 1
+
+    def _post(self, d: Delivery) -> str:
+        """POST one delivery: ``delivered``, ``refused`` (never to be sent) or ``retry``."""
+        s, url, body = d.lane.bot.settings, d.entry.fields.get("url", d.lane.url), d.entry.fields.get("event", "")
+        if host_of(url) not in s.webhook_allowed_hosts:
             log.warning("webhook refused: host not allowed")
-            return False
-        timestamp = int(self.engine.clock())
+            return "refused"
         try:
             event = json.loads(body)
         except ValueError:
-            return True  # unreadable: nothing to deliver, ever
+            return "refused"  # unreadable: nothing to deliver, ever
+        raw, timestamp = body.encode(), int(self.engine.clock())
         headers = {"Content-Type": "application/json", TIMESTAMP: str(timestamp),
-                   SIGNATURE: sign(s.webhook_secret, timestamp, body), "X-WeComDify-Event": str(event.get("type")),
+                   SIGNATURE: sign(s.webhook_secret, timestamp, raw), "X-WeComDify-Event": str(event.get("type")),
                    "X-WeComDify-Event-Id": str(event.get("id")), "User-Agent": "wecom-dify-bridge"}
         try:
-            with self.session.post(url, data=body, headers=headers, timeout=s.webhook_timeout,
+            with self.session.post(url, data=raw, headers=headers, timeout=s.webhook_timeout,
                                    allow_redirects=False, stream=True) as resp:
-                ok = 200 <= resp.status_code < 300
-                log.info("webhook delivery", extra={"status": resp.status_code, "event": event.get("type")})
+                status = resp.status_code
         except requests.RequestException as exc:
             log.info("webhook delivery failed", extra={"reason": type(exc).__name__, "event": event.get("type")})
-            return False
-        if ok:
-            metrics.WEBHOOKS.labels(d.bot.id, "delivered").inc()
-        return ok
+            return "retry"
+        log.info("webhook delivery", extra={"status": status, "event": event.get("type")})
+        return "delivered" if 200 <= status < 300 else "retry"
 
     def _expired(self, d: Delivery) -> bool:
         at = int(d.entry.fields.get("at") or 0) / 1000
-        return self.engine.clock() - at > d.bot.settings.webhook_deadline_seconds
-
-    async def _settle(self, finished: list[Delivery]) -> None:
-        by_bot: dict[str, list[Delivery]] = {}
-        for d in finished:
-            self._held.pop(d.entry.id, None)
-            by_bot.setdefault(d.bot.id, []).append(d)
-        for group in by_bot.values():
-            backlog = group[0].bot.webhooks
-            assert backlog is not None
-            await self.engine.redis(backlog.done, [d.entry.id for d in group])
+        return self.engine.clock() - at > d.lane.bot.settings.webhook_deadline_seconds
