@@ -190,3 +190,11 @@ def test_a_reply_cut_short_or_stalled_is_unavailable_and_follows_moderation_fail
         assert wecom.converse(text_message("照常回答"))[-1]["stream"]["content"] == "echo: 照常回答"  # fail open
     finally:
         server.close()
+
+
+def test_with_a_service_checking_answers_no_unchecked_suggestions_are_offered(  # type: ignore[no-untyped-def]
+        make_app, signer: WeComSigner, dify: DifySimulator, moderation: ModerationServer) -> None:
+    dify.suggestions = ["违禁在哪里？", "公开的问题？"]
+    wecom = wecom_for(make_app(moderation_url=moderation.url, moderation_answers=True), signer)
+    last = wecom.converse(text_message("建议"), interval=0.02)[-1]
+    assert last["msgtype"] == "stream" and "template_card" not in last

@@ -85,8 +85,11 @@ class Moderator:
         return self.words.redact(text, self.replacement)[0]
 
     def allows(self, text: str) -> bool:
-        """False for a suggested question with a blocked word, when answers are checked."""
-        return not (self.answers and self.words is not None and self.words.blocked(text))
+        """False for a suggested question (or form) with a blocked word, when answers are checked; with a
+        service checking answers, always False: such extras are not sent to it, so they are not shown."""
+        if not self.answers:
+            return True
+        return self.remote is None and not (self.words is not None and self.words.blocked(text))
 
     def _count(self, point: str, verdict: QueryVerdict) -> QueryVerdict:
         metrics.MODERATION.labels(self.bot_id, point, verdict.decision).inc()

@@ -59,7 +59,7 @@ class Lane:
 class Delivery:
     """One event to one URL, as this worker has it: when to try next, and how often it was tried."""
 
-    lane: Lane
+    lane: Lane = field(repr=False)  # (the lane holds its deliveries: no endless repr)
     entry: Entry
     due: float
     attempts: int = 0
