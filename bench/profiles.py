@@ -63,7 +63,7 @@ FULL = Profile(seconds=6, rounds=3, sizes=(1024, 10240, 20000), streams=200, con
 SMOKE = Profile(seconds=0.3, rounds=2, sizes=(1024,), streams=8, concurrency=4, requests=400, warmup=10,
                 mixed=(5,), mixed_seconds=1.0, mixed_grace=5, poll_interval=0.2, dify_delay=0.02,
                 ttft_conversations=5, ttft_rate=50, ttft_delay=0.05, crypto_ops=300,
-                bots_capacity=16, bots_flood=48, bots_probes=3)
+                bots_capacity=16, bots_flood=96, bots_probes=3)  # 3x the node: each worker surely gets its fill
 
 
 def override(profile: Profile, items: list[str]) -> Profile:
