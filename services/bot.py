@@ -22,7 +22,7 @@ from services.longconn.outbox import Outbox
 from services.media import DifyFiles, MediaFetcher
 from services.moderation import Moderator, RemoteModeration, WordList
 from services.streams.backlog import Backlog
-from services.streams.connection import RedisClient, is_cluster
+from services.streams.connection import RedisClient, is_cluster, is_sentinel
 from services.streams.keys import Keys
 from services.streams.store import StreamStore
 from services.user_auth import Authenticator
@@ -82,7 +82,7 @@ class Bot:
             timestamp_window=s.wecom_timestamp_window_seconds or None)
         keys = Keys.for_bot(s.redis_key_prefix, config.namespace, s.auth_redis_wechatid_key, s.auth_redis_token_key,
                             cluster=is_cluster(client))
-        store = StreamStore(client, keys, stream_ttl=s.stream_ttl_seconds,
+        store = StreamStore(client, keys, stream_ttl=s.stream_ttl_seconds, replicated_claims=is_sentinel(client),
                             owner_lease_ms=int(s.producer_lease_seconds * 1000))
         auth = None
         if s.auth_mode == "mysql":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -132,3 +133,21 @@ def test_the_master_dies_mid_answer(group: SentinelGroup, dify: DifySimulator, w
     finally:
         for r in replicas:
             r.stop()
+
+
+def test_with_sentinel_a_claim_reaches_a_replica_before_wecom_hears_of_it(  # type: ignore[no-untyped-def]
+        group: SentinelGroup, make_app, signer, redis_client: redis.Redis) -> None:
+    from tests.helpers import InProcessWeCom
+
+    def waits(client: redis.Redis) -> int:
+        return int(client.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+
+    plain_before = waits(redis_client)
+    for app in (make_app(redis_url=group.url), make_app()):
+        wecom = InProcessWeCom(app.test_client(), signer)
+        first = wecom.send(text_message("复制", msgid=f"sync-{uuid.uuid4().hex}"))
+        assert first is not None
+        wecom.until_finished(first["stream"]["id"])
+    assert waits(group.master.client()) == 1  # the claim waited for the replica (WAIT 1), once
+    assert waits(redis_client) == plain_before  # one server: nothing to wait for
+    assert group.replica.client().keys("wecomdify:msg:sync-*")  # and the replica has it

@@ -13,7 +13,7 @@ from redis.cluster import ClusterNode, RedisCluster
 from redis.commands.core import Script
 from redis.exceptions import RedisClusterException
 from redis.retry import Retry
-from redis.sentinel import Sentinel
+from redis.sentinel import Sentinel, SentinelConnectionPool
 
 from config.redis_url import RedisTarget, parse_redis_url
 
@@ -103,6 +103,11 @@ def _sentinel(target: RedisTarget, timeout: float) -> redis.Redis:
         socket_timeout=timeout, socket_connect_timeout=timeout, retry=quick_retry(),
     )
     return master
+
+
+def is_sentinel(client: RedisClient) -> bool:
+    """True for a Sentinel-watched master's client (it has replicas that a failover promotes)."""
+    return isinstance(client, redis.Redis) and isinstance(client.connection_pool, SentinelConnectionPool)
 
 
 def is_cluster(client: RedisClient) -> bool:

@@ -25,6 +25,9 @@ from services.streams.records import (
     text_of,
 )
 
+CLAIM_SYNC_MS = 50
+"""With Sentinel, how long a claim waits for a replica to have it: a claim the master took but never
+replicated before it died would let WeCom's re-delivery be answered twice (README "Redis")."""
 BUSY_SHOWN_LIMIT = 10_000  # "busy" polls remembered while Redis is away (beyond: the oldest are kept)
 
 
@@ -32,8 +35,10 @@ class StreamStore:
     """Redis-backed stream records; every method is one round trip and safe to replay."""
 
     def __init__(self, client: RedisClient, keys: Keys, *, stream_ttl: int = STREAM_TTL,
-                 owner_lease_ms: int = OWNER_LEASE_MS, clock: Callable[[], float] = time.time) -> None:
+                 owner_lease_ms: int = OWNER_LEASE_MS, clock: Callable[[], float] = time.time,
+                 replicated_claims: bool = False) -> None:
         self.redis = client
+        self.replicated_claims = replicated_claims  # Sentinel: a claim reaches a replica before WeCom hears of it
         self.keys = keys
         self.stream_ttl = stream_ttl
         self.owner_lease_ms = owner_lease_ms
@@ -84,7 +89,14 @@ class StreamStore:
         for name, value in meta.items():
             args += [name, value]
         with self._errors():
-            created, winner, first = self._claim(keys=keys, args=args)
+            if not self.replicated_claims:
+                created, winner, first = self._claim(keys=keys, args=args)
+            else:  # WAIT counts this connection's writes: the claim and the WAIT share a pipeline
+                def build(pipe: pipes.Pipe) -> None:
+                    self._claim(keys=keys, args=args, client=pipe)
+                    pipe.execute_command("WAIT", 1, CLAIM_SYNC_MS)
+
+                (created, winner, first), _ = pipes.run(self.redis, build, scripts=(self._claim,))
         return bool(created), text_of(winner), bool(first)
 
     def write(self, sid: str, seq: int, text: str, *, replace: bool = False) -> WriteResult:
