@@ -19,6 +19,21 @@ _user_mode = "hash"
 _user_salt = b""
 
 
+class Every:
+    """Says yes at most once per ``seconds`` (e.g. to log a repeated failure's traceback now and then)."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self._last = float("-inf")
+
+    def due(self, now: float) -> bool:
+        """True when ``seconds`` have passed since the last yes (or the clock went back); it counts as one."""
+        if now - self._last >= self.seconds or now < self._last:
+            self._last = now
+            return True
+        return False
+
+
 def user_ref(userid: str) -> str:
     """How a WeCom user (or chat) id appears in logs: hashed (default), masked or plain."""
     if not userid or _user_mode == "plain":

@@ -22,6 +22,7 @@ from services.errors import StoreUnavailable
 from services.streams.records import Lease, Turn, WriteResult
 from services.streams.store import StreamStore
 from services.streams.writer import StreamWriter, Write
+from utils.logging import Every
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +50,7 @@ class LeaseKeeper:
         self._jobs: dict[tuple[str, str], Job] = {}  # by bot and stream
         self._lock = threading.Lock()
         self._last_renew = float("-inf")
-        self._last_traceback = float("-inf")
+        self._tracebacks = Every(TRACEBACK_EVERY)
 
     def track(self, job: Job) -> None:
         """Keep ``job``'s owner lease alive (and its writes flowing) until ``untrack``."""
@@ -78,8 +79,7 @@ class LeaseKeeper:
                     job.degraded = True
             except Exception:  # the keeper must survive anything, but never hide it
                 metrics.KEEPER_ERRORS.inc()
-                if now - self._last_traceback >= TRACEBACK_EVERY or now < self._last_traceback:
-                    self._last_traceback = now
+                if self._tracebacks.due(now):
                     log.exception("lease keeper step failed", extra={"step": step.__name__})
         return report
 

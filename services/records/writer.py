@@ -21,6 +21,7 @@ from services.bot import Bot
 from services.errors import RecordsUnavailable, StoreUnavailable
 from services.records.db import RecordDB
 from services.streams.backlog import Entry
+from utils.logging import Every
 
 if TYPE_CHECKING:
     from services.engine.engine import Engine
@@ -47,7 +48,7 @@ class RecordWriter:
         self._mysql_thread = ThreadPoolExecutor(1, thread_name_prefix="records")
         self._stopped = False
         self._purged_at = float("-inf")
-        self._complained_at = float("-inf")
+        self._complaints = Every(60.0)  # once a minute while it lasts
         self._waiting: dict[str, int] = {}  # ratings whose record was not there yet → when to look again (ms)
 
     async def run(self) -> None:
@@ -62,7 +63,7 @@ class RecordWriter:
                 self._complain(exc)
                 delay = min(max(delay * 2, 1.0), BACKOFF_MAX)
             except Exception:  # noqa: BLE001 - a bug must not end the writer: the records would pile up
-                if self._may_complain():
+                if self._complaints.due(self.engine.clock()):
                     log.exception("record writer failed; retrying")
                 delay = min(max(delay * 2, 1.0), BACKOFF_MAX)
             await asyncio.sleep(delay)
@@ -125,14 +126,8 @@ class RecordWriter:
         return await asyncio.get_running_loop().run_in_executor(self._mysql_thread, fn, *args)
 
     def _complain(self, exc: Exception) -> None:
-        if self._may_complain():
+        if self._complaints.due(self.engine.clock()):
             log.warning("records wait in redis", extra={"reason": str(exc)[:200]})
-
-    def _may_complain(self) -> bool:
-        if self.engine.clock() - self._complained_at < 60:  # once a minute while it lasts
-            return False
-        self._complained_at = self.engine.clock()
-        return True
 
 
 def _read(entry: Entry) -> tuple[str, dict[str, Any]]:

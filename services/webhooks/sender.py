@@ -22,12 +22,13 @@ from typing import TYPE_CHECKING
 
 import requests
 
-from config.settings import host_of
 from services import metrics
 from services.bot import Bot
 from services.errors import StoreUnavailable
 from services.streams.backlog import Backlog, Entry
 from services.webhooks.signature import SIGNATURE, TIMESTAMP, sign
+from utils.logging import Every
+from utils.urls import host_of
 
 if TYPE_CHECKING:
     from services.engine.engine import Engine
@@ -77,7 +78,7 @@ class WebhookSender:
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopped = False
         self._kept_at = float("-inf")
-        self._failed_at = float("-inf")
+        self._tracebacks = Every(60.0)  # once a minute while it lasts
 
     async def run(self) -> None:
         """Take, send and settle deliveries until stopped."""
@@ -91,8 +92,7 @@ class WebhookSender:
                 log.warning("webhooks wait: redis unavailable")
                 await asyncio.sleep(1.0)
             except Exception:  # noqa: BLE001 - a bug must not end the sender: the events would pile up
-                if self.engine.clock() - self._failed_at >= 60:  # the traceback once a minute while it lasts
-                    self._failed_at = self.engine.clock()
+                if self._tracebacks.due(self.engine.clock()):
                     log.exception("webhook sender failed; retrying")
                 await asyncio.sleep(1.0)
             await asyncio.sleep(IDLE)
