@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 from config.redis_url import parse_redis_url
 from crypto import IllegalAesKeyError, decode_aes_key
+from utils.urls import host_of
 
 
 class ConfigError(ValueError):
@@ -439,16 +440,6 @@ WEBHOOK_EVENTS = frozenset({"message.received", "answer.finished", "feedback"})
 MAX_BLOCKED_WORDS = 10_000
 """A word list's size at most: it is matched on the engine's loop, for every delta of an answer."""
 
-
-def host_of(url: str) -> str:
-    """``host`` or ``host:port`` of ``url``, lower-cased, as an allowlist lists it ("" when it has none)."""
-    try:
-        parts = urlsplit(url)
-        port = parts.port
-    except ValueError:
-        return ""
-    host = (parts.hostname or "").lower()
-    return f"{host}:{port}" if port else host
 
 
 def _validate_extensions(s: Settings) -> None:

@@ -33,6 +33,20 @@ def allowed_url(url: str, hosts: Collection[str]) -> bool:
         entry.startswith("*.") and host.endswith(entry[1:]) for entry in hosts)
 
 
+def host_of(url: str) -> str:
+    """``host`` or ``host:port`` of ``url``, lower-cased, as an allowlist lists it ("" when it has none).
+
+    For URLs an operator configured (webhooks), which may be plain http on a private network.
+    """
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return ""
+    host = (parts.hostname or "").lower()
+    return f"{host}:{port}" if port else host
+
+
 def same_origin(url: str, base: str) -> bool:
     """True when ``url`` has the scheme, host and port of ``base`` (an operator's URL) and is plain (see above)."""
     parts, origin = _plain(url), _plain(base)

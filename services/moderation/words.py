@@ -6,8 +6,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-MAX_WORDS = 10_000
-"""As ``config.settings.MAX_BLOCKED_WORDS``: matched on the engine's loop, for every delta."""
+from config.settings import MAX_BLOCKED_WORDS as MAX_WORDS
 
 
 class WordList:
