@@ -215,7 +215,7 @@ class Answers:
         """Flush and set the final status, retrying Redis with backoff until the job's deadline."""
         e, store = self.engine, job.bot.store
         deadline = job.created + job.bot.settings.stream_window_seconds + 30
-        delay, check = 0.1, job.writer is not None
+        delay, check = 0.1, True
         while True:
             try:
                 if job.writer is not None:
