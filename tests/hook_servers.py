@@ -28,7 +28,9 @@ class Delivery:
     headers: dict[str, str]
 
 
-class _Server:
+class LocalServer:
+    """A threaded HTTP server on a free loopback port, serving ``handler``."""
+
     def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
         self.port = free_port()
         self._server = ThreadingHTTPServer(("127.0.0.1", self.port), handler)
@@ -41,7 +43,7 @@ class _Server:
         self._server.server_close()
 
 
-class WebhookReceiver(_Server):
+class WebhookReceiver(LocalServer):
     """Takes webhook deliveries at ``url``; ``fail`` answers the next N with 500, ``hang`` stalls each one."""
 
     def __init__(self, secret: str) -> None:
@@ -83,7 +85,7 @@ class WebhookReceiver(_Server):
                     if (kind is None or d.event.get("type") == kind) and (not taken or d.status == 200)]
 
 
-class ModerationServer(_Server):
+class ModerationServer(LocalServer):
     """Flags a question or answer part containing one of ``words``; ``mode`` is what it answers then."""
 
     def __init__(self, words: list[str], *, mode: str = "direct_output", preset: str = "") -> None:

@@ -15,7 +15,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -32,9 +32,8 @@ from services.streams.store import StreamStore
 from services.webhooks import sign, verify
 from tests.conftest import MySQLParams
 from tests.helpers import InProcessWeCom, wait_for
-from tests.hook_servers import ModerationServer, WebhookReceiver
+from tests.hook_servers import LocalServer, ModerationServer, WebhookReceiver
 from tests.procs import ROOT
-from tests.servers import free_port
 from tests.test_records import fresh_db
 from tools.dify_files import ToolFile
 from tools.dify_sim import DifySimulator, Script
@@ -45,13 +44,12 @@ WORDS = ["机密", "secret plan"]
 Reply = tuple[int, dict[str, str], bytes]
 
 
-class Canned:
+class Canned(LocalServer):
     """A real HTTP server answering every POST with ``reply(body)``; it keeps the bodies it got."""
 
     def __init__(self, reply: Callable[[dict[str, Any]], Reply]) -> None:
         self.reply = reply
         self.bodies: list[dict[str, Any]] = []
-        self.port = free_port()
         self._lock = threading.Lock()
         outer = self
 
@@ -70,9 +68,7 @@ class Canned:
                 self.end_headers()
                 self.wfile.write(data)
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
-        self._server.daemon_threads = True
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        super().__init__(Handler)
 
     @property
     def url(self) -> str:
@@ -81,10 +77,6 @@ class Canned:
     def got(self, predicate: Callable[[dict[str, Any]], bool] = lambda _b: True) -> int:
         with self._lock:
             return sum(1 for b in self.bodies if predicate(b))
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
 
 
 def as_json(value: Any, status: int = 200) -> Reply:
